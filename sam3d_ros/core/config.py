@@ -1,0 +1,244 @@
+"""Parameters, declared once: name, type, default, range, description.
+
+The ROS node declares its parameters from :data:`PARAMETERS` (with descriptors and ranges),
+``config/default.yaml`` holds the same defaults, and :func:`config_from_mapping` loads any
+mapping of values into the frozen :class:`PipelineConfig` the core receives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from sam3d_ros.core import constants as C
+
+
+class ConfigError(ValueError):
+    """Raised for unknown parameters, wrong types or values out of range."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: its type (bool, int, float or str), default, inclusive range and
+    description. ``choices`` restricts string values."""
+
+    name: str
+    type: type
+    default: Any
+    description: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] = ()
+    read_only: bool = False
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    # --- backend -------------------------------------------------------------------------
+    ParamSpec(
+        "backend",
+        str,
+        "geometric",
+        "Reconstruction backend (see sam3d_ros.backends.registry).",
+        read_only=True,
+    ),
+    # --- topics (the node subscribes to these; remap as usual) ---------------------------
+    ParamSpec("rgb_topic", str, C.DEFAULT_RGB_TOPIC, "Colour image topic.", read_only=True),
+    ParamSpec("depth_topic", str, C.DEFAULT_DEPTH_TOPIC, "Depth aligned to colour.", read_only=True),
+    ParamSpec("info_topic", str, C.DEFAULT_INFO_TOPIC, "CameraInfo of the colour image.", read_only=True),
+    ParamSpec(
+        "mask_topic", str, C.DEFAULT_MASK_TOPIC, "Instance label image (0 = background).", read_only=True
+    ),
+    # --- synchronisation -----------------------------------------------------------------
+    ParamSpec(
+        "sync_slop", float, 0.05, "Approximate-time sync: max stamp spread of a set (s).", min=0.0, max=5.0
+    ),
+    ParamSpec("sync_queue_size", int, 10, "Approximate-time sync: messages kept per topic.", min=1, max=1000),
+    # --- input validation ------------------------------------------------------------------
+    ParamSpec("depth_min", float, 0.1, "Depths below this are invalid (m).", min=0.0, max=100.0),
+    ParamSpec("depth_max", float, 5.0, "Depths above this are invalid (m).", min=0.01, max=100.0),
+    ParamSpec(
+        "max_image_pixels", int, 16_777_216, "Frames with more pixels are rejected.", min=1, max=1_000_000_000
+    ),
+    # --- objects -----------------------------------------------------------------------
+    ParamSpec("min_mask_pixels", int, 50, "Masks with fewer pixels are skipped.", min=1, max=10_000_000),
+    ParamSpec(
+        "min_depth_points",
+        int,
+        30,
+        "Objects with fewer valid depth points are skipped.",
+        min=C.MIN_OBJECT_POINTS,
+        max=10_000_000,
+    ),
+    ParamSpec(
+        "max_objects", int, 32, "At most this many objects per frame (largest masks first).", min=1, max=1024
+    ),
+    ParamSpec(
+        "mask_erosion_px", int, 2, "Erode each mask by this many pixels before using depth.", min=0, max=20
+    ),
+    ParamSpec(
+        "outlier_std_ratio",
+        float,
+        2.5,
+        "Statistical outlier removal: k-NN distance threshold in standard deviations.",
+        min=0.5,
+        max=10.0,
+    ),
+    # --- support plane ---------------------------------------------------------------------
+    ParamSpec(
+        "plane_distance_threshold",
+        float,
+        0.008,
+        "RANSAC inlier distance for the support plane (m).",
+        min=0.0005,
+        max=0.1,
+    ),
+    ParamSpec(
+        "plane_ransac_iterations", int, 200, "RANSAC iterations for the support plane.", min=10, max=10000
+    ),
+    # --- shape completion and meshing ------------------------------------------------------
+    ParamSpec(
+        "mesh_resolution", int, 48, "Voxels along the longest side of an object's grid.", min=8, max=192
+    ),
+    ParamSpec(
+        "min_voxel_size",
+        float,
+        0.002,
+        "Smallest voxel edge (m); caps detail on small objects.",
+        min=C.MIN_VOXEL_SIZE,
+        max=C.MAX_VOXEL_SIZE,
+    ),
+    ParamSpec(
+        "use_symmetry",
+        bool,
+        True,
+        "Geometric backend: mirror the footprint to complete the back.",
+    ),
+    ParamSpec(
+        "max_completion_depth",
+        float,
+        0.3,
+        "Geometric backend: the completed shape never extends "
+        "further than this behind the observed surface (m).",
+        min=0.01,
+        max=2.0,
+    ),
+    ParamSpec("occupancy_threshold", float, 0.5, "Iso-level of the occupancy surface.", min=0.05, max=0.95),
+    # --- outputs -------------------------------------------------------------------------
+    ParamSpec("publish_markers", bool, True, "Publish RViz markers on ~/markers."),
+    ParamSpec("marker_alpha", float, 0.8, "Alpha of the mesh markers.", min=0.0, max=1.0),
+    ParamSpec("diagnostics_period", float, 1.0, "Period of /diagnostics messages (s).", min=0.05, max=60.0),
+    ParamSpec(
+        "stats_window", int, 50, "Frames over which latencies and rates are averaged.", min=1, max=10000
+    ),
+)
+
+PARAMETERS_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Frozen parameter values (see :data:`PARAMETERS` for meanings and units)."""
+
+    backend: str
+    rgb_topic: str
+    depth_topic: str
+    info_topic: str
+    mask_topic: str
+    sync_slop: float
+    sync_queue_size: int
+    depth_min: float
+    depth_max: float
+    max_image_pixels: int
+    min_mask_pixels: int
+    min_depth_points: int
+    max_objects: int
+    mask_erosion_px: int
+    outlier_std_ratio: float
+    plane_distance_threshold: float
+    plane_ransac_iterations: int
+    mesh_resolution: int
+    min_voxel_size: float
+    use_symmetry: bool
+    max_completion_depth: float
+    occupancy_threshold: float
+    publish_markers: bool
+    marker_alpha: float
+    diagnostics_period: float
+    stats_window: int
+
+    def replace(self, **changes: Any) -> PipelineConfig:
+        """A copy with some values changed (validated)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return config_from_mapping(values)
+
+
+def validate_value(spec: ParamSpec, value: Any) -> Any:
+    """Coerce and check one value against its spec; raises ConfigError."""
+    if spec.type is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"parameter {spec.name!r} must be a bool, got {value!r}")
+        return value
+    if spec.type is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"parameter {spec.name!r} must be an integer, got {value!r}")
+    elif spec.type is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"parameter {spec.name!r} must be a number, got {value!r}")
+        value = float(value)
+    elif spec.type is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"parameter {spec.name!r} must be a string, got {value!r}")
+        if spec.choices and value not in spec.choices:
+            raise ConfigError(f"parameter {spec.name!r} must be one of {spec.choices}, got {value!r}")
+        return value
+    if spec.min is not None and value < spec.min:
+        raise ConfigError(f"parameter {spec.name!r}={value!r} is below its minimum {spec.min}")
+    if spec.max is not None and value > spec.max:
+        raise ConfigError(f"parameter {spec.name!r}={value!r} is above its maximum {spec.max}")
+    return value
+
+
+def config_from_mapping(values: Mapping[str, Any], *, strict: bool = True) -> PipelineConfig:
+    """Build a PipelineConfig from defaults overridden by ``values``.
+
+    Args:
+        values: parameter name -> value.
+        strict: raise ConfigError on unknown names (else ignore them).
+    """
+    unknown = sorted(set(values) - set(PARAMETERS_BY_NAME))
+    if unknown and strict:
+        raise ConfigError(f"unknown parameters {unknown}; valid: {sorted(PARAMETERS_BY_NAME)}")
+    merged = {p.name: validate_value(p, values.get(p.name, p.default)) for p in PARAMETERS}
+    if merged["depth_min"] >= merged["depth_max"]:
+        raise ConfigError(f"depth_min={merged['depth_min']} must be < depth_max={merged['depth_max']}")
+    return PipelineConfig(**merged)
+
+
+def default_config() -> PipelineConfig:
+    """The defaults of :data:`PARAMETERS`."""
+    return config_from_mapping({})
+
+
+def load_params_file(path: str | Path, node_name: str = "sam3d_node") -> dict[str, Any]:
+    """Read the ``ros__parameters`` of ``node_name`` (or of ``/**``) from a ROS params YAML."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read params file {str(path)!r}: {err}") from err
+    for key in (node_name, f"/{node_name}", "/**"):
+        section = data.get(key)
+        if isinstance(section, dict) and isinstance(section.get("ros__parameters"), dict):
+            return dict(section["ros__parameters"])
+    raise ConfigError(f"params file {str(path)!r} has no '{node_name}: ros__parameters:' section")
+
+
+def config_from_params_file(path: str | Path, **overrides: Any) -> PipelineConfig:
+    """Frozen config from a ROS params YAML plus overrides (None values are ignored)."""
+    values = load_params_file(path)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return config_from_mapping(values)
