@@ -245,3 +245,13 @@ class FrameResult:
     timings_ms: dict[str, float]
     backend: str
     plane: SupportPlane | None = None
+
+
+class InputError(ValueError):
+    """Input that makes a whole frame unusable; ``reason`` is the diagnostics key and
+    ``detail`` a human-readable explanation naming the offending values."""
+
+    def __init__(self, reason: SkipReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,195 @@
+"""Core results -> ROS messages (rclpy message classes).
+
+Callbacks convert, delegate and publish; the building of messages lives here.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Iterable
+
+import numpy as np
+from builtin_interfaces.msg import Duration, Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point, Pose, PoseArray, Quaternion, Vector3
+from shape_msgs.msg import Mesh, MeshTriangle, SolidPrimitive
+from std_msgs.msg import ColorRGBA, Header
+from visualization_msgs.msg import Marker, MarkerArray
+
+from sam3d_ros.core.frames import Pose as CorePose
+from sam3d_ros.core.frames import transform_points
+from sam3d_ros.core.stats import StatsSnapshot
+from sam3d_ros.core.types import FrameResult, ObjectResult, TriangleMesh
+from sam3d_ros.msg import ObjectReconstruction, ObjectReconstructionArray
+
+MESH_NS = "sam3d_mesh"
+LABEL_NS = "sam3d_label"
+
+
+def ns_to_time(stamp_ns: int) -> Time:
+    """Integer nanoseconds -> builtin_interfaces/Time."""
+    return Time(sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000))
+
+
+def make_header(stamp_ns: int, frame_id: str) -> Header:
+    """Header with the input frame's stamp and frame_id."""
+    return Header(stamp=ns_to_time(stamp_ns), frame_id=frame_id)
+
+
+def pose_msg(pose: CorePose) -> Pose:
+    """Core pose -> geometry_msgs/Pose."""
+    x, y, z = pose.position
+    qx, qy, qz, qw = pose.orientation_xyzw
+    return Pose(
+        position=Point(x=float(x), y=float(y), z=float(z)),
+        orientation=Quaternion(x=float(qx), y=float(qy), z=float(qz), w=float(qw)),
+    )
+
+
+def mesh_msg(mesh: TriangleMesh) -> Mesh:
+    """Core mesh -> shape_msgs/Mesh (same frame, metres)."""
+    verts = mesh.vertices.astype(np.float64).tolist()
+    faces = mesh.faces.astype(np.uint32)
+    return Mesh(
+        vertices=[Point(x=v[0], y=v[1], z=v[2]) for v in verts],
+        triangles=[MeshTriangle(vertex_indices=f) for f in faces],
+    )
+
+
+def reconstruction_msg(obj: ObjectResult) -> ObjectReconstruction:
+    """One object -> sam3d_ros/ObjectReconstruction (poses in the camera frame)."""
+    msg = ObjectReconstruction()
+    msg.track_id = int(obj.track_id)
+    msg.instance_id = int(obj.instance_id)
+    msg.label = obj.label
+    msg.score = float(obj.score)
+    msg.pose = pose_msg(obj.pose)
+    msg.extents = Vector3(x=obj.extents[0], y=obj.extents[1], z=obj.extents[2])
+    msg.mesh = mesh_msg(obj.mesh)
+    camera_T_object = obj.pose.matrix()
+    for prim in obj.collision.primitives:
+        msg.collision_primitives.append(
+            SolidPrimitive(type=int(prim.kind.value), dimensions=[float(d) for d in prim.dimensions])
+        )
+        msg.collision_primitive_poses.append(
+            pose_msg(CorePose.from_matrix(camera_T_object @ prim.object_T_primitive))
+        )
+    msg.convex_parts = [mesh_msg(part) for part in obj.collision.convex_parts]
+    msg.visible_fraction = float(obj.visible_fraction)
+    msg.confidence = float(obj.confidence)
+    return msg
+
+
+def reconstruction_array_msg(result: FrameResult) -> ObjectReconstructionArray:
+    """Frame result -> ObjectReconstructionArray with the input header."""
+    return ObjectReconstructionArray(
+        header=make_header(result.stamp_ns, result.frame_id),
+        objects=[reconstruction_msg(o) for o in result.objects],
+    )
+
+
+def pose_array_msg(result: FrameResult) -> PoseArray:
+    """Object poses of a frame (camera frame)."""
+    return PoseArray(
+        header=make_header(result.stamp_ns, result.frame_id), poses=[pose_msg(o.pose) for o in result.objects]
+    )
+
+
+def track_color(track_id: int, alpha: float) -> ColorRGBA:
+    """A stable, distinct colour per track id (golden-ratio hue walk)."""
+    hue = (track_id * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.65, 0.95)
+    return ColorRGBA(r=float(r), g=float(g), b=float(b), a=float(alpha))
+
+
+def marker_array_msg(result: FrameResult, previous_ids: Iterable[int], alpha: float) -> MarkerArray:
+    """Mesh (TRIANGLE_LIST) and label (TEXT_VIEW_FACING) markers per object, and DELETE
+    markers for track ids of ``previous_ids`` that are not in this frame."""
+    header = make_header(result.stamp_ns, result.frame_id)
+    markers: list[Marker] = []
+    current = {o.track_id for o in result.objects}
+    for tid in sorted(set(previous_ids) - current):
+        for ns in (MESH_NS, LABEL_NS):
+            markers.append(Marker(header=header, ns=ns, id=int(tid), action=Marker.DELETE))
+    for obj in result.objects:
+        pose = pose_msg(obj.pose)
+        tri_points = obj.mesh.vertices[obj.mesh.faces.reshape(-1)].tolist()
+        markers.append(
+            Marker(
+                header=header,
+                ns=MESH_NS,
+                id=int(obj.track_id),
+                type=Marker.TRIANGLE_LIST,
+                action=Marker.ADD,
+                pose=pose,
+                scale=Vector3(x=1.0, y=1.0, z=1.0),
+                color=track_color(obj.track_id, alpha),
+                points=[Point(x=p[0], y=p[1], z=p[2]) for p in tri_points],
+                lifetime=Duration(sec=0, nanosec=0),
+                frame_locked=False,
+            )
+        )
+        top = transform_points(obj.pose.matrix(), np.array([[0.0, 0.0, obj.extents[2] / 2 + 0.03]]))[0]
+        markers.append(
+            Marker(
+                header=header,
+                ns=LABEL_NS,
+                id=int(obj.track_id),
+                type=Marker.TEXT_VIEW_FACING,
+                action=Marker.ADD,
+                pose=Pose(position=Point(x=float(top[0]), y=float(top[1]), z=float(top[2]))),
+                scale=Vector3(x=0.0, y=0.0, z=0.03),
+                color=ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0),
+                text=f"{obj.label} #{obj.track_id} ({obj.confidence:.2f})",
+            )
+        )
+    return MarkerArray(markers=markers)
+
+
+def delete_all_markers(stamp_ns: int, frame_id: str) -> MarkerArray:
+    """A DELETEALL marker (after ~/reset)."""
+    return MarkerArray(markers=[Marker(header=make_header(stamp_ns, frame_id), action=Marker.DELETEALL)])
+
+
+def diagnostics_msg(
+    stamp_ns: int, node_name: str, backend: str, snap: StatsSnapshot, state: str, stale_s: float | None
+) -> DiagnosticArray:
+    """/diagnostics entry: rates, per-stage latency, skips by reason, backend."""
+    level = DiagnosticStatus.OK
+    message = "ok"
+    if state != "active":
+        level, message = DiagnosticStatus.WARN, f"node {state}"
+    elif snap.frames_skipped or snap.objects_skipped:
+        level = DiagnosticStatus.WARN
+        total_f = sum(snap.frames_skipped.values())
+        total_o = sum(snap.objects_skipped.values())
+        last = f"; last: {snap.last_skip[0]} ({snap.last_skip[1]})" if snap.last_skip else ""
+        message = f"{total_f} frames and {total_o} objects skipped{last}"
+    if stale_s is not None and state == "active" and snap.frames_in == 0:
+        level, message = DiagnosticStatus.WARN, f"no synchronized input for {stale_s:.1f} s"
+    values = [
+        KeyValue(key="backend", value=backend),
+        KeyValue(key="state", value=state),
+        KeyValue(key="input_rate_hz", value=f"{snap.input_rate_hz:.2f}"),
+        KeyValue(key="output_rate_hz", value=f"{snap.output_rate_hz:.2f}"),
+        KeyValue(key="frames_in", value=str(snap.frames_in)),
+        KeyValue(key="frames_out", value=str(snap.frames_out)),
+        KeyValue(key="objects_out", value=str(snap.objects_out)),
+    ]
+    values += [KeyValue(key=f"latency_ms/{k}", value=f"{v:.1f}") for k, v in sorted(snap.latency_ms.items())]
+    values += [
+        KeyValue(key=f"frames_skipped/{k}", value=str(v)) for k, v in sorted(snap.frames_skipped.items())
+    ]
+    values += [
+        KeyValue(key=f"objects_skipped/{k}", value=str(v)) for k, v in sorted(snap.objects_skipped.items())
+    ]
+    if snap.last_skip:
+        values.append(KeyValue(key="last_skip", value=f"{snap.last_skip[0]}: {snap.last_skip[1]}"[:500]))
+    status = DiagnosticStatus(
+        level=level,
+        name=f"{node_name}: reconstruction",
+        message=message,
+        hardware_id=node_name,
+        values=values,
+    )
+    return DiagnosticArray(header=make_header(stamp_ns, ""), status=[status])

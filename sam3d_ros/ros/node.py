@@ -1,0 +1,396 @@
+"""``sam3d_node``: the lifecycle node.
+
+configure: parameters -> frozen config, backend, publishers, ~/reset, diagnostics.
+activate: subscriptions (sensor-data QoS) and the synchroniser; frames go to a background
+worker where the latest frame wins. deactivate/cleanup undo those steps.
+
+Run here with ``python -m sam3d_ros.ros.node --ros-args --params-file config/default.yaml``
+(autostarts to active; ``--no-autostart`` leaves it unconfigured for a lifecycle manager).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseArray
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.context import Context
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import MarkerArray
+
+from sam3d_ros.backends.base import Backend, BackendError
+from sam3d_ros.backends.registry import create_backend
+from sam3d_ros.core.config import PARAMETERS_BY_NAME, ConfigError, PipelineConfig, validate_value
+from sam3d_ros.core.pipeline import FramePipeline
+from sam3d_ros.core.stats import RuntimeStats
+from sam3d_ros.core.types import FrameResult, InputError, SkipReason
+from sam3d_ros.core.worker import LatestWinsWorker
+from sam3d_ros.msg import ObjectReconstructionArray
+from sam3d_ros.ros import builders
+from sam3d_ros.ros.conversions import frame_from_messages, header_stamp_ns
+from sam3d_ros.ros.params import declare_parameters, load_config, parameter_values
+from sam3d_ros.ros.sync import ApproximateTimeSync
+
+logger = logging.getLogger(__name__)
+
+#: A stamp this far behind the last accepted one means the source restarted (bag loop).
+TIME_JUMP_RESET_S = 5.0
+#: Minimum seconds between two log lines for the same skip reason.
+SKIP_LOG_PERIOD_S = 5.0
+
+
+@dataclass(frozen=True)
+class _FrameJob:
+    rgb: Any
+    depth: Any
+    mask: Any
+    info: Any | None
+    received: float
+
+
+class Sam3dNode(LifecycleNode):
+    """RGB-D + instance masks -> per-object meshes, poses and collision shapes."""
+
+    def __init__(
+        self,
+        node_name: str = "sam3d_node",
+        *,
+        context: Context | None = None,
+        parameter_overrides: Sequence[Parameter] | None = None,
+        backend_factory: Callable[[PipelineConfig], Backend] | None = None,
+        cli_args: list[str] | None = None,
+    ) -> None:
+        super().__init__(
+            node_name,
+            context=context,
+            parameter_overrides=list(parameter_overrides or []),
+            cli_args=cli_args,
+        )
+        declare_parameters(self)
+        self._backend_factory = backend_factory or create_backend
+        self._config: PipelineConfig | None = None
+        self._backend: Backend | None = None
+        self._pipeline: FramePipeline | None = None
+        self._worker: LatestWinsWorker[_FrameJob] | None = None
+        self._sync: ApproximateTimeSync | None = None
+        self._subs: list[Any] = []
+        self._pubs: dict[str, Any] = {}
+        self._reset_srv: Any = None
+        self._diag_timer: Any = None
+        self._state_lock = threading.Lock()
+        self._active = False
+        self._camera_info: Any | None = None
+        self._last_stamp_ns: int | None = None
+        self._published_ids: set[int] = set()
+        self._last_frame_id = ""
+        self._skip_log_times: dict[str, float] = {}
+        self._start_time = time.monotonic()
+        self.stats = RuntimeStats()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            config = load_config(self)
+        except ConfigError as err:
+            self.get_logger().error(f"configure failed: invalid parameters: {err}")
+            return TransitionCallbackReturn.FAILURE
+        try:
+            backend = self._backend_factory(config)
+        except BackendError as err:
+            self.get_logger().error(f"configure failed: backend {config.backend!r}: {err}")
+            return TransitionCallbackReturn.FAILURE
+        self._config = config
+        self.stats = RuntimeStats(window=config.stats_window)
+        self._backend = backend
+        self._pipeline = FramePipeline(config, backend)
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self._pubs = {
+            "objects": self.create_publisher(ObjectReconstructionArray, "~/objects", reliable),
+            "markers": self.create_publisher(MarkerArray, "~/markers", reliable),
+            "poses": self.create_publisher(PoseArray, "~/poses", reliable),
+            "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", reliable),
+        }
+        self._reset_srv = self.create_service(Trigger, "~/reset", self._on_reset)
+        self._diag_timer = self.create_timer(config.diagnostics_period, self.publish_diagnostics)
+        self.get_logger().info(f"configured: backend {backend.describe()}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        cfg = self._require_config()
+        self._worker = LatestWinsWorker(self._process_job, self._on_job_dropped, name="sam3d-reconstruct")
+        self._sync = self._make_sync(cfg)
+        self._subs.append(
+            self.create_subscription(
+                CameraInfo, cfg.info_topic, self._on_camera_info, qos_profile_sensor_data
+            )
+        )
+        self._active = True
+        self.get_logger().info(
+            f"active: {cfg.rgb_topic}, {cfg.depth_topic}, {cfg.mask_topic} (slop {cfg.sync_slop} s), "
+            f"camera info {cfg.info_topic}"
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        self._sync = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.on_deactivate(state)
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f"error in state {state.label}; cleaning up")
+        self.on_deactivate(state)
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _teardown(self) -> None:
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        if self._reset_srv is not None:
+            self.destroy_service(self._reset_srv)
+            self._reset_srv = None
+        for pub in self._pubs.values():
+            self.destroy_publisher(pub)
+        self._pubs = {}
+        if self._backend is not None:
+            self._backend.close()
+        self._backend = None
+        self._pipeline = None
+        self._config = None
+
+    # ------------------------------------------------------------------ inputs
+    def _make_sync(self, cfg: PipelineConfig) -> Any:
+        """message_filters when importable, else our synchroniser with the same semantics."""
+        topics = (cfg.rgb_topic, cfg.depth_topic, cfg.mask_topic)
+        try:
+            import message_filters  # type: ignore[import-not-found]
+        except ImportError:
+            sync = ApproximateTimeSync(3, cfg.sync_queue_size, cfg.sync_slop, self._on_synced)
+            for i, topic in enumerate(topics):
+                self._subs.append(
+                    self.create_subscription(
+                        Image, topic, lambda msg, i=i: sync.add(msg, i), qos_profile_sensor_data
+                    )
+                )
+            return sync
+        mf_subs = [
+            message_filters.Subscriber(self, Image, t, qos_profile=qos_profile_sensor_data) for t in topics
+        ]
+        mf_sync = message_filters.ApproximateTimeSynchronizer(mf_subs, cfg.sync_queue_size, cfg.sync_slop)
+        mf_sync.registerCallback(self._on_synced)
+        self._subs.extend(s.sub for s in mf_subs)
+        self.get_logger().info("synchronising with message_filters.ApproximateTimeSynchronizer")
+        return mf_sync
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+
+    def _on_synced(self, rgb: Image, depth: Image, mask: Image) -> None:
+        """Executor thread: stamp checks, then hand the set to the worker (never blocks)."""
+        if not self._active or self._worker is None:
+            return
+        stamp = header_stamp_ns(rgb)
+        last = self._last_stamp_ns
+        if last is not None and stamp <= last:
+            if last - stamp > TIME_JUMP_RESET_S * 1e9:
+                self.get_logger().warning(
+                    f"input time jumped back {(last - stamp) / 1e9:.1f} s (source restarted?): resetting"
+                )
+                self.reset_state()
+            else:
+                reason = SkipReason.DUPLICATE_STAMP if stamp == last else SkipReason.STALE_STAMP
+                self._skip_frame(reason, f"stamp {stamp} ns <= last accepted stamp {last} ns")
+                return
+        self._last_stamp_ns = stamp
+        self.stats.frame_in()
+        self._worker.submit(_FrameJob(rgb, depth, mask, self._camera_info, time.monotonic()))
+
+    def _on_job_dropped(self, job: _FrameJob) -> None:
+        self._skip_frame(
+            SkipReason.SUPERSEDED,
+            f"frame {header_stamp_ns(job.rgb)} replaced by a newer one before processing",
+        )
+
+    def _skip_frame(self, reason: SkipReason, detail: str) -> None:
+        self.stats.frame_skipped(reason.value, detail)
+        now = time.monotonic()
+        last = self._skip_log_times.get(reason.value)
+        if reason is not SkipReason.SUPERSEDED and (last is None or now - last >= SKIP_LOG_PERIOD_S):
+            self._skip_log_times[reason.value] = now
+            self.get_logger().warning(f"frame skipped ({reason.value}): {detail}")
+
+    # ------------------------------------------------------------------ worker thread
+    def _process_job(self, job: _FrameJob) -> None:
+        pipeline, cfg = self._pipeline, self._config
+        if pipeline is None or cfg is None or not self._active:
+            return
+        try:
+            frame = frame_from_messages(job.rgb, job.depth, job.info, job.mask, cfg)
+            result = pipeline.process(frame)
+        except InputError as err:
+            self._skip_frame(err.reason, err.detail)
+            return
+        except Exception as err:
+            self.get_logger().error(f"frame skipped (internal_error): {type(err).__name__}: {err}")
+            logger.exception("internal error while processing a frame")
+            self._skip_frame(SkipReason.INTERNAL_ERROR, f"{type(err).__name__}: {err}")
+            return
+        self._publish(result)
+        for skipped in result.skipped:
+            self.get_logger().debug(
+                f"object {skipped.instance_id} skipped ({skipped.reason.value}): {skipped.detail}"
+            )
+        self.stats.frame_out(
+            {**result.timings_ms, "end_to_end": (time.monotonic() - job.received) * 1000.0},
+            len(result.objects),
+            [s.reason.value for s in result.skipped],
+        )
+
+    def _publish(self, result: FrameResult) -> None:
+        cfg = self._require_config()
+        with self._state_lock:
+            pubs = dict(self._pubs)
+            previous = set(self._published_ids)
+            self._published_ids = {o.track_id for o in result.objects}
+            self._last_frame_id = result.frame_id
+        if not pubs:
+            return
+        pubs["objects"].publish(builders.reconstruction_array_msg(result))
+        pubs["poses"].publish(builders.pose_array_msg(result))
+        if cfg.publish_markers:
+            pubs["markers"].publish(builders.marker_array_msg(result, previous, cfg.marker_alpha))
+
+    # ------------------------------------------------------------------ services, diagnostics
+    def reset_state(self) -> None:
+        """Forget tracks, stamps and queued inputs; RViz markers are deleted."""
+        with self._state_lock:
+            self._published_ids = set()
+            self._last_stamp_ns = None
+            frame_id = self._last_frame_id
+        if self._sync is not None and hasattr(self._sync, "clear"):
+            self._sync.clear()
+        pub = self._pubs.get("markers")
+        if pub is not None:
+            pub.publish(builders.delete_all_markers(self.get_clock().now().nanoseconds, frame_id))
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self.reset_state()
+        response.success = True
+        response.message = "tracks, stamps and markers reset"
+        self.get_logger().info("reset requested: " + response.message)
+        return response
+
+    def publish_diagnostics(self) -> None:
+        pub = self._pubs.get("diagnostics")
+        if pub is None:
+            return
+        state = "active" if self._active else "inactive"
+        backend = self._backend.describe() if self._backend is not None else "none"
+        msg = builders.diagnostics_msg(
+            self.get_clock().now().nanoseconds,
+            self.get_name(),
+            backend,
+            self.stats.snapshot(),
+            state,
+            time.monotonic() - self._start_time,
+        )
+        pub.publish(msg)
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Validate changes against the specs; applied values take effect on the next frame."""
+        try:
+            changes = {}
+            for p in params:
+                spec = PARAMETERS_BY_NAME.get(p.name)
+                if spec is not None:
+                    changes[p.name] = validate_value(spec, p.value)
+            if self._config is not None and changes:
+                new_config = self._config.replace(**changes)
+                self._config = new_config
+                if self._pipeline is not None:
+                    self._pipeline.config = new_config
+        except ConfigError as err:
+            return SetParametersResult(successful=False, reason=str(err))
+        return SetParametersResult(successful=True)
+
+    def _require_config(self) -> PipelineConfig:
+        if self._config is None:
+            raise RuntimeError("node is not configured")
+        return self._config
+
+    # ------------------------------------------------------------------ helpers for tests/tools
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until the worker has nothing pending or running (tests and tools)."""
+        worker = self._worker
+        return worker.wait_idle(timeout) if worker is not None else True
+
+    def current_parameters(self) -> dict[str, Any]:
+        return parameter_values(self)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m sam3d_ros.ros.node`` and ``ros2 run sam3d_ros sam3d_node``."""
+    args = list(sys.argv if argv is None else argv)
+    ros_args = rclpy.utilities.remove_ros_args(args)
+    parser = argparse.ArgumentParser(prog="sam3d_node", description=__doc__)
+    parser.add_argument(
+        "--autostart",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="configure and activate at start (default: yes)",
+    )
+    opts = parser.parse_args(ros_args[1:])
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
+    rclpy.init(args=args)
+    node = Sam3dNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        if opts.autostart:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().fatal("autostart: configure failed")
+                return 1
+            node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.on_deactivate(LifecycleState(state_id=0, label="shutdown"))
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

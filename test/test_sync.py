@@ -1,0 +1,132 @@
+"""The approximate-time synchroniser, with fake messages (no ROS needed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from sam3d_ros.ros.sync import ApproximateTimeSync, SyncError
+
+
+@dataclass
+class _Stamp:
+    sec: int
+    nanosec: int
+
+
+@dataclass
+class _Header:
+    stamp: _Stamp
+    frame_id: str = "cam"
+
+
+@dataclass
+class FakeMsg:
+    header: _Header
+    tag: str = field(default="")
+
+
+def msg(t: float, tag: str = "") -> FakeMsg:
+    ns = round(t * 1e9)
+    return FakeMsg(_Header(_Stamp(ns // 1_000_000_000, ns % 1_000_000_000)), tag)
+
+
+def make(
+    n: int = 3, queue: int = 10, slop: float = 0.01
+) -> tuple[ApproximateTimeSync, list[tuple[Any, ...]]]:
+    out: list[tuple[Any, ...]] = []
+    return ApproximateTimeSync(n, queue, slop, lambda *m: out.append(m)), out
+
+
+def stamps(sets: list[tuple[Any, ...]]) -> list[list[float]]:
+    return [[m.header.stamp.sec + m.header.stamp.nanosec / 1e9 for m in s] for s in sets]
+
+
+def test_exact_stamps_emit_once_in_input_order() -> None:
+    sync, out = make()
+    sync.add(msg(1.0, "rgb"), 0)
+    sync.add(msg(1.0, "depth"), 1)
+    assert out == []
+    sync.add(msg(1.0, "mask"), 2)
+    assert len(out) == 1
+    assert [m.tag for m in out[0]] == ["rgb", "depth", "mask"]
+    assert sync.pending() == [0, 0, 0]
+
+
+def test_within_slop_matches_and_outside_does_not() -> None:
+    sync, out = make(slop=0.01)
+    sync.add(msg(1.000), 0)
+    sync.add(msg(1.004), 1)
+    sync.add(msg(1.009), 2)
+    assert len(out) == 1
+    sync.add(msg(2.000), 0)
+    sync.add(msg(2.020), 1)
+    sync.add(msg(2.005), 2)
+    assert len(out) == 1  # spread 20 ms > slop
+
+
+def test_closest_candidate_is_chosen() -> None:
+    sync, out = make(n=2, slop=0.05)
+    sync.add(msg(1.00, "a"), 0)
+    sync.add(msg(1.03, "b"), 0)
+    sync.add(msg(1.029, "x"), 1)
+    assert [m.tag for m in out[0]] == ["b", "x"]
+    assert sync.pending() == [1, 0]
+
+
+def test_interleaved_arrival_order() -> None:
+    sync, out = make()
+    for t in (1.0, 2.0, 3.0):
+        sync.add(msg(t), 2)
+    for t in (3.0, 1.0, 2.0):
+        sync.add(msg(t), 0)
+    for t in (2.0, 3.0, 1.0):
+        sync.add(msg(t), 1)
+    assert sorted(s[0] for s in stamps(out)) == [1.0, 2.0, 3.0]
+    for s in stamps(out):
+        assert len(set(s)) == 1
+
+
+def test_queue_overflow_is_counted() -> None:
+    sync, out = make(n=2, queue=3)
+    for t in range(10):
+        sync.add(msg(float(t)), 0)
+    assert sync.pending() == [3, 0]
+    assert sync.dropped_unmatched == [7, 0]
+    sync.add(msg(9.0), 1)
+    assert len(out) == 1
+
+
+def test_duplicate_stamp_replaces_and_is_counted() -> None:
+    sync, out = make(n=2)
+    sync.add(msg(1.0, "first"), 0)
+    sync.add(msg(1.0, "second"), 0)
+    assert sync.duplicates == [1, 0]
+    sync.add(msg(1.0), 1)
+    assert out[0][0].tag == "second"
+
+
+def test_clear_counts_pending() -> None:
+    sync, _ = make(n=2)
+    sync.add(msg(1.0), 0)
+    sync.add(msg(5.0), 1)
+    sync.clear()
+    assert sync.pending() == [0, 0]
+    assert sync.dropped_unmatched == [1, 1]
+
+
+def test_zero_slop_needs_identical_stamps() -> None:
+    sync, out = make(n=2, slop=0.0)
+    sync.add(msg(1.0), 0)
+    sync.add(msg(1.000000001), 1)
+    assert out == []
+    sync.add(msg(1.0), 1)
+    assert len(out) == 1
+
+
+@pytest.mark.parametrize(("n", "q", "s"), [(0, 1, 0.1), (2, 0, 0.1), (2, 1, -1.0), (2, 1, float("nan"))])
+def test_invalid_arguments(n: int, q: int, s: float) -> None:
+    with pytest.raises(SyncError):
+        ApproximateTimeSync(n, q, s, lambda *m: None)
