@@ -43,3 +43,55 @@ GRID_PAD_VOXELS: Final[int] = 2
 #: Smallest and largest voxel edge the meshing accepts (m).
 MIN_VOXEL_SIZE: Final[float] = 0.001
 MAX_VOXEL_SIZE: Final[float] = 0.05
+
+# --- geometric reconstruction core (observation, support plane, completion, meshing) -------
+
+#: Keep the eroded mask only if it retains at least this fraction of the original mask.
+EROSION_MIN_KEEP_FRACTION: Final[float] = 0.25
+
+#: At most this many points per object are kept (regular pixel-stride decimation).
+MAX_OBSERVATION_POINTS: Final[int] = 12_000
+
+#: Neighbours used by the statistical outlier removal.
+OUTLIER_KNN: Final[int] = 8
+
+#: Points further than this many robust standard deviations (1.4826 * MAD) from the
+#: object's median depth are dropped.
+OUTLIER_MAD_K: Final[float] = 5.0
+
+#: ... but the depth band kept around the median is never narrower than this (m).
+OUTLIER_MIN_DEPTH_BAND: Final[float] = 0.03
+
+#: Other objects' pixels within this many pixels of a mask are occluder candidates.
+OCCLUDER_DILATION_PX: Final[int] = 8
+
+#: An occluder pixel must be closer than the object's median depth by this much (m).
+OCCLUDER_DEPTH_MARGIN: Final[float] = 0.01
+
+#: At most this many background points are used to fit the support plane.
+PLANE_MAX_SAMPLE_POINTS: Final[int] = 20_000
+
+#: Object points closer than this to the support plane are treated as the plane (m).
+PLANE_CONTACT_TOL: Final[float] = 0.004
+
+#: Number of candidate symmetry centres tried by the geometric completion.
+MIRROR_CANDIDATES: Final[int] = 6
+
+#: A symmetry centre is rejected when more than this fraction of the voxels it adds lie
+#: in space the camera saw to be empty.
+MIRROR_MAX_FREE_FRACTION: Final[float] = 0.15
+
+#: Free-space carving: a voxel is empty when the observed depth is beyond the voxel centre
+#: by more than max(CARVE_MIN_MARGIN, CARVE_MARGIN_VOXELS * voxel_size) (m).
+CARVE_MIN_MARGIN: Final[float] = 0.001
+CARVE_MARGIN_VOXELS: Final[float] = 0.25
+
+#: Gaussian smoothing of the completed occupancy, in voxels.
+SMOOTH_SIGMA_VOXELS: Final[float] = 0.6
+
+#: Number of observed points at which the geometric completion's point-count confidence
+#: saturates.
+CONFIDENCE_FULL_POINTS: Final[int] = 500
+
+#: Grids with more voxels than this along an axis are refused (object far too large).
+MAX_GRID_DIM: Final[int] = 400
