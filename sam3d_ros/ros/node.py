@@ -43,7 +43,7 @@ from sam3d_ros.msg import ObjectReconstructionArray
 from sam3d_ros.ros import builders
 from sam3d_ros.ros.conversions import frame_from_messages, header_stamp_ns
 from sam3d_ros.ros.params import declare_parameters, load_config, parameter_values
-from sam3d_ros.ros.sync import ApproximateTimeSync
+from sam3d_ros.ros.sync import ApproximateTimeSync, StampGate
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class Sam3dNode(LifecycleNode):
         self._state_lock = threading.Lock()
         self._active = False
         self._camera_info: Any | None = None
-        self._last_stamp_ns: int | None = None
+        self._gate = StampGate(TIME_JUMP_RESET_S)
         self._published_ids: set[int] = set()
         self._last_frame_id = ""
         self._skip_log_times: dict[str, float] = {}
@@ -219,19 +219,13 @@ class Sam3dNode(LifecycleNode):
         """Executor thread: stamp checks, then hand the set to the worker (never blocks)."""
         if not self._active or self._worker is None:
             return
-        stamp = header_stamp_ns(rgb)
-        last = self._last_stamp_ns
-        if last is not None and stamp <= last:
-            if last - stamp > TIME_JUMP_RESET_S * 1e9:
-                self.get_logger().warning(
-                    f"input time jumped back {(last - stamp) / 1e9:.1f} s (source restarted?): resetting"
-                )
-                self.reset_state()
-            else:
-                reason = SkipReason.DUPLICATE_STAMP if stamp == last else SkipReason.STALE_STAMP
-                self._skip_frame(reason, f"stamp {stamp} ns <= last accepted stamp {last} ns")
-                return
-        self._last_stamp_ns = stamp
+        reason, detail = self._gate.check(header_stamp_ns(rgb))
+        if reason is not None:
+            self._skip_frame(reason, detail)
+            return
+        if detail:  # the source restarted: forget tracks and markers
+            self.get_logger().warning(f"input {detail}")
+            self._reset_tracks()
         self.stats.frame_in()
         self._worker.submit(_FrameJob(rgb, depth, mask, self._camera_info, time.monotonic()))
 
@@ -293,12 +287,15 @@ class Sam3dNode(LifecycleNode):
     # ------------------------------------------------------------------ services, diagnostics
     def reset_state(self) -> None:
         """Forget tracks, stamps and queued inputs; RViz markers are deleted."""
-        with self._state_lock:
-            self._published_ids = set()
-            self._last_stamp_ns = None
-            frame_id = self._last_frame_id
+        self._gate.reset()
         if self._sync is not None and hasattr(self._sync, "clear"):
             self._sync.clear()
+        self._reset_tracks()
+
+    def _reset_tracks(self) -> None:
+        with self._state_lock:
+            self._published_ids = set()
+            frame_id = self._last_frame_id
         pub = self._pubs.get("markers")
         if pub is not None:
             pub.publish(builders.delete_all_markers(self.get_clock().now().nanoseconds, frame_id))

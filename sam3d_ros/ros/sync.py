@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from sam3d_ros.core.types import SkipReason
 from sam3d_ros.ros.conversions import header_stamp_ns
 
 
@@ -105,3 +106,35 @@ class ApproximateTimeSync:
             for i, q in enumerate(self._queues):
                 self.dropped_unmatched[i] += len(q)
                 q.clear()
+
+
+class StampGate:
+    """Accepts synchronized frames only with increasing stamps (node and replay alike).
+
+    A stamp equal to the last accepted one is a duplicate, an older one is stale; both are
+    rejected. A stamp more than ``jump_reset_s`` behind the last one means the source
+    restarted (a bag looping, a camera driver restarting): the gate resets and accepts it.
+    """
+
+    def __init__(self, jump_reset_s: float = 5.0) -> None:
+        self._jump_ns = round(jump_reset_s * 1e9)
+        self.last_ns: int | None = None
+        self.resets = 0
+
+    def check(self, stamp_ns: int) -> tuple[SkipReason | None, str]:
+        """Returns (None, "") to accept (and remembers the stamp), else (reason, detail).
+        A detail without a reason reports a reset."""
+        last = self.last_ns
+        if last is not None and stamp_ns <= last:
+            if last - stamp_ns > self._jump_ns:
+                self.last_ns = stamp_ns
+                self.resets += 1
+                return None, f"time jumped back {(last - stamp_ns) / 1e9:.1f} s: source restarted, state reset"
+            reason = SkipReason.DUPLICATE_STAMP if stamp_ns == last else SkipReason.STALE_STAMP
+            return reason, f"stamp {stamp_ns} ns <= last accepted stamp {last} ns"
+        self.last_ns = stamp_ns
+        return None, ""
+
+    def reset(self) -> None:
+        """Forget the last stamp."""
+        self.last_ns = None

@@ -1,0 +1,133 @@
+"""Helpers for the ROS tests: messages from rendered frames, a node harness with its own
+rclpy Context and executor thread, and waiting on deadlines (never fixed sleeps)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+
+from sam3d_ros.core.camera import CameraIntrinsics
+from sam3d_ros.core.images import encode_image
+
+_ns_counter = itertools.count()
+
+
+def unique_ns() -> str:
+    """A namespace unique within this test process (tests share a ROS domain)."""
+    return f"/t{threading.get_ident() % 10000}_{next(_ns_counter)}"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, period: float = 0.01) -> bool:
+    """Poll ``predicate`` until true or the deadline passes; returns the last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(period)
+    return bool(predicate())
+
+
+def header(stamp_ns: int, frame_id: str = "camera_color_optical_frame") -> Header:
+    return Header(stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000), frame_id=frame_id)
+
+
+def image_msg(array: np.ndarray, encoding: str, stamp_ns: int, **kwargs: Any) -> Image:
+    fields = encode_image(array, encoding, **kwargs)
+    msg = Image(header=header(stamp_ns))
+    msg.height, msg.width = fields["height"], fields["width"]
+    msg.encoding, msg.is_bigendian, msg.step = fields["encoding"], fields["is_bigendian"], fields["step"]
+    msg.data = fields["data"]
+    return msg
+
+
+def info_msg(cam: CameraIntrinsics, stamp_ns: int) -> CameraInfo:
+    msg = CameraInfo(header=header(stamp_ns), width=cam.width, height=cam.height)
+    msg.k = [cam.fx, 0.0, cam.cx, 0.0, cam.fy, cam.cy, 0.0, 0.0, 1.0]
+    msg.p = [cam.fx, 0.0, cam.cx, 0.0, 0.0, cam.fy, cam.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.distortion_model = "plumb_bob"
+    msg.d = [0.0] * 5
+    return msg
+
+
+def frame_msgs(rendered: Any, stamp_ns: int) -> tuple[Image, Image, CameraInfo, Image]:
+    """(rgb8, 16UC1 depth in mm, CameraInfo, 16UC1 labels) of a sim RenderedFrame."""
+    depth_mm = np.nan_to_num(rendered.depth * 1000.0, nan=0.0).round().astype(np.uint16)
+    return (
+        image_msg(rendered.rgb, "rgb8", stamp_ns),
+        image_msg(depth_mm, "16UC1", stamp_ns),
+        info_msg(rendered.camera.intrinsics, stamp_ns),
+        image_msg(rendered.labels.astype(np.uint16), "16UC1", stamp_ns),
+    )
+
+
+class Harness:
+    """A node under test plus a peer node (publishers/subscribers) in one private Context,
+    spun by a background executor thread."""
+
+    def __init__(self) -> None:
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        self.peer = Node("test_peer", context=self.context)
+        self.executor.add_node(self.peer)
+        self._thread: threading.Thread | None = None
+        self.received: dict[str, list[Any]] = {}
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001 - executor shut down
+            pass
+
+    def add_node(self, node: Node) -> None:
+        self.executor.add_node(node)
+
+    def publishers(self, ns: str) -> dict[str, Any]:
+        topics = {
+            "rgb": (Image, f"{ns}/camera/color/image_raw"),
+            "depth": (Image, f"{ns}/camera/aligned_depth_to_color/image_raw"),
+            "info": (CameraInfo, f"{ns}/camera/color/camera_info"),
+            "mask": (Image, f"{ns}/camera/instance_masks"),
+        }
+        return {k: self.peer.create_publisher(t, name, qos_profile_sensor_data) for k, (t, name) in topics.items()}
+
+    def subscribe(self, msg_type: Any, topic: str, key: str | None = None, qos: Any = 10) -> list[Any]:
+        store = self.received.setdefault(key or topic, [])
+        self.peer.create_subscription(msg_type, topic, store.append, qos)
+        return store
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=5.0)
+        for node in list(self.executor.get_nodes()):
+            node.destroy_node()
+        self.peer.destroy_node()
+        rclpy.shutdown(context=self.context)
+        if self._thread is not None:
+            self._thread.join(5.0)
+
+
+def publish_frame(pubs: dict[str, Any], msgs: tuple[Image, Image, CameraInfo, Image], *, info: bool = True) -> None:
+    rgb, depth, cam_info, mask = msgs
+    if info:
+        pubs["info"].publish(cam_info)
+    pubs["depth"].publish(depth)
+    pubs["mask"].publish(mask)
+    pubs["rgb"].publish(rgb)
