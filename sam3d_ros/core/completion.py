@@ -1,0 +1,341 @@
+"""Geometric (non-learned) amodal shape completion of one observed object.
+
+The visible surface of an object is voxelised in a grid frame ``G`` whose z axis is the
+support-plane normal (or the camera's "up" when there is no plane) and whose x/y axes are
+the principal axes of the observed footprint. The hidden part is then guessed with three
+simple priors and one hard constraint:
+
+(a) the observed surface points mark their voxels occupied;
+(b) extrusion: objects rest on the support plane, so every occupied column is filled down
+    to the plane (or, without a plane, to the lowest observed point);
+(c) symmetry (``config.use_symmetry``): the occupancy is point-reflected about a vertical
+    axis (a 180-degree turn, a symmetry of boxes at any yaw, cylinders, spheres, bottles).
+    The axis lies on the lateral centre of the footprint; its position along the
+    horizontal viewing direction is the deepest of a few candidates between the middle of
+    the observed depth range and "front + lateral width / 2" (the hidden depth extent is
+    assumed to be about the visible lateral extent) whose added voxels do not contradict the
+    observed free space. The reflected shell is closed by filling each grid row between
+    its first and last occupied voxel. Nothing is added further than
+    ``config.max_completion_depth`` behind the observed surface;
+(d) free-space carving: a voxel whose projection lands on a pixel whose measured depth is
+    beyond the voxel (the camera saw through it) is empty, except on occluder pixels and
+    pixels without valid depth (unknown); voxels below the support plane are empty;
+(e) a light Gaussian smoothing gives a clean iso-surface.
+
+All lengths are metres; ``camera_T_grid`` maps ``G`` to the camera optical frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from sam3d_ros.core import constants as C
+from sam3d_ros.core.config import PipelineConfig
+from sam3d_ros.core.frames import make_transform, rotation_from_z_and_x
+from sam3d_ros.core.types import ObjectObservation, SceneContext, VoxelShape
+
+logger = logging.getLogger(__name__)
+
+#: Camera "up" in the optical frame (y points down).
+_CAMERA_UP = np.array([0.0, -1.0, 0.0])
+
+#: Below this ratio of horizontal to total camera-object distance the view is treated as
+#: top-down (no horizontal viewing direction; the footprint is fully visible).
+_TOP_DOWN_RATIO = 0.1
+
+#: Robust footprint extents use these percentiles of the points' coordinates.
+_EXTENT_PERCENTILES = (0.5, 99.5)
+
+
+class CompletionError(ValueError):
+    """Raised for unusable observations (non-finite points, wrong shapes)."""
+
+
+def complete_shape(scene: SceneContext, obs: ObjectObservation, config: PipelineConfig) -> VoxelShape | None:
+    """Amodal occupancy of one object from its observation (see the module docstring).
+
+    Args:
+        scene: the frame (depth used for free-space carving) and the support plane.
+        obs: the object's filtered points (N, 3) in the camera frame (m), its mask and
+            occluder mask (H, W) bool.
+        config: uses ``mesh_resolution``, ``min_voxel_size``, ``use_symmetry``,
+            ``max_completion_depth``.
+
+    Returns:
+        A :class:`VoxelShape` (float32 occupancy in [0, 1], ``GRID_PAD_VOXELS`` empty voxels
+        on every side) or None when nothing is left (too few points, everything carved,
+        object too large for a grid).
+
+        ``confidence = min(1, N / CONFIDENCE_FULL_POINTS) * (1 - 0.5 * completed)`` where
+        N is the number of observed points and ``completed`` the fraction of the final
+        voxels that were added by symmetry (not observed or extruded).
+
+    Raises:
+        CompletionError: when ``obs.points`` is not an (N, 3) array.
+    """
+    pts = np.asarray(obs.points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise CompletionError(f"points must have shape (N, 3), got {pts.shape}")
+    pts = pts[np.all(np.isfinite(pts), axis=1)]
+    if len(pts) < C.MIN_OBJECT_POINTS:
+        logger.debug("object %d: %d finite points, nothing to complete", obs.instance_id, len(pts))
+        return None
+    mcd = config.max_completion_depth
+
+    # ---- grid frame G ------------------------------------------------------------------
+    plane = scene.plane
+    z_axis = _CAMERA_UP
+    base_point = pts.mean(axis=0)
+    floor_h: float | None = None
+    if plane is not None:
+        n = np.asarray(plane.normal, dtype=np.float64)
+        n_norm = float(np.linalg.norm(n))
+        if np.isfinite(n_norm) and n_norm > 1e-9 and math.isfinite(plane.offset):
+            n = n / n_norm
+            off = plane.offset / n_norm
+            h = pts @ n + off
+            above = h >= C.PLANE_CONTACT_TOL
+            if above.sum() >= C.MIN_OBJECT_POINTS:
+                pts = pts[above]
+                h = h[above]
+                z_axis = n
+                centroid = pts.mean(axis=0)
+                base_point = centroid - (centroid @ n + off) * n
+                floor_h = max(0.0, float(h.min()) - mcd)
+            else:
+                logger.debug(
+                    "object %d: only %d of %d points above the support plane; ignoring the plane",
+                    obs.instance_id,
+                    int(above.sum()),
+                    len(pts),
+                )
+    x_axis = _footprint_major_axis(pts - base_point, z_axis)
+    R = rotation_from_z_and_x(z_axis, x_axis)
+    camera_T_grid = make_transform(R, base_point)
+    P = (pts - base_point) @ R  # (N, 3) in G
+    if floor_h is None:
+        floor_h = float(P[:, 2].min())
+
+    # ---- symmetry centre candidates (in G's xy plane) ------------------------------------
+    cam_G = (-base_point) @ R
+    centre_G = P.mean(axis=0)
+    horiz = centre_G[:2] - cam_G[:2]
+    dist = float(np.linalg.norm(centre_G - cam_G))
+    top_down = float(np.linalg.norm(horiz)) < _TOP_DOWN_RATIO * max(dist, 1e-9)
+    d = np.array([1.0, 0.0]) if top_down else horiz / np.linalg.norm(horiz)
+    lat = np.array([-d[1], d[0]])
+    pd = P[:, :2] @ d
+    pl = P[:, :2] @ lat
+    lo_l, hi_l = np.percentile(pl, _EXTENT_PERCENTILES)
+    front, back = np.percentile(pd, _EXTENT_PERCENTILES)
+    width = float(hi_l - lo_l)
+    t_mid = float(front + back) / 2.0
+    t_far = t_mid if top_down else max(t_mid, float(front) + min(width / 2.0, mcd / 2.0))
+
+    def centre_xy(t: float) -> NDArray[np.float64]:
+        return float(lo_l + hi_l) / 2.0 * lat + t * d
+
+    # ---- grid bounds and voxel size ---------------------------------------------------------
+    xy = P[:, :2]
+    if config.use_symmetry:
+        xy = np.vstack([xy, 2.0 * centre_xy(t_far) - xy])
+    lo = np.array([xy[:, 0].min(), xy[:, 1].min(), floor_h])
+    hi = np.array([xy[:, 0].max(), xy[:, 1].max(), max(float(P[:, 2].max()), floor_h)])
+    longest = float((hi - lo).max())
+    voxel = min(max(longest / config.mesh_resolution, config.min_voxel_size), C.MAX_VOXEL_SIZE)
+    pad = C.GRID_PAD_VOXELS
+    core = np.floor((hi - lo) / voxel).astype(np.int64) + 1
+    dims = core + 2 * pad
+    if int(dims.max()) > C.MAX_GRID_DIM:
+        logger.warning(
+            "object %d: grid %s exceeds MAX_GRID_DIM=%d (extent %.3f m, voxel %.4f m); skipped",
+            obs.instance_id,
+            dims.tolist(),
+            C.MAX_GRID_DIM,
+            longest,
+            voxel,
+        )
+        return None
+    origin = lo - pad * voxel
+    nx, ny, nz = (int(v) for v in dims)
+
+    # (a) observed surface voxels
+    idx = np.floor((P - origin) / voxel).astype(np.int64)
+    idx = np.clip(idx, 0, dims - 1)
+    occ0 = np.zeros((nx, ny, nz), dtype=bool)
+    occ0[idx[:, 0], idx[:, 1], idx[:, 2]] = True
+
+    # (b) extrusion down to the floor
+    k = np.arange(nz)
+    has: NDArray[np.bool_] = np.asarray(occ0.any(axis=2))
+    top = nz - 1 - np.argmax(occ0[:, :, ::-1], axis=2)
+    occ1 = has[:, :, None] & (k[None, None, :] >= pad) & (k[None, None, :] <= top[:, :, None])
+
+    # (d, precomputed) visibility classification of every voxel centre
+    free, too_deep = _classify_voxels(scene, obs, R, base_point, origin, voxel, (nx, ny, nz), mcd)
+
+    # (c) symmetry
+    occ2 = occ1
+    if config.use_symmetry:
+        if t_far - t_mid > 0.5 * voxel:
+            candidates = np.linspace(t_far, t_mid, C.MIRROR_CANDIDATES)
+        else:
+            candidates = np.array([t_mid])
+        for t in candidates:
+            refl = _point_reflect(occ1, centre_xy(float(t)), origin, voxel)
+            new = refl & ~occ1
+            n_new = int(new.sum())
+            bad = int((new & free).sum())
+            if n_new == 0 or bad <= C.MIRROR_MAX_FREE_FRACTION * n_new:
+                occ2 = _fill_rows(occ1 | refl)
+                logger.debug(
+                    "object %d: symmetry centre at t=%.4f m (range %.4f..%.4f), %d voxels added, "
+                    "%d in free space",
+                    obs.instance_id,
+                    t,
+                    t_mid,
+                    t_far,
+                    n_new,
+                    bad,
+                )
+                break
+
+    # (d) carving; voxels below the floor are empty by construction (k < pad)
+    occ3 = occ2 & ~free & ~too_deep
+    n_final = int(occ3.sum())
+    if n_final == 0:
+        logger.debug("object %d: every voxel was carved away", obs.instance_id)
+        return None
+
+    # (e) smoothing
+    occf = ndimage.gaussian_filter(occ3.astype(np.float32), sigma=C.SMOOTH_SIGMA_VOXELS, mode="constant")
+    occf[:1], occf[-1:], occf[:, :1], occf[:, -1:], occf[:, :, :1], occf[:, :, -1:] = 0, 0, 0, 0, 0, 0
+    np.clip(occf, 0.0, 1.0, out=occf)
+
+    completed = float((occ3 & ~occ1).sum()) / n_final
+    confidence = min(1.0, len(pts) / C.CONFIDENCE_FULL_POINTS) * (1.0 - 0.5 * completed)
+    return VoxelShape(
+        occupancy=occf,
+        voxel_size=float(voxel),
+        origin=origin.astype(np.float64),
+        camera_T_grid=camera_T_grid,
+        confidence=float(np.clip(confidence, 0.0, 1.0)),
+    )
+
+
+def _footprint_major_axis(rel: NDArray[np.float64], z_axis: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Major principal axis (3,) of the points projected on the plane normal to ``z_axis``,
+    signed to have a non-negative camera-x component (then camera-z)."""
+    flat = rel - np.outer(rel @ z_axis, z_axis)
+    cov = flat.T @ flat / max(len(flat), 1)
+    w, v = np.linalg.eigh(cov)
+    axis = v[:, int(np.argmax(w))]
+    axis = axis - z_axis * float(axis @ z_axis)
+    if float(np.linalg.norm(axis)) < 1e-9:
+        axis = np.array([1.0, 0.0, 0.0]) - z_axis * float(z_axis[0])
+    ref = axis[0] if abs(axis[0]) > 1e-6 else axis[2]
+    return -axis if ref < 0 else axis
+
+
+def _classify_voxels(
+    scene: SceneContext,
+    obs: ObjectObservation,
+    R: NDArray[np.float64],
+    base_point: NDArray[np.float64],
+    origin: NDArray[np.float64],
+    voxel: float,
+    dims: tuple[int, int, int],
+    max_depth: float,
+) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Project every voxel centre into the depth image.
+
+    Returns:
+        free: (NX, NY, NZ) bool, the camera saw a surface beyond the voxel (definitely empty).
+        too_deep: (NX, NY, NZ) bool, the voxel projects into the object's own mask more than
+            ``max_depth`` behind the observed depth.
+    """
+    nx, ny, nz = dims
+    gx = origin[0] + (np.arange(nx) + 0.5) * voxel
+    gy = origin[1] + (np.arange(ny) + 0.5) * voxel
+    gz = origin[2] + (np.arange(nz) + 0.5) * voxel
+    cam = [
+        base_point[a]
+        + R[a, 0] * gx[:, None, None]
+        + R[a, 1] * gy[None, :, None]
+        + R[a, 2] * gz[None, None, :]
+        for a in range(3)
+    ]
+    xc, yc, zc = cam
+    frame = scene.frame
+    camera = frame.camera
+    depth = np.asarray(frame.depth)
+    h, w = depth.shape
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = np.floor(camera.fx * xc / zc + camera.cx + 0.5)
+        v = np.floor(camera.fy * yc / zc + camera.cy + 0.5)
+    inside = (zc > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    ui = np.where(inside, u, 0).astype(np.intp)
+    vi = np.where(inside, v, 0).astype(np.intp)
+    meas = depth[vi, ui].astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        known = inside & np.isfinite(meas) & (meas > 0)
+    occluder = np.asarray(obs.occluder_mask, dtype=bool)
+    own = np.asarray(obs.mask, dtype=bool)
+    if occluder.shape == depth.shape:
+        known &= ~occluder[vi, ui]
+    margin = max(C.CARVE_MIN_MARGIN, C.CARVE_MARGIN_VOXELS * voxel)
+    with np.errstate(invalid="ignore"):
+        free = known & (meas > zc + margin)
+        if own.shape == depth.shape:
+            too_deep = known & own[vi, ui] & (zc - meas > max_depth)
+        else:
+            too_deep = np.zeros(dims, dtype=bool)
+    return free, too_deep
+
+
+def _point_reflect(
+    occ: NDArray[np.bool_], centre_xy: NDArray[np.float64], origin: NDArray[np.float64], voxel: float
+) -> NDArray[np.bool_]:
+    """Occupancy turned by 180 degrees about the vertical axis through ``centre_xy`` (G),
+    snapped to the grid (a flip plus an integer shift; cells leaving the grid are dropped)."""
+    out = np.zeros_like(occ)
+    flipped = occ[::-1, ::-1, :]
+    shifts = []
+    for a in range(2):
+        n = occ.shape[a]
+        # voxel i (centre origin + (i + .5) v) maps to index K - i with K = 2 (c - o) / v - 1
+        big_k = int(np.rint(2.0 * (centre_xy[a] - origin[a]) / voxel - 1.0))
+        shifts.append(big_k - (n - 1))
+    src = []
+    dst = []
+    for a, s in enumerate(shifts):
+        n = occ.shape[a]
+        if abs(s) >= n:
+            return out
+        src.append(slice(max(-s, 0), n - max(s, 0)))
+        dst.append(slice(max(s, 0), n - max(-s, 0)))
+    out[dst[0], dst[1], :] = flipped[src[0], src[1], :]
+    return out
+
+
+def _fill_rows(occ: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Fill every grid row along x and along y between its first and last occupied voxel
+    (union of both), closing a front shell and its reflected back shell."""
+    out = occ.copy()
+    for axis in (0, 1):
+        n = occ.shape[axis]
+        has = occ.any(axis=axis)
+        first = np.argmax(occ, axis=axis)
+        last = n - 1 - np.argmax(np.flip(occ, axis=axis), axis=axis)
+        shape = [1, 1, 1]
+        shape[axis] = n
+        i = np.arange(n).reshape(shape)
+        out |= (
+            np.expand_dims(has, axis) & (i >= np.expand_dims(first, axis)) & (i <= np.expand_dims(last, axis))
+        )
+    return out

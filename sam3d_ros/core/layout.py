@@ -1,0 +1,139 @@
+"""Object frame (6-DoF pose and extents) of a completed shape, and its visible fraction.
+
+The object frame has z along the support-plane normal (the camera's "up" without a
+plane), x along the major side of the footprint's minimum-area bounding rectangle and its
+origin at the centre of the shape's bounding box in that frame. All in the camera optical
+frame, metres.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.spatial import ConvexHull, QhullError
+
+from sam3d_ros.core import constants as C
+from sam3d_ros.core.frames import make_transform, rotation_from_z_and_x
+from sam3d_ros.core.meshing import face_areas_and_centroids
+from sam3d_ros.core.types import RGBDFrame, SupportPlane, TriangleMesh
+
+logger = logging.getLogger(__name__)
+
+_CAMERA_UP = np.array([0.0, -1.0, 0.0])
+
+
+class LayoutError(ValueError):
+    """Raised for unusable vertices (empty, wrong shape or non-finite)."""
+
+
+def estimate_object_frame(
+    vertices_camera: NDArray[np.floating], plane: SupportPlane | None
+) -> tuple[NDArray[np.float64], tuple[float, float, float]]:
+    """Object frame of a shape given by its vertices.
+
+    Args:
+        vertices_camera: (V, 3) vertices in the camera optical frame, metres.
+        plane: the support plane; its normal becomes the object z axis. Without a plane z is
+            the camera's up direction (-y of the optical frame).
+
+    Returns:
+        (camera_T_object 4x4 float64, (ex, ey, ez) full extents in metres along the object
+        axes). x is the longer side of the footprint's minimum-area rectangle (ex >= ey),
+        signed to have a positive camera-x component (or, when x is perpendicular to it, a
+        positive camera-z component); y = z cross x (right-handed).
+
+    Raises:
+        LayoutError: for no vertices, a wrong shape or non-finite values.
+    """
+    v = np.asarray(vertices_camera, dtype=np.float64)
+    if v.ndim != 2 or v.shape[1] != 3 or len(v) == 0:
+        raise LayoutError(f"vertices must have shape (V>0, 3), got {v.shape}")
+    if not np.all(np.isfinite(v)):
+        raise LayoutError(f"{int((~np.isfinite(v)).any(axis=1).sum())} vertices are not finite")
+    z = _CAMERA_UP
+    if plane is not None:
+        n = np.asarray(plane.normal, dtype=np.float64)
+        nn = float(np.linalg.norm(n))
+        if np.isfinite(nn) and nn > 1e-9:
+            z = n / nn
+    helper = rotation_from_z_and_x(z, np.array([1.0, 0.0, 0.0]))
+    e1, e2 = helper[:, 0], helper[:, 1]
+    xy = np.stack([v @ e1, v @ e2], axis=1)
+    angle, _ = _min_area_rectangle(xy)
+    x = np.cos(angle) * e1 + np.sin(angle) * e2
+    ref = x[0] if abs(x[0]) > 1e-6 else x[2]
+    if ref < 0:
+        x = -x
+    R = rotation_from_z_and_x(z, x)
+    local = v @ R
+    lo, hi = local.min(axis=0), local.max(axis=0)
+    ext = hi - lo
+    if ext[1] > ext[0] + 1e-12:  # make x the major axis (turn by 90 degrees about z)
+        R = np.stack([R[:, 1], -R[:, 0], R[:, 2]], axis=1)
+        if (R[0, 0] if abs(R[0, 0]) > 1e-6 else R[2, 0]) < 0:
+            R = np.stack([-R[:, 0], -R[:, 1], R[:, 2]], axis=1)
+        local = v @ R
+        lo, hi = local.min(axis=0), local.max(axis=0)
+        ext = hi - lo
+    centre = R @ ((lo + hi) / 2.0)
+    return make_transform(R, centre), (float(ext[0]), float(ext[1]), float(ext[2]))
+
+
+def _min_area_rectangle(xy: NDArray[np.float64]) -> tuple[float, float]:
+    """Angle (rad) of one side of the minimum-area rectangle enclosing (N, 2) points, and
+    its area. Degenerate inputs (fewer than 3 distinct points, collinear) use PCA."""
+    try:
+        hull = ConvexHull(xy)
+        pts = xy[hull.vertices]
+    except (QhullError, ValueError):
+        centred = xy - xy.mean(axis=0)
+        w, vec = np.linalg.eigh(centred.T @ centred)
+        major = vec[:, int(np.argmax(w))]
+        return float(np.arctan2(major[1], major[0])), 0.0
+    edges = np.roll(pts, -1, axis=0) - pts
+    angles = np.unique(np.mod(np.arctan2(edges[:, 1], edges[:, 0]), np.pi / 2.0))
+    c, s = np.cos(angles), np.sin(angles)
+    # project the hull on each candidate orientation: (A, N)
+    px = np.outer(c, pts[:, 0]) + np.outer(s, pts[:, 1])
+    py = np.outer(-s, pts[:, 0]) + np.outer(c, pts[:, 1])
+    areas = (px.max(axis=1) - px.min(axis=1)) * (py.max(axis=1) - py.min(axis=1))
+    best = int(np.argmin(areas))
+    return float(angles[best]), float(areas[best])
+
+
+def visible_fraction(mesh_camera: TriangleMesh, frame: RGBDFrame, mask: NDArray[np.bool_]) -> float:
+    """Area-weighted fraction of the mesh surface that the camera observed.
+
+    A face counts as observed when its centroid projects into the image inside ``mask`` and
+    its depth agrees with the measured depth there within ``VISIBILITY_DEPTH_TOL``.
+
+    Args:
+        mesh_camera: mesh in the camera optical frame, metres.
+        frame: the frame (depth (H, W) metres, intrinsics).
+        mask: (H, W) bool, the object's pixels.
+
+    Returns:
+        Fraction in [0, 1]; 0.0 for an empty mesh or a mask of the wrong shape.
+    """
+    depth = np.asarray(frame.depth)
+    m = np.asarray(mask, dtype=bool)
+    if m.shape != depth.shape or len(mesh_camera.faces) == 0:
+        return 0.0
+    areas, cents = face_areas_and_centroids(mesh_camera)
+    total = float(areas.sum())
+    if not np.isfinite(total) or total <= 0.0:
+        return 0.0
+    u, v, z = frame.camera.project(cents)
+    h, w = depth.shape
+    with np.errstate(invalid="ignore"):
+        ui = np.floor(u + 0.5)
+        vi = np.floor(v + 0.5)
+        inside = (z > 0) & (ui >= 0) & (ui < w) & (vi >= 0) & (vi < h)
+    uu = np.where(inside, ui, 0).astype(np.intp)
+    vv = np.where(inside, vi, 0).astype(np.intp)
+    d = depth[vv, uu].astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        seen = inside & m[vv, uu] & (np.abs(d - z) <= C.VISIBILITY_DEPTH_TOL)
+    return float(np.clip(areas[seen].sum() / total, 0.0, 1.0))

@@ -1,0 +1,157 @@
+"""Iso-surface extraction from voxel occupancy, and mesh checks.
+
+Marching cubes (scikit-image, Lewiner) runs on the occupancy padded with one layer of
+zeros, so the surface is always closed; only the largest connected component is kept and
+faces are oriented outwards (counter-clockwise seen from outside, positive volume).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from skimage import measure
+
+from sam3d_ros.core import constants as C
+from sam3d_ros.core.frames import transform_points
+from sam3d_ros.core.types import TriangleMesh, VoxelShape
+
+if TYPE_CHECKING:
+    import trimesh
+
+logger = logging.getLogger(__name__)
+
+
+class MeshingError(ValueError):
+    """Raised when no surface can be extracted (empty or invalid occupancy)."""
+
+
+def mesh_from_voxels(shape: VoxelShape, level: float) -> TriangleMesh:
+    """Watertight triangle mesh of the ``level`` iso-surface of a voxel shape.
+
+    Args:
+        shape: occupancy (NX, NY, NZ) in [0, 1] in grid frame ``G``; voxel (i, j, k) has its
+            centre at ``origin + (i, j, k) + 0.5`` voxels.
+        level: iso-level in (0, 1), e.g. ``config.occupancy_threshold``.
+
+    Returns:
+        Mesh with vertices (V, 3) float64 in the CAMERA frame (via ``camera_T_grid``), metres,
+        and faces (F, 3) int32, outward oriented; the largest connected component only.
+
+    Raises:
+        MeshingError: for an empty/non-finite occupancy, a voxel size outside
+            [MIN_VOXEL_SIZE, MAX_VOXEL_SIZE] or a level outside (0, 1).
+    """
+    occ = np.asarray(shape.occupancy, dtype=np.float32)
+    if occ.ndim != 3 or min(occ.shape) < 1:
+        raise MeshingError(f"occupancy must be a non-empty 3-D array, got shape {occ.shape}")
+    if not 0.0 < level < 1.0:
+        raise MeshingError(f"iso-level must be in (0, 1), got {level}")
+    vs = float(shape.voxel_size)
+    if not (np.isfinite(vs) and C.MIN_VOXEL_SIZE <= vs <= C.MAX_VOXEL_SIZE):
+        raise MeshingError(f"voxel size {vs} m outside [{C.MIN_VOXEL_SIZE}, {C.MAX_VOXEL_SIZE}] m")
+    if not np.all(np.isfinite(occ)):
+        raise MeshingError(f"occupancy has {int((~np.isfinite(occ)).sum())} non-finite values")
+    if not (occ > level).any():
+        raise MeshingError(f"occupancy is empty at level {level} (max {float(occ.max()):.3f})")
+    padded = np.pad(occ, 1, mode="constant", constant_values=0.0)
+    try:
+        verts, faces, _, _ = measure.marching_cubes(padded, level=level, spacing=(vs, vs, vs))
+    except (ValueError, RuntimeError) as err:
+        raise MeshingError(f"marching cubes failed at level {level}: {err}") from err
+    if len(faces) == 0:
+        raise MeshingError(f"marching cubes produced no faces at level {level}")
+    origin = np.asarray(shape.origin, dtype=np.float64).reshape(3)
+    # padded index p = i + 1; voxel i has its centre at origin + (i + 0.5) * vs
+    verts_g = verts.astype(np.float64) + origin + (0.5 - 1.0) * vs
+    verts_g, faces64 = _largest_component(verts_g, faces.astype(np.int64))
+    if _signed_volume(verts_g, faces64) < 0.0:
+        faces64 = faces64[:, ::-1]
+    verts_cam = transform_points(np.asarray(shape.camera_T_grid, dtype=np.float64), verts_g)
+    return TriangleMesh(
+        vertices=np.ascontiguousarray(verts_cam, dtype=np.float64),
+        faces=np.ascontiguousarray(faces64, dtype=np.int32),
+    )
+
+
+def _signed_volume(v: NDArray[np.float64], f: NDArray[np.int64]) -> float:
+    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
+
+
+def _largest_component(
+    v: NDArray[np.float64], f: NDArray[np.int64]
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """Keep the vertex-connected component with the largest absolute enclosed volume;
+    unused vertices are dropped and faces re-indexed."""
+    n = len(v)
+    rows = np.concatenate([f[:, 0], f[:, 1]])
+    cols = np.concatenate([f[:, 1], f[:, 2]])
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
+    n_comp, comp = connected_components(graph, directed=False)
+    face_comp = comp[f[:, 0]]
+    if n_comp > 1:
+        a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+        vol = np.bincount(face_comp, weights=np.einsum("ij,ij->i", a, np.cross(b, c)), minlength=n_comp)
+        area = np.bincount(
+            face_comp, weights=np.linalg.norm(np.cross(b - a, c - a), axis=1), minlength=n_comp
+        )
+        best = int(np.lexsort((area, np.abs(vol)))[-1])
+        logger.debug(
+            "mesh had %d components; kept the largest (%d faces)", n_comp, int((face_comp == best).sum())
+        )
+        f = f[face_comp == best]
+    used = np.unique(f)
+    if len(used) != n:
+        remap = np.full(n, -1, dtype=np.int64)
+        remap[used] = np.arange(len(used))
+        v, f = v[used], remap[f]
+    return v, f
+
+
+def to_trimesh(mesh: TriangleMesh) -> trimesh.Trimesh:
+    """A trimesh view of a :class:`TriangleMesh` (no processing, no copy of the faces)."""
+    import trimesh
+
+    return trimesh.Trimesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), process=False, validate=False)
+
+
+def mesh_volume(mesh: TriangleMesh) -> float:
+    """Signed enclosed volume (m^3); positive for a closed, outward-oriented mesh."""
+    v = np.asarray(mesh.vertices, dtype=np.float64)
+    f = np.asarray(mesh.faces, dtype=np.int64)
+    if len(f) == 0:
+        return 0.0
+    return _signed_volume(v, f)
+
+
+def is_watertight(mesh: TriangleMesh) -> bool:
+    """True when every edge is shared by exactly two faces with opposite directions
+    (closed, manifold and consistently oriented)."""
+    f = np.asarray(mesh.faces, dtype=np.int64)
+    if len(f) == 0:
+        return False
+    edges = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    if np.any(edges[:, 0] == edges[:, 1]):
+        return False
+    # each directed edge must appear exactly once, and its reverse exactly once
+    n = int(f.max()) + 1
+    directed = edges[:, 0] * n + edges[:, 1]
+    uniq, counts = np.unique(directed, return_counts=True)
+    if np.any(counts != 1):
+        return False
+    reverse = edges[:, 1] * n + edges[:, 0]
+    return bool(np.all(np.isin(reverse, uniq)))
+
+
+def face_areas_and_centroids(mesh: TriangleMesh) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per-face area (F,) in m^2 and centroid (F, 3) in the mesh's frame."""
+    v = np.asarray(mesh.vertices, dtype=np.float64)
+    f = np.asarray(mesh.faces, dtype=np.int64)
+    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    areas = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    return areas, (a + b + c) / 3.0
