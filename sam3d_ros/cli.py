@@ -84,7 +84,9 @@ def _print_replay_summary(out: Path) -> None:
     """Per-object table: id, pose, extents, vertices, latency."""
     from sam3d_ros.tools.plyio import read_ply
 
-    print(f"{'stamp_ns':>20} {'id':>3} {'position xyz (m)':>26} {'extents xyz (m)':>23} {'verts':>6} {'conf':>5} {'ms':>7}")
+    print(
+        f"{'stamp_ns':>20} {'id':>3} {'position xyz (m)':>26} {'extents xyz (m)':>23} {'verts':>6} {'conf':>5} {'ms':>7}"
+    )
     with (out / "results.jsonl").open() as f:
         for line in f:
             rec = json.loads(line)
@@ -102,7 +104,9 @@ def _print_replay_summary(out: Path) -> None:
 def _add_node(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("node", help="run sam3d_node (same as python -m sam3d_ros.ros.node)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="--ros-args ... and --no-autostart")
-    p.set_defaults(func=lambda a: __import__("sam3d_ros.ros.node", fromlist=["main"]).main(["sam3d_node", *a.rest]))
+    p.set_defaults(
+        func=lambda a: __import__("sam3d_ros.ros.node", fromlist=["main"]).main(["sam3d_node", *a.rest])
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING, format="[%(levelname)s] %(name)s: %(message)s"
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="[%(levelname)s] %(name)s: %(message)s",
     )
     return int(args.func(args))
 

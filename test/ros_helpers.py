@@ -41,7 +41,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, period: float
 
 
 def header(stamp_ns: int, frame_id: str = "camera_color_optical_frame") -> Header:
-    return Header(stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000), frame_id=frame_id)
+    return Header(
+        stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000), frame_id=frame_id
+    )
 
 
 def image_msg(array: np.ndarray, encoding: str, stamp_ns: int, **kwargs: Any) -> Image:
@@ -107,7 +109,9 @@ class Harness:
             "info": (CameraInfo, f"{ns}/camera/color/camera_info"),
             "mask": (Image, f"{ns}/camera/instance_masks"),
         }
-        return {k: self.peer.create_publisher(t, name, qos_profile_sensor_data) for k, (t, name) in topics.items()}
+        return {
+            k: self.peer.create_publisher(t, name, qos_profile_sensor_data) for k, (t, name) in topics.items()
+        }
 
     def subscribe(self, msg_type: Any, topic: str, key: str | None = None, qos: Any = 10) -> list[Any]:
         store = self.received.setdefault(key or topic, [])
@@ -124,7 +128,9 @@ class Harness:
             self._thread.join(5.0)
 
 
-def publish_frame(pubs: dict[str, Any], msgs: tuple[Image, Image, CameraInfo, Image], *, info: bool = True) -> None:
+def publish_frame(
+    pubs: dict[str, Any], msgs: tuple[Image, Image, CameraInfo, Image], *, info: bool = True
+) -> None:
     rgb, depth, cam_info, mask = msgs
     if info:
         pubs["info"].publish(cam_info)

@@ -25,7 +25,7 @@ from sam3d_ros.sim.bag import read_ground_truth, write_bag
 from sam3d_ros.sim.raycast import true_mesh
 from sam3d_ros.sim.scenes import sequence
 
-from .ros_helpers import wait_for
+from ros_helpers import wait_for
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -54,7 +54,14 @@ def test_node_in_another_process(tmp_path: Path) -> None:
 
     env = dict(os.environ)
     node_proc = subprocess.Popen(
-        [sys.executable, "-m", "sam3d_ros.ros.node", "--ros-args", "--params-file", str(ROOT / "config" / "default.yaml")],
+        [
+            sys.executable,
+            "-m",
+            "sam3d_ros.ros.node",
+            "--ros-args",
+            "--params-file",
+            str(ROOT / "config" / "default.yaml"),
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -62,10 +69,21 @@ def test_node_in_another_process(tmp_path: Path) -> None:
     )
     player: subprocess.Popen[str] | None = None
     try:
-        assert wait_for(lambda: listener.count_publishers("/sam3d_node/objects") > 0, 60.0), "node did not start"
+        assert wait_for(lambda: listener.count_publishers("/sam3d_node/objects") > 0, 60.0), (
+            "node did not start"
+        )
         assert wait_for(lambda: listener.count_subscribers("/camera/instance_masks") > 0, 30.0)
         player = subprocess.Popen(
-            [sys.executable, "-m", "sam3d_ros.ros.player", str(bag), "--rate", "1.0", "--wait-subscribers", "1"],
+            [
+                sys.executable,
+                "-m",
+                "sam3d_ros.ros.player",
+                str(bag),
+                "--rate",
+                "1.0",
+                "--wait-subscribers",
+                "1",
+            ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

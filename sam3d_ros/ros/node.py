@@ -259,16 +259,17 @@ class Sam3dNode(LifecycleNode):
             logger.exception("internal error while processing a frame")
             self._skip_frame(SkipReason.INTERNAL_ERROR, f"{type(err).__name__}: {err}")
             return
-        self._publish(result)
         for skipped in result.skipped:
             self.get_logger().debug(
                 f"object {skipped.instance_id} skipped ({skipped.reason.value}): {skipped.detail}"
             )
+        # count before publishing, so anyone who sees the output also sees the counters
         self.stats.frame_out(
             {**result.timings_ms, "end_to_end": (time.monotonic() - job.received) * 1000.0},
             len(result.objects),
             [s.reason.value for s in result.skipped],
         )
+        self._publish(result)
 
     def _publish(self, result: FrameResult) -> None:
         cfg = self._require_config()

@@ -75,7 +75,10 @@ def play_bag(
             qos: QoSProfile | int = qos_profile_sensor_data if c.msgtype == "sensor_msgs/msg/Image" else 10
             if c.msgtype == "sensor_msgs/msg/CameraInfo":
                 qos = qos_profile_sensor_data
-            pubs[c.topic] = (node.create_publisher(_msg_class(c.msgtype), c.topic, qos), _msg_class(c.msgtype))
+            pubs[c.topic] = (
+                node.create_publisher(_msg_class(c.msgtype), c.topic, qos),
+                _msg_class(c.msgtype),
+            )
         clock_pub = node.create_publisher(Clock, "/clock", 10) if clock else None
         if wait_subscribers > 0:
             deadline = time.monotonic() + wait_timeout

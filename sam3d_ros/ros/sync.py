@@ -129,7 +129,10 @@ class StampGate:
             if last - stamp_ns > self._jump_ns:
                 self.last_ns = stamp_ns
                 self.resets += 1
-                return None, f"time jumped back {(last - stamp_ns) / 1e9:.1f} s: source restarted, state reset"
+                return (
+                    None,
+                    f"time jumped back {(last - stamp_ns) / 1e9:.1f} s: source restarted, state reset",
+                )
             reason = SkipReason.DUPLICATE_STAMP if stamp_ns == last else SkipReason.STALE_STAMP
             return reason, f"stamp {stamp_ns} ns <= last accepted stamp {last} ns"
         self.last_ns = stamp_ns

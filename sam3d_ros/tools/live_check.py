@@ -44,7 +44,12 @@ def _live_record(msg: ObjectReconstructionArray) -> dict[str, Any]:
                 "instance_id": o.instance_id,
                 "track_id": o.track_id,
                 "position": [o.pose.position.x, o.pose.position.y, o.pose.position.z],
-                "orientation_xyzw": [o.pose.orientation.x, o.pose.orientation.y, o.pose.orientation.z, o.pose.orientation.w],
+                "orientation_xyzw": [
+                    o.pose.orientation.x,
+                    o.pose.orientation.y,
+                    o.pose.orientation.z,
+                    o.pose.orientation.w,
+                ],
                 "extents": [o.extents.x, o.extents.y, o.extents.z],
                 "vertices": len(o.mesh.vertices),
             }
@@ -71,9 +76,13 @@ def compare(live: list[dict[str, Any]], offline: list[dict[str, Any]]) -> list[s
         for iid, o in a.items():
             r = b[iid]
             dp = max(abs(x - y) for x, y in zip(o["position"], r["pose"]["position"], strict=True))
-            dq = max(abs(x - y) for x, y in zip(o["orientation_xyzw"], r["pose"]["orientation_xyzw"], strict=True))
+            dq = max(
+                abs(x - y) for x, y in zip(o["orientation_xyzw"], r["pose"]["orientation_xyzw"], strict=True)
+            )
             if dp > POSITION_TOL_M or dq > QUAT_TOL:
-                problems.append(f"{rec['stamp_ns']} object {iid}: position diff {dp:.2e} m, quaternion diff {dq:.2e}")
+                problems.append(
+                    f"{rec['stamp_ns']} object {iid}: position diff {dp:.2e} m, quaternion diff {dq:.2e}"
+                )
     return problems
 
 
@@ -104,7 +113,9 @@ def play_lockstep(
     ):
         time.sleep(0.02)
     if any(p.get_subscription_count() == 0 for p in pubs.values()):
-        raise RuntimeError(f"sam3d_node is not subscribed to {sorted(pubs)} after {timeout} s: is it running?")
+        raise RuntimeError(
+            f"sam3d_node is not subscribed to {sorted(pubs)} after {timeout} s: is it running?"
+        )
 
     frames: dict[int, dict[str, Any]] = defaultdict(dict)
     types = {topics.rgb: Image, topics.depth: Image, topics.mask: Image, topics.info: CameraInfo}

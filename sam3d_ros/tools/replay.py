@@ -102,7 +102,8 @@ def frame_record(result: FrameResult, out_dir: Path) -> dict[str, Any]:
         "frame_id": result.frame_id,
         "objects": objects,
         "skipped": [
-            {"instance_id": int(s.instance_id), "reason": s.reason.value, "detail": s.detail} for s in result.skipped
+            {"instance_id": int(s.instance_id), "reason": s.reason.value, "detail": s.detail}
+            for s in result.skipped
         ],
         "timings_ms": {k: round(v, 3) for k, v in result.timings_ms.items()},
     }
@@ -250,7 +251,11 @@ def replay_bag(
         "objects": counters["objects"],
         "objects_skipped": dict(skipped_objects),
         "timings_ms": {
-            k: {"median": round(statistics.median(v), 2), "mean": round(statistics.fmean(v), 2), "max": round(max(v), 2)}
+            k: {
+                "median": round(statistics.median(v), 2),
+                "mean": round(statistics.fmean(v), 2),
+                "max": round(max(v), 2),
+            }
             for k, v in sorted(timings.items())
         },
         "wall_s": round(wall, 3),
@@ -288,4 +293,6 @@ def _write_outputs(writer: BagWriter, result: FrameResult, previous_ids: set[int
         t,
         serialize_message(builders.marker_array_msg(result, previous_ids, 0.8)),
     )
-    writer.write(OUT_POSES, "geometry_msgs/msg/PoseArray", t, serialize_message(builders.pose_array_msg(result)))
+    writer.write(
+        OUT_POSES, "geometry_msgs/msg/PoseArray", t, serialize_message(builders.pose_array_msg(result))
+    )
