@@ -454,8 +454,8 @@ def _intersect_cylinder(
     for z0, nz in ((hh, 1.0), (-hh, -1.0)):
         with np.errstate(divide="ignore", invalid="ignore"):
             tc = (z0 - o[2]) / dz
-        xc = o[0] + tc * dx
-        yc = o[1] + tc * dy
+            xc = o[0] + tc * dx
+            yc = o[1] + tc * dy
         ok_cap = np.isfinite(tc) & (tc > _T_EPS) & (xc * xc + yc * yc <= radius**2) & (tc < t)
         t = np.where(ok_cap, tc, t)
         n[ok_cap] = (0.0, 0.0, nz)
@@ -577,6 +577,7 @@ def render(scene: Scene, camera: Camera, *, with_rgb: bool = True) -> RenderedFr
         with np.errstate(divide="ignore", invalid="ignore"):
             tt = -origin[2] / dirs[:, 2]
         ok = np.isfinite(tt) & (tt > _T_EPS)
+        tt = np.where(ok, tt, 0.0)
         if scene.table.half_extents_xy is not None:
             px = origin[0] + tt * dirs[:, 0] - scene.table.center_xy[0]
             py = origin[1] + tt * dirs[:, 1] - scene.table.center_xy[1]

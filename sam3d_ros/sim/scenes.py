@@ -137,7 +137,7 @@ def _place_objects(
             for _ in range(200):
                 x = float(rng.uniform(-area_half_xy[0], area_half_xy[0]))
                 y = float(rng.uniform(-area_half_xy[1], area_half_xy[1]))
-                shape, fr = _random_shape(rng, kind, lo * scale, hi * scale, x, y)
+                shape, fr = _random_shape(rng, kind, lo, max(lo, hi * scale), x, y)
                 if all(math.hypot(x - px, y - py) > fr + pr + gap for px, py, pr in placed):
                     placed.append((x, y, fr))
                     objects.append(SceneObject(label=i + 1, shape=shape, color=_random_color(rng)))
