@@ -121,6 +121,9 @@ def complete_shape(scene: SceneContext, obs: ObjectObservation, config: Pipeline
     if floor_h is None:
         floor_h = float(P[:, 2].min())
 
+    # silhouette loss: mask erosion plus one flying pixel, in metres at the object's depth
+    grow_m = (config.mask_erosion_px + 1) * float(np.median(pts[:, 2])) / scene.frame.camera.fx
+
     # ---- symmetry centre candidates (in G's xy plane) ------------------------------------
     cam_G = (-base_point) @ R
     centre_G = P.mean(axis=0)
@@ -133,7 +136,7 @@ def complete_shape(scene: SceneContext, obs: ObjectObservation, config: Pipeline
     pl = P[:, :2] @ lat
     lo_l, hi_l = np.percentile(pl, _EXTENT_PERCENTILES)
     front, back = np.percentile(pd, _EXTENT_PERCENTILES)
-    width = float(hi_l - lo_l)
+    width = float(hi_l - lo_l) + 2.0 * grow_m
     t_mid = float(front + back) / 2.0
     t_far = t_mid if top_down else max(t_mid, float(front) + min(width / 2.0, mcd / 2.0))
 
@@ -144,8 +147,8 @@ def complete_shape(scene: SceneContext, obs: ObjectObservation, config: Pipeline
     xy = P[:, :2]
     if config.use_symmetry:
         xy = np.vstack([xy, 2.0 * centre_xy(t_far) - xy])
-    lo = np.array([xy[:, 0].min(), xy[:, 1].min(), floor_h])
-    hi = np.array([xy[:, 0].max(), xy[:, 1].max(), max(float(P[:, 2].max()), floor_h)])
+    lo = np.array([xy[:, 0].min() - grow_m, xy[:, 1].min() - grow_m, floor_h])
+    hi = np.array([xy[:, 0].max() + grow_m, xy[:, 1].max() + grow_m, max(float(P[:, 2].max()), floor_h)])
     longest = float((hi - lo).max())
     voxel = min(max(longest / config.mesh_resolution, config.min_voxel_size), C.MAX_VOXEL_SIZE)
     pad = C.GRID_PAD_VOXELS
@@ -164,11 +167,16 @@ def complete_shape(scene: SceneContext, obs: ObjectObservation, config: Pipeline
     origin = lo - pad * voxel
     nx, ny, nz = (int(v) for v in dims)
 
-    # (a) observed surface voxels
+    # (a) observed surface voxels, grown horizontally by the silhouette loss (carving trims
+    # the excess wherever the camera sees past it)
     idx = np.floor((P - origin) / voxel).astype(np.int64)
     idx = np.clip(idx, 0, dims - 1)
     occ0 = np.zeros((nx, ny, nz), dtype=bool)
     occ0[idx[:, 0], idx[:, 1], idx[:, 2]] = True
+    occ0_seen = occ0
+    grow_vox = round(grow_m / voxel)
+    if grow_vox > 0:
+        occ0 = ndimage.binary_dilation(occ0, structure=_disk_xy(grow_vox))
 
     # (b) extrusion down to the floor
     k = np.arange(nz)
@@ -179,33 +187,46 @@ def complete_shape(scene: SceneContext, obs: ObjectObservation, config: Pipeline
     # (d, precomputed) visibility classification of every voxel centre
     free, too_deep = _classify_voxels(scene, obs, R, base_point, origin, voxel, (nx, ny, nz), mcd)
 
-    # (c) symmetry
+    # (d) free-space carving of the observed + extruded occupancy
+    occ1 = occ1 & ~free & ~too_deep
+
+    # (c) symmetry about the vertical axis through centre_xy(t_far): reflected columns that
+    # reach into observed free space are dropped whole; the reflected free space carves the
+    # unobserved (extruded) part, e.g. the space under a ball's far side
     occ2 = occ1
     if config.use_symmetry:
-        if t_far - t_mid > 0.5 * voxel:
-            candidates = np.linspace(t_far, t_mid, C.MIRROR_CANDIDATES)
-        else:
-            candidates = np.array([t_mid])
-        for t in candidates:
-            refl = _point_reflect(occ1, centre_xy(float(t)), origin, voxel)
-            new = refl & ~occ1
-            n_new = int(new.sum())
-            bad = int((new & free).sum())
-            if n_new == 0 or bad <= C.MIRROR_MAX_FREE_FRACTION * n_new:
-                occ2 = _fill_rows(occ1 | refl)
-                logger.debug(
-                    "object %d: symmetry centre at t=%.4f m (range %.4f..%.4f), %d voxels added, "
-                    "%d in free space",
-                    obs.instance_id,
-                    t,
-                    t_mid,
-                    t_far,
-                    n_new,
-                    bad,
-                )
-                break
-
-    # (d) carving; voxels below the floor are empty by construction (k < pad)
+        shell = np.argwhere(occ0_seen & occ1)
+        n_cand = int(min(C.MIRROR_CANDIDATES, max(1, np.ceil((t_far - t_mid) / (0.5 * voxel)) + 1)))
+        ts = np.linspace(t_far, t_mid, n_cand)
+        fracs = np.array(
+            [_reflected_free_fraction(shell, free, centre_xy(float(t)), origin, voxel) for t in ts]
+        )
+        # the deepest candidate whose reflected surface is (nearly) as consistent as the best
+        t_best = float(ts[int(np.argmax(fracs <= fracs.min() + C.MIRROR_FREE_FRACTION_SLACK))])
+        logger.debug(
+            "object %d: symmetry candidates t=%s, reflected surface in free space %s",
+            obs.instance_id,
+            np.round(ts, 4).tolist(),
+            np.round(fracs, 3).tolist(),
+        )
+        c_xy = centre_xy(t_best)
+        new = _point_reflect(occ1, c_xy, origin, voxel) & ~occ1
+        bad_cols = (new & free).any(axis=2)
+        new_cols = new.any(axis=2)
+        occ2 = _fill_rows(occ1 | (new & ~bad_cols[:, :, None]))
+        protect = ndimage.binary_dilation(occ0_seen)
+        occ2 &= ~(_point_reflect(free, c_xy, origin, voxel) & ~protect)
+        logger.debug(
+            "object %d: symmetry axis at t=%.4f m (range %.4f..%.4f) through camera-frame point %s; "
+            "%d of %d reflected columns contradicted",
+            obs.instance_id,
+            t_best,
+            t_mid,
+            t_far,
+            np.round(base_point + R[:, :2] @ c_xy, 4).tolist(),
+            int(bad_cols.sum()),
+            int(new_cols.sum()),
+        )
     occ3 = occ2 & ~free & ~too_deep
     n_final = int(occ3.sum())
     if n_final == 0:
@@ -226,6 +247,12 @@ def complete_shape(scene: SceneContext, obs: ObjectObservation, config: Pipeline
         camera_T_grid=camera_T_grid,
         confidence=float(np.clip(confidence, 0.0, 1.0)),
     )
+
+
+def _disk_xy(radius: int) -> NDArray[np.bool_]:
+    """(2r+1, 2r+1, 1) structuring element: a horizontal disk of ``radius`` voxels."""
+    r = np.arange(-radius, radius + 1)
+    return (r[:, None] ** 2 + r[None, :] ** 2 <= radius * radius + radius)[:, :, None]
 
 
 def _footprint_major_axis(rel: NDArray[np.float64], z_axis: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -321,6 +348,26 @@ def _point_reflect(
         dst.append(slice(max(s, 0), n - max(-s, 0)))
     out[dst[0], dst[1], :] = flipped[src[0], src[1], :]
     return out
+
+
+def _reflected_free_fraction(
+    cells: NDArray[np.int64],
+    free: NDArray[np.bool_],
+    centre_xy: NDArray[np.float64],
+    origin: NDArray[np.float64],
+    voxel: float,
+) -> float:
+    """Fraction of the (M, 3) voxel indices ``cells`` whose point reflection about the
+    vertical axis through ``centre_xy`` lands in ``free`` (cells leaving the grid count as
+    not free); 0.0 for no cells."""
+    if len(cells) == 0:
+        return 0.0
+    kx = int(np.rint(2.0 * (centre_xy[0] - origin[0]) / voxel - 1.0))
+    ky = int(np.rint(2.0 * (centre_xy[1] - origin[1]) / voxel - 1.0))
+    i = kx - cells[:, 0]
+    j = ky - cells[:, 1]
+    ok = (i >= 0) & (i < free.shape[0]) & (j >= 0) & (j < free.shape[1])
+    return float(free[i[ok], j[ok], cells[ok, 2]].sum()) / len(cells)
 
 
 def _fill_rows(occ: NDArray[np.bool_]) -> NDArray[np.bool_]:

@@ -75,16 +75,16 @@ PLANE_MAX_SAMPLE_POINTS: Final[int] = 20_000
 PLANE_CONTACT_TOL: Final[float] = 0.004
 
 #: Number of candidate symmetry centres tried by the geometric completion.
-MIRROR_CANDIDATES: Final[int] = 6
+MIRROR_CANDIDATES: Final[int] = 16
 
-#: A symmetry centre is rejected when more than this fraction of the voxels it adds lie
-#: in space the camera saw to be empty.
-MIRROR_MAX_FREE_FRACTION: Final[float] = 0.15
+#: The symmetry axis is the deepest candidate whose reflected observed surface lands in
+#: observed free space for at most (best candidate's fraction + this slack).
+MIRROR_FREE_FRACTION_SLACK: Final[float] = 0.025
 
 #: Free-space carving: a voxel is empty when the observed depth is beyond the voxel centre
 #: by more than max(CARVE_MIN_MARGIN, CARVE_MARGIN_VOXELS * voxel_size) (m).
-CARVE_MIN_MARGIN: Final[float] = 0.001
-CARVE_MARGIN_VOXELS: Final[float] = 0.25
+CARVE_MIN_MARGIN: Final[float] = 0.0005
+CARVE_MARGIN_VOXELS: Final[float] = 0.0
 
 #: Gaussian smoothing of the completed occupancy, in voxels.
 SMOOTH_SIGMA_VOXELS: Final[float] = 0.6
