@@ -956,10 +956,15 @@ def svg_line_plot(
         f"<text x='12' y='{mt + ph / 2:.0f}' transform='rotate(-90 12 {mt + ph / 2:.0f})' "
         f"text-anchor='middle'>{_e(y_unit)}</text>"
     )
-    for k in range(6):
-        xv = x0 + (x1 - x0) * k / 5
+    x_step = max(1.0, _nice_ceil((x1 - x0) / 6))
+    xv = math.ceil(x0 / x_step) * x_step
+    while xv <= x1 + 1e-9:
         xx = float(px(xv))
-        out.append(f"<text x='{xx:.1f}' y='{mt + ph + 16}' text-anchor='middle'>{xv:.0f}</text>")
+        out.append(
+            f"<line x1='{xx:.1f}' x2='{xx:.1f}' y1='{mt + ph}' y2='{mt + ph + 4}' stroke='#999'/>"
+            f"<text x='{xx:.1f}' y='{mt + ph + 16}' text-anchor='middle'>{xv:.0f}</text>"
+        )
+        xv += x_step
     out.append(f"<text x='{ml + pw}' y='{height - 2}' text-anchor='end'>processed frame index</text>")
     for m in marks:
         xx = float(px(float(m)))
