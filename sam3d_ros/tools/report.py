@@ -595,11 +595,12 @@ class HtmlReport:
         except OSError as err:
             raise ReportError(f"cannot write report {str(path)!r}: {err}") from err
         logger.info(
-            "report: %s (%d frames shown of %d, %.1f MB)",
+            "report: %s (%d frames shown of %d, %.1f MB, of which images %.1f MB)",
             path,
             len(self._shown),
             len(self._series),
             len(text) / 1e6,
+            sum(f.nbytes for f in self._shown.values()) * 4 / 3 / 1e6,
         )
 
     def to_html(self, summary: dict[str, Any]) -> str:
