@@ -3,23 +3,29 @@
 The visible surface of an object is voxelised in a grid frame ``G`` whose z axis is the
 support-plane normal (or the camera's "up" when there is no plane) and whose x/y axes are
 the principal axes of the observed footprint. The hidden part is then guessed with three
-simple priors and one hard constraint:
+simple priors and one hard constraint, in the order (a), (b), (d), (c), (e):
 
-(a) the observed surface points mark their voxels occupied;
+(a) the observed surface points mark their voxels occupied, grown horizontally by the
+    silhouette loss of the mask erosion (``mask_erosion_px + 1`` pixels at the object's depth);
 (b) extrusion: objects rest on the support plane, so every occupied column is filled down
-    to the plane (or, without a plane, to the lowest observed point);
-(c) symmetry (``config.use_symmetry``): the occupancy is point-reflected about a vertical
-    axis (a 180-degree turn, a symmetry of boxes at any yaw, cylinders, spheres, bottles).
-    The axis lies on the lateral centre of the footprint; its position along the
-    horizontal viewing direction is the deepest of a few candidates between the middle of
-    the observed depth range and "front + lateral width / 2" (the hidden depth extent is
-    assumed to be about the visible lateral extent) whose added voxels do not contradict the
-    observed free space. The reflected shell is closed by filling each grid row between
-    its first and last occupied voxel. Nothing is added further than
-    ``config.max_completion_depth`` behind the observed surface;
-(d) free-space carving: a voxel whose projection lands on a pixel whose measured depth is
+    to the plane, never more than ``config.max_completion_depth`` below the lowest observed
+    point. Without a plane "down" is unknown and nothing is extruded;
+(d) free-space carving: a voxel whose centre projects onto a pixel whose measured depth is
     beyond the voxel (the camera saw through it) is empty, except on occluder pixels and
-    pixels without valid depth (unknown); voxels below the support plane are empty;
+    pixels without valid depth (unknown); voxels projecting into the object's own mask more
+    than ``max_completion_depth`` behind the measured depth are empty; voxels below the
+    support plane are empty (the grid starts at the plane);
+(c) symmetry (``config.use_symmetry``): the carved occupancy is point-reflected about a
+    vertical axis (a 180-degree turn: a symmetry of boxes at any yaw, cylinders, spheres,
+    bottles). The axis lies on the lateral centre of the footprint; along the horizontal
+    viewing direction it is searched between the middle of the observed depth range and
+    "front + lateral width / 2" (the hidden depth extent is assumed to be about the visible
+    lateral extent, capped at ``max_completion_depth / 2``): the deepest candidate whose
+    reflected *observed surface* lands in observed free space (nearly) as rarely as the
+    best one. Reflected columns that reach into free space are dropped whole, the union is
+    closed by filling grid rows between their first and last occupied voxel, and the
+    reflected free space carves the unobserved remainder (e.g. the space under a ball's far
+    side); finally (d) is applied again;
 (e) a light Gaussian smoothing gives a clean iso-surface.
 
 All lengths are metres; ``camera_T_grid`` maps ``G`` to the camera optical frame.
@@ -118,10 +124,12 @@ def complete_shape(scene: SceneContext, obs: ObjectObservation, config: Pipeline
     R = rotation_from_z_and_x(z_axis, x_axis)
     camera_T_grid = make_transform(R, base_point)
     P = (pts - base_point) @ R  # (N, 3) in G
+    plane_used = floor_h is not None
     if floor_h is None:
         floor_h = float(P[:, 2].min())
 
-    # silhouette loss: mask erosion plus one flying pixel, in metres at the object's depth
+    # silhouette loss: the mask erosion plus one boundary pixel (flying-pixel removal, grazing
+    # depth), in metres at the object's median depth
     grow_m = (config.mask_erosion_px + 1) * float(np.median(pts[:, 2])) / scene.frame.camera.fx
 
     # ---- symmetry centre candidates (in G's xy plane) ------------------------------------
@@ -183,6 +191,8 @@ def complete_shape(scene: SceneContext, obs: ObjectObservation, config: Pipeline
     has: NDArray[np.bool_] = np.asarray(occ0.any(axis=2))
     top = nz - 1 - np.argmax(occ0[:, :, ::-1], axis=2)
     occ1 = has[:, :, None] & (k[None, None, :] >= pad) & (k[None, None, :] <= top[:, :, None])
+    if not plane_used:  # "down" is only a guess without a support plane: no extrusion
+        occ1 = occ0
 
     # (d, precomputed) visibility classification of every voxel centre
     free, too_deep = _classify_voxels(scene, obs, R, base_point, origin, voxel, (nx, ny, nz), mcd)
