@@ -7,6 +7,7 @@ Every primitive encloses all mesh vertices, hence the whole mesh (planners may r
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 from numpy.typing import NDArray
@@ -154,41 +155,49 @@ def _hull_points(points: NDArray[np.float64]) -> NDArray[np.float64]:
 
 
 def _min_enclosing_circle(xy: NDArray[np.float64]) -> tuple[NDArray[np.float64], float]:
-    """Minimum enclosing circle (centre (2,), radius) of (N, 2) points (incremental Welzl
-    over their convex-hull vertices, deterministic order)."""
-    pts = _hull_points(xy)
-    c = pts[0].copy()
+    """Minimum enclosing circle (centre (2,), radius) of (N, 2) points: incremental Welzl
+    over their convex-hull vertices in a fixed pseudo-random order (deterministic,
+    expected linear time)."""
+    hull = _hull_points(xy)
+    order = np.random.default_rng(0).permutation(len(hull))
+    pts = [(float(x), float(y)) for x, y in hull[order]]
+    cx, cy = pts[0]
     r = 0.0
     eps = 1e-12
     for i in range(1, len(pts)):
-        if np.linalg.norm(pts[i] - c) <= r + eps:
+        px, py = pts[i]
+        if math.hypot(px - cx, py - cy) <= r + eps:
             continue
-        c, r = pts[i].copy(), 0.0
+        cx, cy, r = px, py, 0.0
         for j in range(i):
-            if np.linalg.norm(pts[j] - c) <= r + eps:
+            qx, qy = pts[j]
+            if math.hypot(qx - cx, qy - cy) <= r + eps:
                 continue
-            c = (pts[i] + pts[j]) / 2.0
-            r = float(np.linalg.norm(pts[i] - c))
+            cx, cy = (px + qx) / 2.0, (py + qy) / 2.0
+            r = math.hypot(px - cx, py - cy)
             for k in range(j):
-                if np.linalg.norm(pts[k] - c) <= r + eps:
+                sx, sy = pts[k]
+                if math.hypot(sx - cx, sy - cy) <= r + eps:
                     continue
                 cc = _circumcircle(pts[i], pts[j], pts[k])
                 if cc is not None:
-                    c, r = cc
-    return c, float(r)
+                    cx, cy, r = cc
+    return np.array([cx, cy]), float(r)
 
 
 def _circumcircle(
-    a: NDArray[np.float64], b: NDArray[np.float64], c: NDArray[np.float64]
-) -> tuple[NDArray[np.float64], float] | None:
+    a: tuple[float, float], b: tuple[float, float], c: tuple[float, float]
+) -> tuple[float, float, float] | None:
+    """Centre (x, y) and radius of the circle through three points; None if collinear."""
     d = 2.0 * (a[0] * (b[1] - c[1]) + b[0] * (c[1] - a[1]) + c[0] * (a[1] - b[1]))
     if abs(d) < 1e-18:
         return None
-    a2, b2, c2 = a @ a, b @ b, c @ c
+    a2 = a[0] * a[0] + a[1] * a[1]
+    b2 = b[0] * b[0] + b[1] * b[1]
+    c2 = c[0] * c[0] + c[1] * c[1]
     ux = (a2 * (b[1] - c[1]) + b2 * (c[1] - a[1]) + c2 * (a[1] - b[1])) / d
     uy = (a2 * (c[0] - b[0]) + b2 * (a[0] - c[0]) + c2 * (b[0] - a[0])) / d
-    centre = np.array([ux, uy])
-    return centre, float(np.linalg.norm(a - centre))
+    return ux, uy, math.hypot(a[0] - ux, a[1] - uy)
 
 
 def _enclosing_ball_centre(points: NDArray[np.float64]) -> NDArray[np.float64]:
