@@ -9,12 +9,13 @@ With autostart:=true (default) the node configures and activates itself; with fa
 stays unconfigured for a lifecycle manager (nav2_lifecycle_manager, `ros2 lifecycle set`).
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition, UnlessCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 
 def generate_launch_description() -> LaunchDescription:

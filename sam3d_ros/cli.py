@@ -41,14 +41,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from sam3d_ros.backends.base import BackendError
     from sam3d_ros.core.config import ConfigError, config_from_params_file
     from sam3d_ros.tools.bagio import BagError, InputTopics
-    from sam3d_ros.tools.replay import replay_bag
+    from sam3d_ros.tools.replay import FrameObserver, replay_bag
 
     try:
         config = config_from_params_file(args.params or default_params_file(), backend=args.backend)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    observers = []
+    observers: list[FrameObserver] = []
     if not args.no_report:
         from sam3d_ros.tools.report import HtmlReport
 

@@ -3,6 +3,7 @@ rclpy Context and executor thread, and waiting on deadlines (never fixed sleeps)
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -94,10 +95,8 @@ class Harness:
         self._thread.start()
 
     def _spin(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the executor was shut down
             self.executor.spin()
-        except Exception:  # noqa: BLE001 - executor shut down
-            pass
 
     def add_node(self, node: Node) -> None:
         self.executor.add_node(node)

@@ -17,15 +17,14 @@ import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from ros_helpers import wait_for
+from sam3d_ros.msg import ObjectReconstructionArray
 from scipy.spatial import cKDTree
 
 from sam3d_ros.core.frames import Pose, transform_points
-from sam3d_ros.msg import ObjectReconstructionArray
 from sam3d_ros.sim.bag import read_ground_truth, write_bag
 from sam3d_ros.sim.raycast import true_mesh
 from sam3d_ros.sim.scenes import sequence
-
-from ros_helpers import wait_for
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 

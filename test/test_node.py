@@ -12,6 +12,8 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from ros_helpers import Harness, frame_msgs, image_msg, info_msg, publish_frame, unique_ns, wait_for
+from sam3d_ros.msg import ObjectReconstructionArray
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -19,11 +21,8 @@ from sam3d_ros.backends.base import Backend
 from sam3d_ros.backends.registry import create_backend
 from sam3d_ros.core.config import PipelineConfig
 from sam3d_ros.core.types import SkipReason
-from sam3d_ros.msg import ObjectReconstructionArray
 from sam3d_ros.ros.node import Sam3dNode
 from sam3d_ros.sim.scenes import random_scene
-
-from ros_helpers import Harness, frame_msgs, image_msg, info_msg, publish_frame, unique_ns, wait_for
 
 pytestmark = pytest.mark.ros
 
@@ -161,12 +160,11 @@ def test_bad_frames_are_skipped_counted_and_node_keeps_serving(live: NodeUnderTe
         reason, msgs = _bad_frames(rendered, stamp)[case]
         before = live.skipped(reason)
         n_out = len(live.objects)
-        _, _, info, _ = msgs
         publish_frame(live.pubs, msgs, info=False)
-        assert wait_for(lambda: live.skipped(reason) == before + 1), reason
+        assert wait_for(lambda r=reason, b=before: live.skipped(r) == b + 1), reason
         stamp += 10_000_000
         publish_frame(live.pubs, frame_msgs(rendered, stamp))  # the next good frame is processed
-        assert wait_for(lambda: len(live.objects) == n_out + 1), reason
+        assert wait_for(lambda n=n_out: len(live.objects) == n + 1), reason
         stamp += 10_000_000
     assert wait_for(
         lambda: any(

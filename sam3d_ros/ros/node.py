@@ -219,6 +219,12 @@ class Sam3dNode(LifecycleNode):
         """Executor thread: stamp checks, then hand the set to the worker (never blocks)."""
         if not self._active or self._worker is None:
             return
+        if self._camera_info is None:  # checked before the gate: the stamp is not consumed
+            self._skip_frame(
+                SkipReason.MISSING_CAMERA_INFO,
+                f"no CameraInfo received yet on {self._require_config().info_topic}",
+            )
+            return
         reason, detail = self._gate.check(header_stamp_ns(rgb))
         if reason is not None:
             self._skip_frame(reason, detail)

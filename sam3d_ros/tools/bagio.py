@@ -62,7 +62,7 @@ class BagReader:
         try:
             self._reader = AnyReader([self.path], default_typestore=kilted_typestore())
             self._reader.open()
-        except Exception as err:  # noqa: BLE001 - rosbags raises several unrelated types
+        except Exception as err:
             raise BagError(f"cannot open bag {str(self.path)!r}: {type(err).__name__}: {err}") from err
         self._connections = self._check_topics()
 

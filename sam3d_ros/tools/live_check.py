@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from sam3d_ros.tools.bagio import BagReader, InputTopics
 
 POSITION_TOL_M = 1e-5
 QUAT_TOL = 1e-5
+#: Seconds to wait for a frame's result before sending the frame again.
+RESEND_PERIOD_S = 3.0
 
 
 def _live_record(msg: ObjectReconstructionArray) -> dict[str, Any]:
@@ -129,17 +132,21 @@ def play_lockstep(
         parts = frames[stamp]
         if not all(t in parts for t in (topics.rgb, topics.depth, topics.mask)):
             continue
-        if topics.info in parts:  # make sure the node has the camera info before the images
-            pubs[topics.info].publish(parts[topics.info])
-            time.sleep(0.05)
-        for t in order:
-            if t in parts:
-                pubs[t].publish(parts[t])
-        with cond:
-            if cond.wait_for(lambda s=stamp: s in received, timeout=timeout):
-                out.append(received[stamp])
-            else:
-                print(f"[live_check] no result for frame {stamp} within {timeout} s", file=sys.stderr)
+        # Sensor-data QoS is best effort: a set published while the node's readers are still
+        # matching our writers is lost. Re-send until the result arrives (a set the node did
+        # get is then counted there as a duplicate stamp and ignored).
+        deadline = time.monotonic() + timeout
+        got = False
+        while not got and time.monotonic() < deadline:
+            for t in order:
+                if t in parts:
+                    pubs[t].publish(parts[t])
+            with cond:
+                got = cond.wait_for(partial(received.__contains__, stamp), timeout=RESEND_PERIOD_S)
+        if got:
+            out.append(received[stamp])
+        else:
+            print(f"[live_check] no result for frame {stamp} within {timeout} s", file=sys.stderr)
     return out
 
 

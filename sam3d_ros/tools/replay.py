@@ -194,7 +194,7 @@ def replay_bag(
                 except InputError as err:
                     skip(err.reason, err.detail, stamp)
                     return
-                except Exception as err:  # noqa: BLE001 - one bad frame never ends a replay
+                except Exception as err:
                     logger.exception("internal error on frame %d", stamp)
                     skip(SkipReason.INTERNAL_ERROR, f"{type(err).__name__}: {err}", stamp)
                     return
