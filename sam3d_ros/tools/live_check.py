@@ -90,9 +90,15 @@ def compare(live: list[dict[str, Any]], offline: list[dict[str, Any]]) -> list[s
 
 
 def play_lockstep(
-    node: Node, bag: Path, topics: InputTopics, node_ns: str, timeout: float = 30.0
+    node: Node, bag: Path, topics: InputTopics, node_ns: str, timeout: float = 30.0, prefix: str = ""
 ) -> list[dict[str, Any]]:
-    """Publish the bag frame by frame and collect the node's outputs."""
+    """Publish the bag frame by frame and collect the node's outputs.
+
+    Args:
+        topics: the input topics in the bag.
+        node_ns: the node's private namespace (its outputs are ``<node_ns>/objects``).
+        prefix: prepended to the bag's topics when publishing (e.g. a test namespace).
+    """
     received: dict[int, dict[str, Any]] = {}
     cond = threading.Condition()
 
@@ -104,10 +110,10 @@ def play_lockstep(
 
     node.create_subscription(ObjectReconstructionArray, f"{node_ns}/objects", on_objects, 10)
     pubs = {
-        topics.rgb: node.create_publisher(Image, topics.rgb, qos_profile_sensor_data),
-        topics.depth: node.create_publisher(Image, topics.depth, qos_profile_sensor_data),
-        topics.mask: node.create_publisher(Image, topics.mask, qos_profile_sensor_data),
-        topics.info: node.create_publisher(CameraInfo, topics.info, qos_profile_sensor_data),
+        topics.rgb: node.create_publisher(Image, prefix + topics.rgb, qos_profile_sensor_data),
+        topics.depth: node.create_publisher(Image, prefix + topics.depth, qos_profile_sensor_data),
+        topics.mask: node.create_publisher(Image, prefix + topics.mask, qos_profile_sensor_data),
+        topics.info: node.create_publisher(CameraInfo, prefix + topics.info, qos_profile_sensor_data),
     }
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and (
