@@ -9,7 +9,15 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="${SAM3D_VENV:-$ROOT/.venv}"
-PY="${PYTHON:-python3}"
+# The ROS 2 Kilted wheels on PyPI are built for CPython 3.11.
+if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"
+elif command -v python3.11 >/dev/null 2>&1; then PY=python3.11
+else PY=python3
+fi
+if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' 2>/dev/null; then
+  echo "[setup] Python 3.11 is required (ROS 2 Kilted wheels); found: $("$PY" --version 2>&1). Set PYTHON=/path/to/python3.11." >&2
+  exit 1
+fi
 STAMP_DIR="$VENV/.sam3d_stamps"
 
 log() { printf '[setup] %s\n' "$*"; }
