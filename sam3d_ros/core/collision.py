@@ -1,17 +1,21 @@
-"""Collision geometry of an object mesh: convex hull and conservative primitives.
+"""Collision geometry of an object mesh: convex hull, conservative primitives, a simplified
+mesh, conservative vertex caps for convex parts, and padding.
 
 All inputs and outputs are in the object frame (z up along the support normal), metres.
 Every primitive encloses all mesh vertices, hence the whole mesh (planners may rely on it).
+Padding inflates shapes by a per-vertex margin (larger where the surface was completed
+than where it was observed); padded convex shapes stay convex and enclose the unpadded ones.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.spatial import ConvexHull, QhullError
+from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError, cKDTree
 
 from sam3d_ros.core.frames import make_transform
 from sam3d_ros.core.meshing import face_areas_and_centroids
@@ -210,3 +214,244 @@ def _enclosing_ball_centre(points: NDArray[np.float64]) -> NDArray[np.float64]:
         far = pts[int(np.argmax(np.linalg.norm(pts - c, axis=1)))]
         c = c + (far - c) / (i + 1.0)
     return c
+
+
+# --------------------------------------------------------------------------- collision sets
+
+
+@dataclass(frozen=True)
+class CollisionSet:
+    """Everything a planner may use for one object, in the object frame (metres).
+
+    Attributes:
+        hull: convex hull of the mesh (padded when padding is configured).
+        parts: convex decomposition parts (padded), empty until a decomposition is ready.
+        primitives: fitted primitives whose fit error is under the configured limit, best
+            first (padded by the completed-surface margin).
+        simplified: mesh under the triangle budget (padded), or None when not configured.
+        geometry_version: increases when the collision geometry changed notably.
+        parts_version: the geometry version the parts were computed for (None: no parts).
+    """
+
+    hull: TriangleMesh
+    parts: tuple[TriangleMesh, ...] = ()
+    primitives: tuple[CollisionPrimitive, ...] = ()
+    simplified: TriangleMesh | None = None
+    geometry_version: int = 0
+    parts_version: int | None = None
+
+    def shapes(self) -> CollisionShapes:
+        """As :class:`CollisionShapes`: convex parts = (hull, *parts), the primitives."""
+        return CollisionShapes(convex_parts=(self.hull, *self.parts), primitives=self.primitives)
+
+
+def accepted_primitives(
+    primitives: tuple[CollisionPrimitive, ...], max_fit_error: float
+) -> tuple[CollisionPrimitive, ...]:
+    """The primitives with ``fit_error <= max_fit_error`` (m), order kept (best first)."""
+    return tuple(p for p in primitives if p.fit_error <= max_fit_error)
+
+
+def points_outside_convex(points: NDArray[np.floating], part: TriangleMesh) -> NDArray[np.float64]:
+    """Largest signed distance (m) of each of (N, 3) points outside the face planes of a
+    closed, outward-oriented convex mesh (<= 0: inside or on it). Returns (N,) float64."""
+    v = np.asarray(part.vertices, dtype=np.float64)
+    f = np.asarray(part.faces, dtype=np.int64)
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    norm = np.linalg.norm(n, axis=1)
+    ok = norm > 1e-18
+    n = n[ok] / norm[ok, None]
+    off = np.einsum("ij,ij->i", n, v[f[ok, 0]])
+    if len(n) == 0:
+        return np.full(len(p), np.inf)
+    return np.asarray((p @ n.T - off).max(axis=1), dtype=np.float64)
+
+
+def cap_convex_vertices(points: NDArray[np.floating], max_vertices: int) -> TriangleMesh:
+    """Convex hull of (N, 3) points with at most ``max_vertices`` vertices, conservatively.
+
+    When the hull has too many vertices it is replaced by the intersection of
+    ``max_vertices // 2 + 2`` supporting half-spaces (directions: the six axes and the
+    normals of the largest hull faces), each touching the points: the result still encloses
+    every point and, as a simple polytope of K facets, has at most 2K - 4 vertices.
+
+    Raises:
+        CollisionError: for degenerate input (see :func:`convex_hull`).
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    hull = convex_hull(TriangleMesh(vertices=pts, faces=np.zeros((0, 3), dtype=np.int32)))
+    if len(hull.vertices) <= max_vertices:
+        return hull
+    k = max(4, max_vertices // 2 + 2)
+    hv, hf = hull.vertices, hull.faces.astype(np.int64)
+    cr = np.cross(hv[hf[:, 1]] - hv[hf[:, 0]], hv[hf[:, 2]] - hv[hf[:, 0]])
+    area = np.linalg.norm(cr, axis=1)
+    normals = cr / np.maximum(area, 1e-18)[:, None]
+    dirs: list[NDArray[np.float64]] = [d for d in np.vstack([np.eye(3), -np.eye(3)])]
+    for i in np.argsort(-area):
+        if len(dirs) >= k:
+            break
+        if area[i] <= 0:
+            break
+        if max(float(normals[i] @ d) for d in dirs) < 0.98:  # skip near-duplicates
+            dirs.append(normals[i])
+    d = np.asarray(dirs[:k])
+    h = (hv @ d.T).max(axis=0)
+    interior = hv.mean(axis=0)
+    try:
+        hs = HalfspaceIntersection(np.hstack([d, -h[:, None]]), interior)
+    except (QhullError, ValueError) as err:
+        logger.debug("vertex cap failed (%s); keeping the full hull", err)
+        return hull
+    capped = convex_hull(TriangleMesh(vertices=hs.intersections, faces=np.zeros((0, 3), dtype=np.int32)))
+    return capped if len(capped.vertices) <= max_vertices else hull
+
+
+def vertex_normals(mesh: TriangleMesh) -> NDArray[np.float64]:
+    """Area-weighted unit vertex normals (V, 3) of an outward-oriented mesh."""
+    v = np.asarray(mesh.vertices, dtype=np.float64)
+    f = np.asarray(mesh.faces, dtype=np.int64)
+    cr = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    vn = np.zeros_like(v)
+    for c in range(3):
+        np.add.at(vn, f[:, c], cr)
+    norm = np.linalg.norm(vn, axis=1, keepdims=True)
+    return np.asarray(np.where(norm > 1e-18, vn / np.maximum(norm, 1e-18), 0.0), dtype=np.float64)
+
+
+def pad_convex(part: TriangleMesh, margins: NDArray[np.floating]) -> TriangleMesh:
+    """Inflate a closed convex mesh by per-vertex margins (m), staying convex.
+
+    Every vertex is pushed out along each adjacent face normal and its vertex normal by its
+    margin and the hull is taken again: every face plane moves out by at least the smallest
+    margin of its vertices, so the result encloses ``part`` grown by that margin.
+
+    Args:
+        part: convex, outward-oriented mesh.
+        margins: (V,) non-negative margins, one per vertex of ``part``.
+    """
+    m = np.maximum(np.asarray(margins, dtype=np.float64).reshape(-1), 0.0)
+    if len(m) != len(part.vertices):
+        raise CollisionError(f"{len(m)} margins for {len(part.vertices)} vertices")
+    if not np.any(m > 0):
+        return part
+    v = np.asarray(part.vertices, dtype=np.float64)
+    f = np.asarray(part.faces, dtype=np.int64)
+    cr = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    fn = cr / np.maximum(np.linalg.norm(cr, axis=1), 1e-18)[:, None]
+    pts = [v + m[:, None] * vertex_normals(part)]
+    for c in range(3):
+        pts.append(v[f[:, c]] + m[f[:, c], None] * fn)
+    return convex_hull(TriangleMesh(vertices=np.vstack(pts), faces=np.zeros((0, 3), dtype=np.int32)))
+
+
+def pad_mesh(mesh: TriangleMesh, margins: NDArray[np.floating]) -> TriangleMesh:
+    """Offset every vertex of a (non-convex) mesh along its vertex normal by its margin (m);
+    an approximation of an offset surface (exact for flat regions)."""
+    m = np.maximum(np.asarray(margins, dtype=np.float64).reshape(-1), 0.0)
+    if len(m) != len(mesh.vertices):
+        raise CollisionError(f"{len(m)} margins for {len(mesh.vertices)} vertices")
+    if not np.any(m > 0):
+        return mesh
+    return TriangleMesh(vertices=mesh.vertices + m[:, None] * vertex_normals(mesh), faces=mesh.faces)
+
+
+def pad_primitive(prim: CollisionPrimitive, margin: float) -> CollisionPrimitive:
+    """A primitive grown by ``margin`` (m) on every side (same pose and fit error)."""
+    if margin <= 0.0:
+        return prim
+    d = prim.dimensions
+    if prim.kind is PrimitiveType.BOX:
+        dims: tuple[float, ...] = tuple(float(x) + 2.0 * margin for x in d)
+    elif prim.kind is PrimitiveType.CYLINDER:
+        dims = (float(d[0]) + 2.0 * margin, float(d[1]) + margin)
+    else:
+        dims = (float(d[0]) + margin,)
+    return CollisionPrimitive(prim.kind, dims, prim.object_T_primitive, prim.fit_error)
+
+
+def margins_from_reference(
+    points: NDArray[np.floating],
+    ref_points: NDArray[np.floating],
+    ref_observed: NDArray[np.bool_],
+    margin_observed: float,
+    margin_completed: float,
+) -> NDArray[np.float64]:
+    """Per-point margins (N,) (m): the observed or completed margin of the nearest reference
+    point (e.g. the nearest mesh vertex with its observed flag)."""
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    obs = np.asarray(ref_observed, dtype=bool).reshape(-1)
+    if len(obs) == 0 or margin_observed == margin_completed:
+        return np.full(len(p), max(margin_observed, margin_completed) if len(obs) == 0 else margin_observed)
+    _, idx = cKDTree(np.asarray(ref_points, dtype=np.float64)).query(p)
+    return np.where(obs[idx], margin_observed, margin_completed).astype(np.float64)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str, *args: object) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message, *args)
+
+
+def simplify_mesh(mesh: TriangleMesh, max_triangles: int) -> TriangleMesh:
+    """A mesh with at most ``max_triangles`` faces approximating ``mesh`` (same frame).
+
+    Uses quadric decimation (``fast_simplification``) when installed, else vertex
+    clustering on a grid whose cell grows until the budget is met (logged once). Meshes
+    already under budget are returned unchanged; when no reduction meets the budget the
+    convex hull is returned (or the hull capped to ``max_triangles // 2 + 2`` vertices).
+    """
+    n_faces = len(mesh.faces)
+    if n_faces <= max_triangles:
+        return mesh
+    try:
+        import fast_simplification  # type: ignore[import-untyped]
+    except ImportError:
+        _warn_once("fast_simplification", "fast_simplification not installed: vertex clustering is used")
+        out = _cluster_simplify(mesh, max_triangles)
+    else:
+        # aim a little below the budget: decimation may stop a few faces short of it
+        reduction = float(np.clip(1.0 - 0.95 * max_triangles / n_faces, 0.0, 0.999))
+        try:
+            pts, tri = fast_simplification.simplify(
+                np.asarray(mesh.vertices, dtype=np.float32),
+                np.asarray(mesh.faces, dtype=np.int32),
+                target_reduction=reduction,
+            )
+            out = TriangleMesh(np.asarray(pts, dtype=np.float64), np.asarray(tri, dtype=np.int32))
+        except Exception as err:  # noqa: BLE001 - a library failure falls back, never raises
+            logger.debug("fast_simplification failed (%s); vertex clustering", err)
+            out = _cluster_simplify(mesh, max_triangles)
+    if len(out.faces) > max_triangles or len(out.faces) < 4:
+        out = cap_convex_vertices(mesh.vertices, max(4, max_triangles // 2 + 2))
+    return out
+
+
+def _cluster_simplify(mesh: TriangleMesh, max_triangles: int) -> TriangleMesh:
+    """Vertex clustering: merge vertices per grid cell (cell doubled until under budget)."""
+    v = np.asarray(mesh.vertices, dtype=np.float64)
+    f = np.asarray(mesh.faces, dtype=np.int64)
+    extent = float((v.max(axis=0) - v.min(axis=0)).max())
+    cell = extent / 64.0 if extent > 0 else 1.0
+    for _ in range(12):
+        keys = np.floor((v - v.min(axis=0)) / cell).astype(np.int64)
+        _, inv = np.unique(keys, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        nf = inv[f]
+        keep = (nf[:, 0] != nf[:, 1]) & (nf[:, 1] != nf[:, 2]) & (nf[:, 0] != nf[:, 2])
+        nf = np.unique(nf[keep], axis=0)
+        if len(nf) <= max_triangles:
+            counts = np.bincount(inv)
+            cv = np.zeros((int(inv.max()) + 1, 3))
+            np.add.at(cv, inv, v)
+            cv /= np.maximum(counts, 1)[:, None]
+            used = np.unique(nf)
+            remap = np.full(len(cv), -1, dtype=np.int64)
+            remap[used] = np.arange(len(used))
+            return TriangleMesh(cv[used], remap[nf].astype(np.int32))
+        cell *= 1.5
+    return TriangleMesh(v[:0], f[:0].astype(np.int32))

@@ -7,6 +7,7 @@ mapping of values into the frozen :class:`PipelineConfig` the core receives.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -125,6 +126,157 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         max=2.0,
     ),
     ParamSpec("occupancy_threshold", float, 0.5, "Iso-level of the occupancy surface.", min=0.05, max=0.95),
+    # --- collision shapes ------------------------------------------------------------------
+    ParamSpec(
+        "collision_shapes",
+        str,
+        "hull,primitive",
+        "Collision shapes to compute and publish, comma-separated, several at once: hull, "
+        "decomposition (convex parts, asynchronous), primitive (best box/cylinder/sphere under "
+        "primitive_max_fit_error), simplified (mesh under simplified_max_triangles).",
+    ),
+    ParamSpec(
+        "decomposition_method",
+        str,
+        "coacd",
+        "Convex decomposition library (falls back to the other one when not installed).",
+        choices=("coacd", "vhacd"),
+    ),
+    ParamSpec("decomposition_max_parts", int, 8, "At most this many convex parts per object.", min=1, max=64),
+    ParamSpec(
+        "decomposition_max_part_vertices",
+        int,
+        64,
+        "At most this many vertices per convex part (conservatively reduced).",
+        min=8,
+        max=1024,
+    ),
+    ParamSpec(
+        "decomposition_time_budget",
+        float,
+        20.0,
+        "Seconds a decomposition may take; slower jobs are stopped and the hull stays.",
+        min=0.1,
+        max=600.0,
+    ),
+    ParamSpec(
+        "decomposition_threshold",
+        float,
+        0.05,
+        "CoACD concavity threshold (smaller: more, tighter parts).",
+        min=0.01,
+        max=1.0,
+    ),
+    ParamSpec(
+        "primitive_max_fit_error",
+        float,
+        0.01,
+        "A fitted primitive is only offered when its mean surface distance is below this (m).",
+        min=0.0,
+        max=1.0,
+    ),
+    ParamSpec(
+        "simplified_max_triangles",
+        int,
+        500,
+        "Triangle budget of the simplified collision mesh.",
+        min=4,
+        max=1_000_000,
+    ),
+    ParamSpec(
+        "collision_padding_observed",
+        float,
+        0.0,
+        "Inflate collision shapes by this margin where the surface was observed (m).",
+        min=0.0,
+        max=0.5,
+    ),
+    ParamSpec(
+        "collision_padding_completed",
+        float,
+        0.0,
+        "Inflate collision shapes by this margin where the surface was completed (unseen) (m).",
+        min=0.0,
+        max=0.5,
+    ),
+    ParamSpec(
+        "shape_change_threshold",
+        float,
+        0.1,
+        "Relative convex-hull volume change that makes a new collision geometry version "
+        "(new decomposition, MoveIt ADD).",
+        min=0.0,
+        max=10.0,
+    ),
+    # --- tracking and fusion ---------------------------------------------------------------
+    ParamSpec("track_use_labels", bool, True, "Prefer the mask label kept by the upstream segmenter."),
+    ParamSpec(
+        "track_max_distance",
+        float,
+        0.1,
+        "Largest centroid distance (m) for associating an object with a track.",
+        min=0.001,
+        max=10.0,
+    ),
+    ParamSpec(
+        "track_move_threshold",
+        float,
+        0.02,
+        "A track moved when its position changed by more than this since the last report (m).",
+        min=0.0,
+        max=10.0,
+    ),
+    ParamSpec(
+        "track_max_missed",
+        int,
+        5,
+        "A track vanishes after this many consecutive frames without its object.",
+        min=1,
+        max=100_000,
+    ),
+    ParamSpec(
+        "fusion_enabled",
+        bool,
+        False,
+        "Fuse each track's observations over frames in planning_frame (observed surface "
+        "replaces completed guesses).",
+    ),
+    ParamSpec(
+        "planning_frame",
+        str,
+        "",
+        "Fixed frame for tracking, fusion and MoveIt; empty: the camera frame of the input.",
+    ),
+    ParamSpec(
+        "camera_to_planning_transform",
+        str,
+        "0 0 0 0 0 0 1",
+        "Pose of the camera optical frame in planning_frame: 'x y z qx qy qz qw' (m).",
+    ),
+    # --- MoveIt ------------------------------------------------------------------------------
+    ParamSpec(
+        "moveit_enabled",
+        bool,
+        True,
+        "Keep the MoveIt planning scene in step (when moveit_msgs is importable).",
+    ),
+    ParamSpec(
+        "moveit_mode",
+        str,
+        "collision_object",
+        "collision_object: moveit_msgs/CollisionObject on /collision_object; planning_scene: "
+        "PlanningScene diffs on /planning_scene.",
+        choices=("collision_object", "planning_scene"),
+    ),
+    ParamSpec("moveit_id_prefix", str, "sam3d_", "Collision object ids are <prefix><track_id>."),
+    ParamSpec(
+        "moveit_resend_period",
+        float,
+        5.0,
+        "Resend the whole set every this many seconds for late joiners (0: only on new subscribers).",
+        min=0.0,
+        max=3600.0,
+    ),
     # --- outputs -------------------------------------------------------------------------
     ParamSpec("publish_markers", bool, True, "Publish RViz markers on ~/markers."),
     ParamSpec("marker_alpha", float, 0.8, "Alpha of the mesh markers.", min=0.0, max=1.0),
@@ -163,6 +315,28 @@ class PipelineConfig:
     use_symmetry: bool
     max_completion_depth: float
     occupancy_threshold: float
+    collision_shapes: str
+    decomposition_method: str
+    decomposition_max_parts: int
+    decomposition_max_part_vertices: int
+    decomposition_time_budget: float
+    decomposition_threshold: float
+    primitive_max_fit_error: float
+    simplified_max_triangles: int
+    collision_padding_observed: float
+    collision_padding_completed: float
+    shape_change_threshold: float
+    track_use_labels: bool
+    track_max_distance: float
+    track_move_threshold: float
+    track_max_missed: int
+    fusion_enabled: bool
+    planning_frame: str
+    camera_to_planning_transform: str
+    moveit_enabled: bool
+    moveit_mode: str
+    moveit_id_prefix: str
+    moveit_resend_period: float
     publish_markers: bool
     marker_alpha: float
     diagnostics_period: float
@@ -173,6 +347,49 @@ class PipelineConfig:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return config_from_mapping(values)
+
+    def collision_kinds(self) -> frozenset[str]:
+        """The names of ``collision_shapes`` as a set (validated on construction)."""
+        return frozenset(parse_collision_shapes(self.collision_shapes))
+
+    def camera_to_planning(self) -> tuple[float, ...]:
+        """``camera_to_planning_transform`` as (x, y, z, qx, qy, qz, qw) floats."""
+        return parse_pose7(self.camera_to_planning_transform)
+
+
+def parse_collision_shapes(value: str) -> tuple[str, ...]:
+    """Split and check a ``collision_shapes`` value ("hull,primitive", spaces allowed).
+
+    Raises:
+        ConfigError: for an unknown name or an empty list.
+    """
+    names = tuple(n.strip() for n in value.replace(";", ",").split(",") if n.strip())
+    bad = [n for n in names if n not in C.COLLISION_SHAPE_KINDS]
+    if bad or not names:
+        raise ConfigError(
+            f"parameter 'collision_shapes'={value!r}: expected a comma-separated subset of "
+            f"{list(C.COLLISION_SHAPE_KINDS)}"
+        )
+    return names
+
+
+def parse_pose7(value: str) -> tuple[float, ...]:
+    """Parse 'x y z qx qy qz qw' (spaces or commas) into 7 finite floats with a non-zero
+    quaternion.
+
+    Raises:
+        ConfigError: for a wrong count, non-numbers, non-finite values or a zero quaternion.
+    """
+    parts = value.replace(",", " ").split()
+    try:
+        nums = tuple(float(p) for p in parts)
+    except ValueError as err:
+        raise ConfigError(f"pose {value!r} is not 7 numbers 'x y z qx qy qz qw'") from err
+    if len(nums) != 7 or not all(math.isfinite(n) for n in nums):
+        raise ConfigError(f"pose {value!r} must be 7 finite numbers 'x y z qx qy qz qw'")
+    if math.sqrt(sum(q * q for q in nums[3:])) < 1e-9:
+        raise ConfigError(f"pose {value!r} has a zero quaternion")
+    return nums
 
 
 def validate_value(spec: ParamSpec, value: Any) -> Any:
@@ -214,12 +431,40 @@ def config_from_mapping(values: Mapping[str, Any], *, strict: bool = True) -> Pi
     merged = {p.name: validate_value(p, values.get(p.name, p.default)) for p in PARAMETERS}
     if merged["depth_min"] >= merged["depth_max"]:
         raise ConfigError(f"depth_min={merged['depth_min']} must be < depth_max={merged['depth_max']}")
+    parse_collision_shapes(merged["collision_shapes"])
+    try:
+        parse_pose7(merged["camera_to_planning_transform"])
+    except ConfigError as err:
+        raise ConfigError(f"parameter 'camera_to_planning_transform': {err}") from err
     return PipelineConfig(**merged)
 
 
 def default_config() -> PipelineConfig:
     """The defaults of :data:`PARAMETERS`."""
     return config_from_mapping({})
+
+
+def params_yaml(node_name: str = "sam3d_node") -> str:
+    """``config/default.yaml``: every parameter with its description, range and default."""
+    lines = [
+        "# Parameters of sam3d_node. Generated from sam3d_ros/core/config.py (PARAMETERS);",
+        "# test/test_config.py checks that this file and the declarations agree.",
+        f"{node_name}:",
+        "  ros__parameters:",
+    ]
+    for p in PARAMETERS:
+        desc = p.description
+        if p.min is not None and p.max is not None:
+            desc += f" [{p.min:g}, {p.max:g}]"
+        lines.append(f"    # {desc}")
+        if p.type is bool:
+            value = "true" if p.default else "false"
+        elif p.type is str:
+            value = f'"{p.default}"'
+        else:
+            value = repr(p.default)
+        lines.append(f"    {p.name}: {value}")
+    return "\n".join(lines) + "\n"
 
 
 def load_params_file(path: str | Path, node_name: str = "sam3d_node") -> dict[str, Any]:

@@ -95,3 +95,42 @@ CONFIDENCE_FULL_POINTS: Final[int] = 500
 
 #: Grids with more voxels than this along an axis are refused (object far too large).
 MAX_GRID_DIM: Final[int] = 400
+
+# --- collision shapes, decomposition, tracking, fusion, MoveIt ------------------------------
+
+#: Names accepted in the ``collision_shapes`` parameter (comma-separated, several at once).
+COLLISION_SHAPE_KINDS: Final[tuple[str, ...]] = ("hull", "decomposition", "primitive", "simplified")
+
+#: A mesh vertex counts as inside a convex part when it is at most this far outside every
+#: face plane (m); vertices further out are added to the nearest part (conservative fix-up).
+DECOMPOSITION_CONTAINMENT_TOL: Final[float] = 1e-6
+
+#: Decomposition jobs are refused for meshes with more faces than this (the frame path
+#: decimates before submitting).
+DECOMPOSITION_MAX_INPUT_FACES: Final[int] = 20_000
+
+#: Seconds to wait for a decomposition worker process to exit when it is shut down.
+DECOMPOSITION_SHUTDOWN_TIMEOUT_S: Final[float] = 5.0
+
+#: Weight of the 3D bounding-box overlap (1 - IoU) in the track association cost.
+TRACK_IOU_WEIGHT: Final[float] = 0.5
+
+#: Cost bonus (subtracted) when a detection carries the mask label of the track.
+TRACK_LABEL_BONUS: Final[float] = 0.5
+
+#: Fusion: the projective truncation band is max(this, FUSION_TRUNCATION_VOXELS * voxel) (m).
+FUSION_MIN_TRUNCATION: Final[float] = 0.006
+FUSION_TRUNCATION_VOXELS: Final[float] = 2.0
+
+#: Fusion: extra voxels of margin around a track's grid when it is (re)allocated.
+FUSION_GRID_MARGIN_VOXELS: Final[int] = 4
+
+#: Fusion: an object moved when more than this fraction of its observed surface points
+#: lands in space that earlier frames saw as free (the evidence is then reset).
+FUSION_MOVED_FREE_FRACTION: Final[float] = 0.25
+
+#: Fusion: a voxel counts as "seen free" for motion detection below this fused occupancy.
+FUSION_FREE_LEVEL: Final[float] = 0.2
+
+#: MoveIt: seconds between checks for new subscribers on the planning-scene topic.
+MOVEIT_SUBSCRIBER_CHECK_PERIOD_S: Final[float] = 0.5
