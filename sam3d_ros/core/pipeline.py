@@ -1,5 +1,11 @@
-"""The per-frame pipeline: validate -> support plane -> observations -> backend -> mesh,
-pose, collision shapes. Pure numpy; the ROS node and the offline replay both call it.
+"""The per-frame pipeline: validate -> support plane -> observations -> backend ->
+tracking (+ fusion) -> mesh, pose, collision shapes. Pure numpy; the ROS node and the
+offline replay both call it, so both give the same track ids.
+
+Tracking, fusion and collision caching keep state between frames (one pipeline per input
+stream). Convex decompositions run in a background process (see
+:mod:`sam3d_ros.core.decomposition`): a frame never waits for one; the hull is published
+first and the parts from the first frame after they are ready.
 """
 
 from __future__ import annotations
@@ -11,16 +17,46 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sam3d_ros.backends.base import Backend, BackendError
-from sam3d_ros.core.collision import compute_collision_shapes
+from sam3d_ros.core import constants as C
+from sam3d_ros.core.collision import (
+    CollisionSet,
+    accepted_primitives,
+    convex_hull,
+    fit_primitives,
+    margins_from_reference,
+    pad_convex,
+    pad_mesh,
+    pad_primitive,
+    simplify_mesh,
+)
 from sam3d_ros.core.config import PipelineConfig
-from sam3d_ros.core.frames import Pose, invert_transform, transform_points
+from sam3d_ros.core.decomposition import (
+    Decomposer,
+    DecompositionError,
+    DecompositionRequest,
+    DecompositionResult,
+    DecompositionService,
+    decompose,
+)
+from sam3d_ros.core.frames import Pose, invert_transform, matrix_from_quaternion, transform_points
+from sam3d_ros.core.fusion import FusionError, TrackVolume, observed_in_frame, shape_points
 from sam3d_ros.core.layout import estimate_object_frame, visible_fraction
-from sam3d_ros.core.meshing import mesh_from_voxels
+from sam3d_ros.core.meshing import mesh_from_voxels, mesh_volume
 from sam3d_ros.core.observation import extract_observations
 from sam3d_ros.core.support_plane import estimate_support_plane
+from sam3d_ros.core.tracking import (
+    Detection,
+    ObjectTracker,
+    SceneUpdate,
+    Track,
+    TrackedObject,
+    TrackingError,
+)
 from sam3d_ros.core.types import (
+    CollisionPrimitive,
     FrameResult,
     ObjectObservation,
     ObjectResult,
@@ -35,26 +71,93 @@ from sam3d_ros.core.types import (
 logger = logging.getLogger(__name__)
 
 #: Pipeline stages, in order (keys of FrameResult.timings_ms, plus "total").
-STAGES = ("plane", "observations", "backend", "meshing", "collision")
+STAGES = ("plane", "observations", "backend", "tracking", "meshing", "collision")
 
 
 class FramePipeline:
-    """Reconstructs every masked object of a frame.
+    """Reconstructs and tracks every masked object of a stream of frames.
 
-    Not thread-safe: use one instance per worker thread.
+    Not thread-safe: use one instance per worker thread (and per input stream).
+
+    Args:
+        config: parameters (``pipeline.config`` may be replaced between frames).
+        backend: the reconstruction backend.
+        decomposer: picklable ``DecompositionRequest -> parts`` (default: CoACD/V-HACD).
+        synchronous_decomposition: run decompositions inline, deterministically (offline
+            evaluation); the default runs them in a background process.
     """
 
-    def __init__(self, config: PipelineConfig, backend: Backend) -> None:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        backend: Backend,
+        *,
+        decomposer: Decomposer | None = None,
+        synchronous_decomposition: bool = False,
+    ) -> None:
         self.config = config
         self.backend = backend
+        self.tracker = ObjectTracker(
+            config.track_max_distance, config.track_max_missed, config.track_use_labels
+        )
+        self._decomposer: Decomposer = decomposer or decompose
+        self._sync_decomp = synchronous_decomposition
+        self._decomp: DecompositionService | None = None
+        self._reset_vanished: list[int] = []
 
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forget tracks, fused shapes and cached collision shapes (``~/reset``); the next
+        frame's update lists the forgotten track ids as vanished."""
+        self._reset_vanished.extend(t.track_id for t in self.tracker.reset())
+        if self._decomp is not None:
+            self._decomp.reset()
+
+    def close(self) -> None:
+        """Stop the decomposition worker."""
+        if self._decomp is not None:
+            self._decomp.close()
+            self._decomp = None
+
+    def decompositions_busy(self) -> bool:
+        """True while a decomposition is queued or running (tests and tools)."""
+        return self._decomp is not None and self._decomp.busy()
+
+    def default_fixed_T_camera(self) -> NDArray[np.float64]:
+        """The camera pose in the planning frame from ``camera_to_planning_transform``."""
+        x, y, z, qx, qy, qz, qw = self.config.camera_to_planning()
+        t = np.eye(4)
+        t[:3, :3] = matrix_from_quaternion(np.array([qx, qy, qz, qw]))
+        t[:3, 3] = (x, y, z)
+        return t
+
+    # ------------------------------------------------------------------ frames
     def process(self, frame: RGBDFrame) -> FrameResult:
-        """Reconstruct all objects of ``frame``.
+        """Reconstruct all objects of ``frame`` (see :meth:`process_scene`)."""
+        return self.process_scene(frame).result
+
+    def process_scene(
+        self, frame: RGBDFrame, fixed_T_camera: NDArray[np.floating] | None = None
+    ) -> SceneUpdate:
+        """Reconstruct and track all objects of ``frame``.
 
         Objects that cannot be reconstructed are listed in ``FrameResult.skipped`` with
         their reason; this method only raises for programming errors.
+
+        Args:
+            frame: the input frame.
+            fixed_T_camera: 4x4 pose of the camera in the fixed (planning) frame for this
+                frame (e.g. from tf or ground truth); default: the static
+                ``camera_to_planning_transform``.
         """
         cfg = self.config
+        self.tracker.max_distance = cfg.track_max_distance
+        self.tracker.max_missed = cfg.track_max_missed
+        self.tracker.use_labels = cfg.track_use_labels
+        f_T_c = self.default_fixed_T_camera() if fixed_T_camera is None else np.asarray(fixed_T_camera, float)
+        if f_T_c.shape != (4, 4) or not np.all(np.isfinite(f_T_c)):
+            logger.warning("ignoring invalid fixed_T_camera %r; using the static transform", f_T_c)
+            f_T_c = self.default_fixed_T_camera()
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
 
@@ -84,33 +187,97 @@ class FramePipeline:
                 f"backend {self.backend.name!r} returned {len(shapes)} shapes for {len(observations)} objects"
             )
 
-        results: list[ObjectResult] = []
+        # tracking: detections from the single-frame shapes, in the fixed frame
+        with _timed(timings, "tracking"):
+            self._collect_decompositions()
+            pairs: list[tuple[ObjectObservation, VoxelShape]] = []
+            detections: list[Detection] = []
+            for obs, shape in zip(observations, shapes, strict=True):
+                if shape is None:
+                    skipped.append(
+                        SkippedObject(obs.instance_id, SkipReason.EMPTY_SHAPE, "backend returned no shape")
+                    )
+                    continue
+                try:
+                    pts = transform_points(f_T_c, shape_points(shape, cfg.occupancy_threshold))
+                    detections.append(Detection.from_points(obs.instance_id, pts))
+                except TrackingError as err:
+                    skipped.append(SkippedObject(obs.instance_id, SkipReason.EMPTY_SHAPE, str(err)))
+                    continue
+                pairs.append((obs, shape))
+            matches, vanished = self.tracker.step(detections)
+            for t in vanished:
+                if self._decomp is not None:
+                    self._decomp.cancel(t.track_id)
+
+        results: list[TrackedObject] = []
         timings["meshing"] = 0.0
         timings["collision"] = 0.0
-        for obs, shape in zip(observations, shapes, strict=True):
-            if shape is None:
-                skipped.append(
-                    SkippedObject(obs.instance_id, SkipReason.EMPTY_SHAPE, "backend returned no shape")
-                )
-                continue
+        for (obs, shape), (track, is_new) in zip(pairs, matches, strict=True):
             try:
-                result = self._finish_object(frame, scene, obs, shape, timings)
+                tracked = self._finish_object(frame, scene, obs, shape, track, is_new, f_T_c, timings)
             except ValueError as err:
                 logger.debug("object %d of frame %d: %s", obs.instance_id, frame.stamp_ns, err)
                 skipped.append(SkippedObject(obs.instance_id, SkipReason.EMPTY_SHAPE, str(err)))
                 continue
-            results.append(result)
+            results.append(tracked)
 
+        results.sort(key=lambda r: r.result.instance_id)
         timings["total"] = (time.perf_counter() - t_start) * 1000.0
-        return FrameResult(
+        result = FrameResult(
             stamp_ns=frame.stamp_ns,
             frame_id=frame.frame_id,
-            objects=tuple(sorted(results, key=lambda r: r.instance_id)),
+            objects=tuple(r.result for r in results),
             skipped=tuple(sorted(skipped, key=lambda s: s.instance_id)),
             timings_ms=timings,
             backend=self.backend.name,
             plane=plane,
         )
+        gone = tuple(self._reset_vanished) + tuple(t.track_id for t in vanished)
+        self._reset_vanished = []
+        return SceneUpdate(
+            result=result,
+            objects=tuple(results),
+            vanished=gone,
+            fixed_frame=cfg.planning_frame or frame.frame_id,
+            fixed_T_camera=f_T_c,
+        )
+
+    # ------------------------------------------------------------------ per object
+    def _fuse(
+        self,
+        frame: RGBDFrame,
+        obs: ObjectObservation,
+        shape: VoxelShape,
+        track: Track,
+        f_T_c: NDArray[np.float64],
+    ) -> VoxelShape | None:
+        """Integrate the frame into the track's volume; the fused shape or None (fusion off
+        or failed: the single-frame shape is used)."""
+        if not self.config.fusion_enabled:
+            track.volume = None
+            return None
+        try:
+            vol = track.volume
+            if vol is not None:
+                frac = vol.moved_fraction(transform_points(f_T_c, obs.points))
+                if frac > C.FUSION_MOVED_FREE_FRACTION:
+                    logger.debug(
+                        "track %d: %.0f%% of its surface in seen-free space: moved",
+                        track.track_id,
+                        100 * frac,
+                    )
+                    vol = None
+                    self._drop_parts(track)
+            if vol is None:
+                vol = TrackVolume.for_shape(shape, f_T_c)
+            vol.integrate(shape, frame, obs.instance_id, f_T_c)
+            track.volume = vol
+            return vol.voxel_shape(invert_transform(f_T_c))
+        except FusionError as err:
+            logger.debug("track %d: fusion reset: %s", track.track_id, err)
+            track.volume = None
+            return None
 
     def _finish_object(
         self,
@@ -118,10 +285,24 @@ class FramePipeline:
         scene: SceneContext,
         obs: ObjectObservation,
         shape: VoxelShape,
+        track: Track,
+        is_new: bool,
+        f_T_c: NDArray[np.float64],
         timings: dict[str, float],
-    ) -> ObjectResult:
+    ) -> TrackedObject:
+        cfg = self.config
         t0 = time.perf_counter()
-        mesh_cam = mesh_from_voxels(shape, self.config.occupancy_threshold)
+        fused = self._fuse(frame, obs, shape, track, f_T_c)
+        mesh_cam = None
+        if fused is not None:
+            try:
+                mesh_cam = mesh_from_voxels(fused, cfg.occupancy_threshold)
+                shape = fused
+            except ValueError as err:
+                logger.debug("track %d: fused shape unusable (%s); single-frame shape", track.track_id, err)
+                track.volume = None
+        if mesh_cam is None:
+            mesh_cam = mesh_from_voxels(shape, cfg.occupancy_threshold)
         camera_T_object, extents = estimate_object_frame(mesh_cam.vertices, scene.plane)
         object_T_camera = invert_transform(camera_T_object)
         mesh_obj = TriangleMesh(
@@ -129,23 +310,165 @@ class FramePipeline:
         )
         vis = visible_fraction(mesh_cam, frame, obs.mask)
         t1 = time.perf_counter()
-        collision = compute_collision_shapes(mesh_obj)
+        fixed_T_object = f_T_c @ camera_T_object
+        collision, geometry_changed = self._collision(frame, obs, mesh_cam, mesh_obj, track, fixed_T_object)
         t2 = time.perf_counter()
         timings["meshing"] += (t1 - t0) * 1000.0
         timings["collision"] += (t2 - t1) * 1000.0
-        return ObjectResult(
+        # tracking state for the next frame: box of the final shape in the fixed frame
+        verts_f = transform_points(f_T_c, mesh_cam.vertices)
+        track.lo, track.hi = verts_f.min(axis=0), verts_f.max(axis=0)
+        track.centroid = (track.lo + track.hi) / 2.0
+        position = fixed_T_object[:3, 3].copy()
+        moved = False
+        if is_new or track.reported_position is None or geometry_changed:
+            track.reported_position = position
+        elif float(np.linalg.norm(position - track.reported_position)) > cfg.track_move_threshold:
+            moved = True
+            track.reported_position = position
+            self._drop_parts(track)
+            self._submit_decomposition(track, mesh_obj, fixed_T_object)
+        result = ObjectResult(
             instance_id=obs.instance_id,
-            track_id=obs.instance_id,
+            track_id=track.track_id,
             label=f"instance_{obs.instance_id}",
             score=obs.score,
             pose=Pose.from_matrix(camera_T_object),
             extents=(float(extents[0]), float(extents[1]), float(extents[2])),
             mesh=mesh_obj,
-            collision=collision,
+            collision=collision.shapes(),
             visible_fraction=float(np.clip(vis, 0.0, 1.0)),
             confidence=float(np.clip(shape.confidence, 0.0, 1.0)),
             num_points=int(obs.points.shape[0]),
         )
+        return TrackedObject(
+            result=result,
+            collision=collision,
+            fixed_T_object=fixed_T_object,
+            appeared=is_new,
+            moved=moved,
+            geometry_changed=geometry_changed and not is_new,
+            fused_frames=track.volume.frames if track.volume is not None else 1,
+        )
+
+    def _collision(
+        self,
+        frame: RGBDFrame,
+        obs: ObjectObservation,
+        mesh_cam: TriangleMesh,
+        mesh_obj: TriangleMesh,
+        track: Track,
+        fixed_T_object: NDArray[np.float64],
+    ) -> tuple[CollisionSet, bool]:
+        """Collision shapes of one object (object frame) and whether its geometry version
+        changed (new hull beyond ``shape_change_threshold`` or new decomposition parts)."""
+        cfg = self.config
+        kinds = cfg.collision_kinds()
+        hull = convex_hull(mesh_obj)
+        prims: tuple[CollisionPrimitive, ...] = ()
+        if "primitive" in kinds:
+            prims = accepted_primitives(fit_primitives(mesh_obj, hull.vertices), cfg.primitive_max_fit_error)
+        simplified = simplify_mesh(mesh_obj, cfg.simplified_max_triangles) if "simplified" in kinds else None
+        # geometry versions
+        volume = mesh_volume(hull)
+        changed = track.geometry_volume is None or (
+            abs(volume - track.geometry_volume)
+            > cfg.shape_change_threshold * max(track.geometry_volume, 1e-12)
+        )
+        if changed:
+            track.geometry_version += 1
+            track.geometry_volume = volume
+            if track.geometry_version > 1:
+                logger.debug("track %d: geometry version %d", track.track_id, track.geometry_version)
+            self._submit_decomposition(track, mesh_obj, fixed_T_object)
+        upgraded = track.parts_version is not None and (
+            track.collision is None or track.collision.parts_version != track.parts_version
+        )
+        parts: tuple[TriangleMesh, ...] = ()
+        if "decomposition" in kinds and track.parts and track.parts_fixed_T_object is not None:
+            o_T_p = invert_transform(fixed_T_object) @ track.parts_fixed_T_object
+            parts = tuple(TriangleMesh(transform_points(o_T_p, p.vertices), p.faces) for p in track.parts)
+        # padding: more where the surface was completed than where it was observed
+        m_obs, m_comp = cfg.collision_padding_observed, cfg.collision_padding_completed
+        if m_obs > 0.0 or m_comp > 0.0:
+            if track.volume is not None:
+                seen = track.volume.observed_points(transform_points(fixed_T_object, mesh_obj.vertices))
+            else:
+                seen = observed_in_frame(mesh_cam.vertices, frame, obs.mask)
+
+            def margins(points: NDArray[np.float64]) -> NDArray[np.float64]:
+                return margins_from_reference(points, mesh_obj.vertices, seen, m_obs, m_comp)
+
+            hull = pad_convex(hull, margins(hull.vertices))
+            parts = tuple(pad_convex(p, margins(p.vertices)) for p in parts)
+            if simplified is not None:
+                simplified = pad_mesh(simplified, margins(simplified.vertices))
+            prims = tuple(pad_primitive(p, max(m_obs, m_comp)) for p in prims)
+        collision = CollisionSet(
+            hull=hull,
+            parts=parts,
+            primitives=prims,
+            simplified=simplified,
+            geometry_version=track.geometry_version,
+            parts_version=track.parts_version if parts else None,
+        )
+        upgraded = upgraded and bool(parts)
+        track.collision = collision
+        return collision, changed or upgraded
+
+    # ------------------------------------------------------------------ decomposition cache
+    def _submit_decomposition(
+        self, track: Track, mesh_obj: TriangleMesh, fixed_T_object: NDArray[np.float64]
+    ) -> None:
+        cfg = self.config
+        if "decomposition" not in cfg.collision_kinds():
+            return
+        req = DecompositionRequest(
+            vertices=np.asarray(mesh_obj.vertices, dtype=np.float64),
+            faces=np.asarray(mesh_obj.faces, dtype=np.int32),
+            method=cfg.decomposition_method,
+            max_parts=cfg.decomposition_max_parts,
+            max_part_vertices=cfg.decomposition_max_part_vertices,
+            threshold=cfg.decomposition_threshold,
+        )
+        track.pending = {track.geometry_version: fixed_T_object.copy()}
+        if self._sync_decomp:
+            try:
+                parts = self._decomposer(req)
+                res = DecompositionResult(track.track_id, track.geometry_version, tuple(parts))
+            except DecompositionError as err:
+                res = DecompositionResult(track.track_id, track.geometry_version, (), str(err))
+            self._apply_decomposition(res)
+            return
+        if self._decomp is None:
+            self._decomp = DecompositionService(cfg.decomposition_time_budget, self._decomposer)
+        self._decomp.time_budget_s = cfg.decomposition_time_budget
+        self._decomp.submit(track.track_id, track.geometry_version, req)
+
+    def _collect_decompositions(self) -> None:
+        if self._decomp is None:
+            return
+        for res in self._decomp.take_results():
+            self._apply_decomposition(res)
+
+    def _apply_decomposition(self, res: DecompositionResult) -> None:
+        track = self.tracker.tracks.get(res.key)
+        if track is None or res.version not in track.pending:
+            return
+        frame_T = track.pending.pop(res.version)
+        if not res.parts:
+            logger.debug("track %d: no decomposition (%s); hull only", res.key, res.error)
+            return
+        track.parts = res.parts
+        track.parts_version = res.version
+        track.parts_fixed_T_object = frame_T
+        logger.debug("track %d: %d convex parts ready after %.2f s", res.key, len(res.parts), res.seconds)
+
+    @staticmethod
+    def _drop_parts(track: Track) -> None:
+        track.parts = ()
+        track.parts_version = None
+        track.parts_fixed_T_object = None
 
 
 @contextmanager
