@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,9 @@ def run(seeds: list[int], n_frames: int, arc: float, n_objects: int, size: tuple
             pipe.close()
     out: dict[str, Any] = {"frames": n_frames, "seeds": seeds, "arc_deg": arc, "modes": {}}
     for mode, rows in per.items():
-        by_frame = [{k: float(np.mean([r[k] for r in row])) if row else math.nan for k in METRICS} for row in rows]
+        by_frame = [
+            {k: float(np.mean([r[k] for r in row])) if row else math.nan for k in METRICS} for row in rows
+        ]
         later = [r for row in rows[1:] for r in row]
         out["modes"][mode] = {
             "by_frame": by_frame,
@@ -88,8 +91,7 @@ def main() -> None:
         a = res["modes"][m]["after_first"]
         print(f"{m:>6} frames>=1: " + ", ".join(f"{k}={a[k]:.3f}" for k in METRICS))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(res, fh, indent=1)
+        Path(args.json).write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

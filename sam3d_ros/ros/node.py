@@ -42,6 +42,7 @@ from sam3d_ros.core.worker import LatestWinsWorker
 from sam3d_ros.msg import ObjectReconstructionArray
 from sam3d_ros.ros import builders
 from sam3d_ros.ros.conversions import frame_from_messages, header_stamp_ns
+from sam3d_ros.ros.moveit import PlanningSceneSync
 from sam3d_ros.ros.params import declare_parameters, load_config, parameter_values
 from sam3d_ros.ros.sync import ApproximateTimeSync, StampGate
 
@@ -96,6 +97,8 @@ class Sam3dNode(LifecycleNode):
         self._camera_info: Any | None = None
         self._gate = StampGate(TIME_JUMP_RESET_S)
         self._published_ids: set[int] = set()
+        self._moveit: PlanningSceneSync | None = None
+        self._reset_pending = threading.Event()
         self._last_frame_id = ""
         self._skip_log_times: dict[str, float] = {}
         self._start_time = time.monotonic()
@@ -126,6 +129,8 @@ class Sam3dNode(LifecycleNode):
             "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", reliable),
         }
         self._reset_srv = self.create_service(Trigger, "~/reset", self._on_reset)
+        if config.moveit_enabled:
+            self._moveit = PlanningSceneSync(self, config)
         self._diag_timer = self.create_timer(config.diagnostics_period, self.publish_diagnostics)
         self.get_logger().info(f"configured: backend {backend.describe()}")
         return TransitionCallbackReturn.SUCCESS
@@ -182,6 +187,11 @@ class Sam3dNode(LifecycleNode):
         for pub in self._pubs.values():
             self.destroy_publisher(pub)
         self._pubs = {}
+        if self._moveit is not None:
+            self._moveit.close()
+            self._moveit = None
+        if self._pipeline is not None:
+            self._pipeline.close()
         if self._backend is not None:
             self._backend.close()
         self._backend = None
@@ -254,9 +264,13 @@ class Sam3dNode(LifecycleNode):
         pipeline, cfg = self._pipeline, self._config
         if pipeline is None or cfg is None or not self._active:
             return
+        if self._reset_pending.is_set():  # ~/reset: forget tracks on this thread
+            self._reset_pending.clear()
+            pipeline.reset()
         try:
             frame = frame_from_messages(job.rgb, job.depth, job.info, job.mask, cfg)
-            result = pipeline.process(frame)
+            update = pipeline.process_scene(frame)
+            result = update.result
         except InputError as err:
             self._skip_frame(err.reason, err.detail)
             return
@@ -276,6 +290,13 @@ class Sam3dNode(LifecycleNode):
             [s.reason.value for s in result.skipped],
         )
         self._publish(result)
+        moveit = self._moveit
+        if moveit is not None:
+            try:
+                moveit.update(update)
+            except Exception as err:
+                logger.exception("planning-scene update failed")
+                self.get_logger().error(f"planning-scene update failed: {type(err).__name__}: {err}")
 
     def _publish(self, result: FrameResult) -> None:
         cfg = self._require_config()
@@ -300,6 +321,9 @@ class Sam3dNode(LifecycleNode):
         self._reset_tracks()
 
     def _reset_tracks(self) -> None:
+        self._reset_pending.set()
+        if self._moveit is not None:
+            self._moveit.remove_all(self.get_clock().now().nanoseconds)
         with self._state_lock:
             self._published_ids = set()
             frame_id = self._last_frame_id
