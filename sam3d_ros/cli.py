@@ -109,12 +109,22 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    """``sam3d-ros train``: the geometry and layout network (needs torch; see sam3d_ros.learning.cli)."""
+    from sam3d_ros.learning import cli as learning_cli
+
+    p = sub.add_parser("train", help="train the geometry/layout network; export ONNX + manifest")
+    learning_cli.add_arguments(p)
+    p.set_defaults(func=learning_cli.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam3d-ros", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_replay(sub)
     _add_node(sub)
+    _add_train(sub)
     return parser
 
 

@@ -18,6 +18,11 @@ logger = logging.getLogger(__name__)
 #: name -> "module:ClassName"; imported only when the backend is created.
 _BACKENDS: dict[str, str] = {
     "geometric": "sam3d_ros.backends.geometric:GeometricBackend",
+    "onnxruntime": "sam3d_ros.backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "torch": "sam3d_ros.backends.torch_backend:TorchBackend",
+    "tensorrt": "sam3d_ros.backends.tensorrt_backend:TensorRTBackend",
+    # TensorRT with a GPU, else ONNX Runtime, else geometric (logs the choice)
+    "auto": "sam3d_ros.backends.auto:create_auto_backend",
 }
 
 

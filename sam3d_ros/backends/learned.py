@@ -1,0 +1,260 @@
+"""Shared pre- and post-processing of the learned backends (onnxruntime, torch, tensorrt).
+
+Pre-processing encodes every object of a frame (:mod:`sam3d_ros.core.encoding`) into one
+(B, C, 32, 32, 32) float32 batch; a runtime runs the network once on the whole batch;
+post-processing turns each row's occupancy logits into a :class:`VoxelShape` on the
+object's cube (``camera_T_grid``, ``origin``, ``voxel_size`` of its :class:`GridFrame`), so
+meshing, pose and collision shapes stay those of the shared pipeline.
+
+Model files live in the models directory (``$SAM3D_MODEL_DIR``, default the package's
+``models/``) and are verified against ``manifest.json`` (sha256) before they are loaded.
+
+Runtime options come from the environment (the node's parameters only name the backend):
+
+* ``SAM3D_MODEL_DIR``: directory with ``manifest.json`` and the model files;
+* ``SAM3D_ORT_THREADS``: ONNX Runtime intra-op threads (default ``DEFAULT_ORT_THREADS``);
+* ``SAM3D_ORT_CUDA``: "0" disables the CUDA execution provider;
+* ``SAM3D_TRT_PRECISION``: "fp16" (default) or "fp32";
+* ``SAM3D_ENGINE_CACHE``: TensorRT engine cache directory (default
+  ``~/.cache/sam3d_ros/engines``).
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sam3d_ros._paths import share_dir
+from sam3d_ros.backends.base import Backend, BackendError
+from sam3d_ros.core.config import PipelineConfig
+from sam3d_ros.core.encoding import CHANNELS, GRID_SIZE, GridFrame, encode_objects
+from sam3d_ros.core.frames import make_transform
+from sam3d_ros.core.types import ObjectObservation, SceneContext, VoxelShape
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME: Final[str] = "manifest.json"
+MODEL_DIR_ENV: Final[str] = "SAM3D_MODEL_DIR"
+ORT_THREADS_ENV: Final[str] = "SAM3D_ORT_THREADS"
+ORT_CUDA_ENV: Final[str] = "SAM3D_ORT_CUDA"
+TRT_PRECISION_ENV: Final[str] = "SAM3D_TRT_PRECISION"
+ENGINE_CACHE_ENV: Final[str] = "SAM3D_ENGINE_CACHE"
+DEFAULT_ORT_THREADS: Final[int] = 2
+#: manifest["files"] keys of the ONNX model and the torch state dict.
+ONNX_KEY: Final[str] = "onnx"
+WEIGHTS_KEY: Final[str] = "torch_weights"
+#: Rows whose occupancy never exceeds this level give no shape (None).
+MIN_PEAK_OCCUPANCY: Final[float] = 0.5
+_HASH_CHUNK = 1 << 20
+
+
+class ModelFileError(BackendError):
+    """A model file or the manifest is missing, malformed or does not match its sha256."""
+
+
+@dataclass(frozen=True)
+class NetworkOutputs:
+    """Raw outputs of one batched forward pass (B rows).
+
+    Attributes:
+        occupancy_logits: (B, n, n, n) float32.
+        layout: (B, 8) float32 (see :mod:`sam3d_ros.learning.model`).
+        confidence: (B,) float32 in [0, 1].
+    """
+
+    occupancy_logits: NDArray[np.float32]
+    layout: NDArray[np.float32]
+    confidence: NDArray[np.float32]
+
+
+def model_dir() -> Path:
+    """``$SAM3D_MODEL_DIR`` or the package's ``models/`` directory."""
+    env = os.environ.get(MODEL_DIR_ENV)
+    return Path(env) if env else share_dir() / "models"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_manifest(directory: Path) -> dict[str, Any]:
+    """Parse ``directory/manifest.json`` and check it matches this code's encoding.
+
+    Raises:
+        ModelFileError: missing/unparsable manifest, or a grid size/channel list that
+            differs from :mod:`sam3d_ros.core.encoding`.
+    """
+    path = Path(directory) / MANIFEST_NAME
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"cannot read model manifest {path}: {err}") from err
+    enc = manifest.get("encoding", {})
+    if enc.get("grid_size") != GRID_SIZE or tuple(enc.get("channels", ())) != CHANNELS:
+        raise ModelFileError(
+            f"{path}: model encoding {enc.get('grid_size')!r}/{enc.get('channels')!r} does not match "
+            f"this code's grid {GRID_SIZE} / channels {list(CHANNELS)}"
+        )
+    return manifest
+
+
+def verified_file(directory: Path, manifest: dict[str, Any], key: str) -> Path:
+    """The model file ``manifest["files"][key]`` after checking its sha256.
+
+    Raises:
+        ModelFileError: no such entry, missing file, or a sha256 mismatch (naming both).
+    """
+    try:
+        entry = manifest["files"][key]
+        path = Path(directory) / entry["name"]
+        expected = str(entry["sha256"])
+    except (KeyError, TypeError) as err:
+        raise ModelFileError(
+            f"manifest in {directory} has no files[{key!r}] entry with name and sha256"
+        ) from err
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} (manifest files[{key!r}]) does not exist")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ModelFileError(
+            f"model file {path} has sha256 {actual}, but the manifest says {expected}: "
+            "refusing to load a file that does not match its manifest"
+        )
+    return path
+
+
+def sigmoid(x: NDArray[np.floating]) -> NDArray[np.float32]:
+    """Numerically stable logistic function, float32."""
+    x32 = np.asarray(x, dtype=np.float32)
+    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * x32)), dtype=np.float32)
+
+
+def decode_outputs(out: NetworkOutputs, frames: Sequence[GridFrame | None]) -> list[VoxelShape | None]:
+    """One :class:`VoxelShape` (or None) per entry of ``frames``; network rows follow the
+    non-None frames in order. Rows whose occupancy never reaches ``MIN_PEAK_OCCUPANCY`` give
+    None."""
+    n_rows = sum(f is not None for f in frames)
+    if out.occupancy_logits.shape[0] != n_rows:
+        raise BackendError(f"network returned {out.occupancy_logits.shape[0]} rows for {n_rows} objects")
+    occ = sigmoid(out.occupancy_logits)
+    shapes: list[VoxelShape | None] = []
+    row = 0
+    for gf in frames:
+        if gf is None:
+            shapes.append(None)
+            continue
+        o = occ[row]
+        conf = float(np.clip(out.confidence[row], 0.0, 1.0))
+        row += 1
+        if float(o.max()) < MIN_PEAK_OCCUPANCY:
+            shapes.append(None)
+            continue
+        shapes.append(
+            VoxelShape(
+                occupancy=np.ascontiguousarray(o),
+                voxel_size=float(gf.voxel_size),
+                origin=gf.origin.copy(),
+                camera_T_grid=gf.camera_T_grid.copy(),
+                confidence=conf,
+            )
+        )
+    return shapes
+
+
+def layout_box(
+    layout: NDArray[np.floating], gf: GridFrame
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The amodal box of one layout row: (camera_T_box (4, 4), size (3,) metres), x along
+    the longer horizontal side, z along the cube's z (support normal)."""
+    lay = np.asarray(layout, dtype=np.float64).reshape(-1)
+    centre_g = gf.centre + lay[:3] * gf.side
+    size = np.exp(np.clip(lay[3:6], -6.0, 2.0)) * gf.side
+    yaw = 0.5 * float(np.arctan2(lay[6], lay[7]))
+    c, s = np.cos(yaw), np.sin(yaw)
+    grid_T_box = make_transform(np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]), centre_g)
+    return gf.camera_T_grid @ grid_T_box, size
+
+
+class LearnedBackend(Backend):
+    """Base of the network backends: encode, one batched forward pass, decode.
+
+    Subclasses implement :meth:`infer`. After each call ``last_layouts`` holds, per
+    observation, the predicted amodal box ``(camera_T_box, size)`` or None.
+    """
+
+    def __init__(self, config: PipelineConfig, directory: Path | None = None) -> None:
+        super().__init__(config)
+        self.model_dir = Path(directory) if directory is not None else model_dir()
+        self.manifest = load_manifest(self.model_dir)
+        self.last_layouts: list[tuple[NDArray[np.float64], NDArray[np.float64]] | None] = []
+
+    @abc.abstractmethod
+    def infer(self, inputs: NDArray[np.float32]) -> NetworkOutputs:
+        """Run the network on (B, C, n, n, n) float32 inputs (B >= 1)."""
+
+    def reconstruct(
+        self, scene: SceneContext, observations: Sequence[ObjectObservation]
+    ) -> list[VoxelShape | None]:
+        """Encode all objects, run one batched pass, decode (see the module docstring).
+
+        Raises:
+            BackendError: the runtime failed on the batch (the pipeline skips the frame's
+                objects with reason ``backend_error``).
+        """
+        inputs, frames = encode_objects(scene, observations)
+        self.last_layouts = [None] * len(observations)
+        if inputs.shape[0] == 0:
+            return [None] * len(observations)
+        try:
+            out = self.infer(inputs)
+        except BackendError:
+            raise
+        except Exception as err:
+            raise BackendError(
+                f"{self.name} inference on a batch of {inputs.shape[0]} failed: {err!r}"
+            ) from err
+        row = 0
+        for i, gf in enumerate(frames):
+            if gf is not None:
+                self.last_layouts[i] = layout_box(out.layout[row], gf)
+                row += 1
+        return decode_outputs(out, frames)
+
+    def model_summary(self) -> str:
+        """Short model description from the manifest (for :meth:`describe`)."""
+        files = self.manifest.get("files", {})
+        sha = str(files.get(ONNX_KEY, {}).get("sha256", "?"))[:12]
+        return f"geometry_layout onnx sha256 {sha}, trained {self.manifest.get('training', {}).get('finished_at', '?')}"
+
+
+def env_int(name: str, default: int) -> int:
+    """Integer environment variable ``name`` (``default`` when unset).
+
+    Raises:
+        BackendError: the value is not an integer >= 0.
+    """
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as err:
+        raise BackendError(f"{name}={raw!r} is not an integer") from err
+    if value < 0:
+        raise BackendError(f"{name}={raw!r} must be >= 0")
+    return value

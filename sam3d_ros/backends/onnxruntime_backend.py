@@ -1,0 +1,88 @@
+"""The network on ONNX Runtime: CPU execution provider, CUDA when available.
+
+Intra-op threads: ``$SAM3D_ORT_THREADS`` (default 2; 0 lets ONNX Runtime decide). The
+ONNX file is verified against the manifest's sha256 before the session is created.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sam3d_ros.backends.base import BackendError
+from sam3d_ros.backends.learned import (
+    DEFAULT_ORT_THREADS,
+    ONNX_KEY,
+    ORT_CUDA_ENV,
+    ORT_THREADS_ENV,
+    LearnedBackend,
+    NetworkOutputs,
+    env_int,
+    verified_file,
+)
+from sam3d_ros.core.config import PipelineConfig
+
+logger = logging.getLogger(__name__)
+
+_CUDA_PROVIDER = "CUDAExecutionProvider"
+_CPU_PROVIDER = "CPUExecutionProvider"
+
+
+class OnnxRuntimeBackend(LearnedBackend):
+    """One ``InferenceSession`` with a dynamic batch dimension."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        directory: Path | None = None,
+        intra_op_threads: int | None = None,
+        use_cuda: bool | None = None,
+    ) -> None:
+        super().__init__(config, directory)
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise BackendError(f"onnxruntime is not installed: {err}") from err
+        path = verified_file(self.model_dir, self.manifest, ONNX_KEY)
+        threads = (
+            env_int(ORT_THREADS_ENV, DEFAULT_ORT_THREADS) if intra_op_threads is None else intra_op_threads
+        )
+        if use_cuda is None:
+            use_cuda = os.environ.get(ORT_CUDA_ENV, "1") != "0"
+        available = ort.get_available_providers()
+        providers = [_CPU_PROVIDER]
+        if use_cuda and _CUDA_PROVIDER in available:
+            providers.insert(0, _CUDA_PROVIDER)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as err:
+            raise BackendError(f"ONNX Runtime cannot load {path}: {err}") from err
+        self.providers = self.session.get_providers()
+        self.threads = int(threads)
+        self._input = self.session.get_inputs()[0].name
+        self._outputs = [o.name for o in self.session.get_outputs()]
+        logger.info("onnxruntime session on %s (%d intra-op threads): %s", self.providers, threads, path)
+
+    def infer(self, inputs: NDArray[np.float32]) -> NetworkOutputs:
+        """One ``session.run`` on the whole batch."""
+        x = np.ascontiguousarray(inputs, dtype=np.float32)
+        res = dict(zip(self._outputs, self.session.run(self._outputs, {self._input: x}), strict=True))
+        return NetworkOutputs(
+            occupancy_logits=np.asarray(res["occupancy_logits"], dtype=np.float32),
+            layout=np.asarray(res["layout"], dtype=np.float32),
+            confidence=np.asarray(res["confidence"], dtype=np.float32).reshape(-1),
+        )
+
+    def describe(self) -> str:
+        """Backend, providers, threads and model."""
+        return f"onnxruntime {self.providers} threads={self.threads}: {self.model_summary()}"

@@ -1,0 +1,209 @@
+"""The network on TensorRT (NVIDIA GPU; needs ``tensorrt`` and ``cuda-python``).
+
+The engine is built from the verified ONNX (``$SAM3D_TRT_PRECISION`` fp16 or fp32, one
+optimisation profile for batch 1..max_objects) and cached in ``$SAM3D_ENGINE_CACHE``
+(default ``~/.cache/sam3d_ros/engines``) with a sidecar; see
+:mod:`sam3d_ros.backends.engine_cache` for when a cached engine is reused or rebuilt. An
+engine that TensorRT cannot deserialize is rebuilt once.
+
+Frames with more objects than the profile's maximum batch are run in chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sam3d_ros.backends.base import BackendError
+from sam3d_ros.backends.engine_cache import EngineCache, EngineCacheError, EngineKey
+from sam3d_ros.backends.learned import (
+    ENGINE_CACHE_ENV,
+    ONNX_KEY,
+    TRT_PRECISION_ENV,
+    LearnedBackend,
+    NetworkOutputs,
+    sha256_file,
+    verified_file,
+)
+from sam3d_ros.core.config import PipelineConfig
+from sam3d_ros.core.encoding import GRID_SIZE, NUM_CHANNELS
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME: Final[str] = "observation"
+OUTPUT_NAMES: Final[tuple[str, ...]] = ("occupancy_logits", "layout", "confidence")
+#: Batch size the profile is tuned for and its upper bound.
+OPT_BATCH: Final[int] = 8
+MAX_BATCH_CAP: Final[int] = 64
+WORKSPACE_BYTES: Final[int] = 1 << 30
+
+
+def default_engine_dir() -> Path:
+    """``$SAM3D_ENGINE_CACHE`` or ``~/.cache/sam3d_ros/engines``."""
+    env = os.environ.get(ENGINE_CACHE_ENV)
+    return Path(env) if env else Path.home() / ".cache" / "sam3d_ros" / "engines"
+
+
+def input_profile(max_batch: int) -> dict[str, dict[str, list[int]]]:
+    """The optimisation profile: batch 1..max_batch (opt min(OPT_BATCH, max_batch))."""
+    shape = [NUM_CHANNELS, GRID_SIZE, GRID_SIZE, GRID_SIZE]
+    return {
+        INPUT_NAME: {
+            "min": [1, *shape],
+            "opt": [min(OPT_BATCH, max_batch), *shape],
+            "max": [max_batch, *shape],
+        }
+    }
+
+
+def _cuda_check(result: Any, what: str) -> Any:
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise BackendError(f"CUDA error {err} in {what}")
+    return rest[0] if len(rest) == 1 else rest
+
+
+def build_engine(onnx_path: Path, key: EngineKey, timing_cache: Path) -> bytes:
+    """Build a serialized engine with TensorRT (the real :data:`EngineBuilder`)."""
+    import tensorrt as trt
+
+    trt_logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(trt_logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, trt_logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineCacheError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    if key.precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    profile = builder.create_optimization_profile()
+    for name, p in key.input_profile.items():
+        profile.set_shape(name, tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineCacheError(f"TensorRT failed to build an engine from {onnx_path}")
+    timing_cache.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    return bytes(memoryview(serialized))
+
+
+class TensorRTBackend(LearnedBackend):
+    """A cached TensorRT engine executed with cuda-python device buffers."""
+
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        directory: Path | None = None,
+        precision: str | None = None,
+        engine_dir: Path | None = None,
+    ) -> None:
+        super().__init__(config, directory)
+        try:
+            import tensorrt as trt
+            from cuda.bindings import runtime as cudart
+        except ImportError as err:
+            raise BackendError(f"the tensorrt backend needs tensorrt and cuda-python: {err}") from err
+        self._trt, self._cudart = trt, cudart
+        onnx_path = verified_file(self.model_dir, self.manifest, ONNX_KEY)
+        precision = precision or os.environ.get(TRT_PRECISION_ENV, "fp16")
+        props = _cuda_check(cudart.cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
+        gpu = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+        gpu = f"{gpu.strip(chr(0))} sm_{props.major}{props.minor}"
+        self.max_batch = int(min(max(config.max_objects, 1), MAX_BATCH_CAP))
+        try:
+            self.key = EngineKey(
+                onnx_sha256=sha256_file(onnx_path),
+                tensorrt_version=str(trt.__version__),
+                gpu_name=gpu,
+                precision=precision,
+                input_profile=input_profile(self.max_batch),
+            )
+            self.cache = EngineCache(engine_dir or default_engine_dir(), build_engine)
+            data = self.cache.load_or_build(onnx_path, self.key)
+            runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            engine = runtime.deserialize_cuda_engine(data)
+            if engine is None:
+                logger.warning("cached TensorRT engine does not deserialize; rebuilding")
+                engine = runtime.deserialize_cuda_engine(self.cache.rebuild(onnx_path, self.key))
+        except EngineCacheError as err:
+            raise BackendError(str(err)) from err
+        if engine is None:
+            raise BackendError(f"TensorRT cannot deserialize a freshly built engine for {onnx_path}")
+        self._runtime, self.engine = runtime, engine
+        self.context = engine.create_execution_context()
+        self.stream = _cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        logger.info("TensorRT engine ready: %s (%s)", gpu, precision)
+
+    def _device_buffer(self, name: str, nbytes: int) -> int:
+        ptr, size = self._buffers.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                _cuda_check(self._cudart.cudaFree(ptr), "cudaFree")
+            ptr = int(_cuda_check(self._cudart.cudaMalloc(nbytes), "cudaMalloc"))
+            self._buffers[name] = (ptr, nbytes)
+        return ptr
+
+    def _run_chunk(self, x: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
+        cudart = self._cudart
+        kind_h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        kind_d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        b = x.shape[0]
+        self.context.set_input_shape(INPUT_NAME, tuple(x.shape))
+        ptr = self._device_buffer(INPUT_NAME, x.nbytes)
+        _cuda_check(cudart.cudaMemcpyAsync(ptr, x.ctypes.data, x.nbytes, kind_h2d, self.stream), "memcpy h2d")
+        self.context.set_tensor_address(INPUT_NAME, ptr)
+        outs: dict[str, NDArray[np.float32]] = {}
+        for name in OUTPUT_NAMES:
+            shape = tuple(self.context.get_tensor_shape(name))
+            arr = np.empty(shape, dtype=np.float32)
+            optr = self._device_buffer(name, max(arr.nbytes, 4))
+            self.context.set_tensor_address(name, optr)
+            outs[name] = arr
+        if not self.context.execute_async_v3(self.stream):
+            raise BackendError(f"TensorRT execution failed on a batch of {b}")
+        for name, arr in outs.items():
+            ptr_o = self._buffers[name][0]
+            _cuda_check(
+                cudart.cudaMemcpyAsync(arr.ctypes.data, ptr_o, arr.nbytes, kind_d2h, self.stream),
+                "memcpy d2h",
+            )
+        _cuda_check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        return outs
+
+    def infer(self, inputs: NDArray[np.float32]) -> NetworkOutputs:
+        """Run the batch (in chunks of at most ``max_batch`` rows)."""
+        x = np.ascontiguousarray(inputs, dtype=np.float32)
+        parts = [
+            self._run_chunk(np.ascontiguousarray(x[i : i + self.max_batch]))
+            for i in range(0, len(x), self.max_batch)
+        ]
+        return NetworkOutputs(
+            occupancy_logits=np.concatenate([p["occupancy_logits"] for p in parts]),
+            layout=np.concatenate([p["layout"] for p in parts]),
+            confidence=np.concatenate([p["confidence"].reshape(-1) for p in parts]),
+        )
+
+    def close(self) -> None:
+        """Free device buffers and the stream."""
+        for ptr, _ in self._buffers.values():
+            self._cudart.cudaFree(ptr)
+        self._buffers.clear()
+        if getattr(self, "stream", None) is not None:
+            self._cudart.cudaStreamDestroy(self.stream)
+            self.stream = None
+
+    def describe(self) -> str:
+        """Backend, GPU, precision and model."""
+        return f"tensorrt {self.key.tensorrt_version} {self.key.gpu_name} {self.key.precision}: {self.model_summary()}"

@@ -1,0 +1,64 @@
+"""The network in PyTorch (the reference implementation; needs ``torch``).
+
+Loads the state dict ``manifest["files"]["torch_weights"]`` (verified against its sha256)
+into :class:`sam3d_ros.learning.model.GeometryLayoutNet`; CUDA when available.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sam3d_ros.backends.base import BackendError
+from sam3d_ros.backends.learned import WEIGHTS_KEY, LearnedBackend, NetworkOutputs, verified_file
+from sam3d_ros.core.config import PipelineConfig
+
+logger = logging.getLogger(__name__)
+
+
+class TorchBackend(LearnedBackend):
+    """``GeometryLayoutNet`` in eval mode under ``torch.inference_mode``."""
+
+    name = "torch"
+
+    def __init__(
+        self, config: PipelineConfig, directory: Path | None = None, device: str | None = None
+    ) -> None:
+        super().__init__(config, directory)
+        try:
+            import torch
+
+            from sam3d_ros.learning.model import build_model
+        except ImportError as err:
+            raise BackendError(f"the torch backend needs torch (requirements/dev.txt): {err}") from err
+        path = verified_file(self.model_dir, self.manifest, WEIGHTS_KEY)
+        try:
+            ck: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+            model = build_model(ck["model_config"])
+            model.load_state_dict(ck["model"])
+        except (OSError, RuntimeError, KeyError, TypeError) as err:
+            raise BackendError(f"cannot load torch weights {path}: {err}") from err
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.eval().to(self.device)
+        self._torch = torch
+        logger.info("torch model on %s: %s", self.device, path)
+
+    def infer(self, inputs: NDArray[np.float32]) -> NetworkOutputs:
+        """One forward pass on the whole batch."""
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
+            logits, layout, conf = self.model(x)
+        return NetworkOutputs(
+            occupancy_logits=logits.float().cpu().numpy(),
+            layout=layout.float().cpu().numpy(),
+            confidence=conf.float().cpu().numpy().reshape(-1),
+        )
+
+    def describe(self) -> str:
+        """Backend, device and model."""
+        return f"torch {self._torch.__version__} on {self.device}: {self.model_summary()}"

@@ -1,0 +1,179 @@
+"""Export of trained weights to the shipped model files and ``manifest.json``.
+
+Writes into the models directory: ``geometry_layout.onnx`` (opset 17, dynamic batch),
+``geometry_layout.pt`` (torch state dict + model config, for the ``torch`` backend) and
+``manifest.json`` (sha256 and size of both, input/output names, shapes and meanings, the
+encoding and its normalisation, the model config, the training record and, when given,
+the held-out validation metrics). The export checks ONNX Runtime against PyTorch on random
+inputs and records the largest absolute difference.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import torch
+
+from sam3d_ros.backends.learned import MANIFEST_NAME, ONNX_KEY, WEIGHTS_KEY, sha256_file
+from sam3d_ros.core import encoding as E
+from sam3d_ros.learning.model import INPUT_NAME, OUTPUT_NAMES, GeometryLayoutNet, export_onnx
+
+logger = logging.getLogger(__name__)
+
+ONNX_NAME: Final[str] = "geometry_layout.onnx"
+WEIGHTS_NAME: Final[str] = "geometry_layout.pt"
+OPSET: Final[int] = 17
+#: Parity check: random inputs, batch size, tolerance.
+PARITY_BATCH: Final[int] = 3
+PARITY_ATOL: Final[float] = 1e-4
+
+
+class ExportError(RuntimeError):
+    """Raised when the exported ONNX disagrees with PyTorch."""
+
+
+def io_spec() -> dict[str, Any]:
+    """Input/output names, shapes, dtypes and meanings (the manifest's ``inputs``/``outputs``)."""
+    n = E.GRID_SIZE
+    return {
+        "inputs": [
+            {
+                "name": INPUT_NAME,
+                "shape": ["batch", E.NUM_CHANNELS, n, n, n],
+                "dtype": "float32",
+                "meaning": "per-object encoding on the object's cube (sam3d_ros.core.encoding); "
+                "channels in 'encoding.channels' order, voxel [i, j, k] along the cube's x, y, z",
+            }
+        ],
+        "outputs": [
+            {
+                "name": OUTPUT_NAMES[0],
+                "shape": ["batch", n, n, n],
+                "dtype": "float32",
+                "meaning": "amodal occupancy logits on the same cube; sigmoid > 0.5 is inside",
+            },
+            {
+                "name": OUTPUT_NAMES[1],
+                "shape": ["batch", 8],
+                "dtype": "float32",
+                "meaning": "amodal box in the normalised cube frame: centre offset from the cube centre / "
+                "side (3), log(size / side) (3) with size_x >= size_y, sin(2 yaw), cos(2 yaw) about the "
+                "cube z axis (support normal)",
+            },
+            {
+                "name": OUTPUT_NAMES[2],
+                "shape": ["batch"],
+                "dtype": "float32",
+                "meaning": "confidence in [0, 1]: the predicted voxel IoU of the occupancy with the truth",
+            },
+        ],
+    }
+
+
+def encoding_spec() -> dict[str, Any]:
+    """The encoding and normalisation constants the model was trained with."""
+    return {
+        "grid_size": E.GRID_SIZE,
+        "channels": list(E.CHANNELS),
+        "extent_factor": E.EXTENT_FACTOR,
+        "min_side_m": E.MIN_SIDE,
+        "max_side_m": E.MAX_SIDE,
+        "back_shift": E.BACK_SHIFT,
+        "floor_voxels": E.FLOOR_VOXELS,
+        "tsdf_trunc_voxels": E.TSDF_TRUNC_VOXELS,
+        "normalisation": "object-centric cube: z = support-plane normal, x = footprint major axis, origin = "
+        "observed centroid projected on the plane; side = clip(extent_factor * observed extent, min_side, "
+        "max_side) metres; lengths in the layout output are divided by the side; occupancy/mask/free/"
+        "unknown/below-plane in {0, 1}, RGB in [0, 1], tsdf in [-1, 1]",
+    }
+
+
+def parity_check(model: GeometryLayoutNet, onnx_path: Path, seed: int = 0) -> float:
+    """Largest |ONNX Runtime - PyTorch| over all outputs on random inputs.
+
+    Raises:
+        ExportError: above ``PARITY_ATOL``.
+    """
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    n = model.cfg.grid
+    x = rng.random((PARITY_BATCH, model.cfg.in_channels, n, n, n), dtype=np.float32)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+    with torch.inference_mode():
+        ref = [t.numpy() for t in model.eval()(torch.from_numpy(x))]
+    diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(got, ref, strict=True))
+    if diff > PARITY_ATOL:
+        raise ExportError(f"ONNX Runtime differs from PyTorch by {diff:.3g} > {PARITY_ATOL}")
+    return diff
+
+
+def export_model(
+    model: GeometryLayoutNet,
+    out_dir: Path,
+    training: dict[str, Any],
+    validation: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the ONNX, the state dict and the manifest into ``out_dir``; returns the manifest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    onnx_path = out_dir / ONNX_NAME
+    export_onnx(model, str(onnx_path), opset=OPSET)
+    parity = parity_check(model, onnx_path)
+    weights_path = out_dir / WEIGHTS_NAME
+    torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict()}, weights_path)
+    manifest = {
+        "format_version": 1,
+        "model": "geometry_layout",
+        "description": "distilled geometry and layout network: amodal occupancy (32^3), amodal box and "
+        "confidence per object in one forward pass",
+        "files": {
+            ONNX_KEY: {
+                "name": ONNX_NAME,
+                "sha256": sha256_file(onnx_path),
+                "bytes": onnx_path.stat().st_size,
+            },
+            WEIGHTS_KEY: {
+                "name": WEIGHTS_NAME,
+                "sha256": sha256_file(weights_path),
+                "bytes": weights_path.stat().st_size,
+            },
+        },
+        **io_spec(),
+        "encoding": encoding_spec(),
+        "model_config": model.cfg.to_dict(),
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "export": {
+            "torch": torch.__version__,
+            "opset": OPSET,
+            "parity_max_abs_diff": parity,
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        "training": training,
+        "validation": validation,
+    }
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats become None (strict JSON has no NaN/Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest.json`` (indented, strict JSON: NaN as null, trailing newline)."""
+    (out_dir / MANIFEST_NAME).write_text(json.dumps(_json_safe(manifest), indent=2, allow_nan=False) + "\n")

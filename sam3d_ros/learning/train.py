@@ -1,0 +1,355 @@
+"""Training of the geometry and layout network on CPU (``sam3d-ros train``).
+
+Recipe (:class:`TrainConfig`): cached datasets built by :func:`sam3d_ros.learning.data.
+build_dataset` under ``cache_dir/datasets`` (train and val splits use disjoint scene seeds),
+Adam with a one-cycle learning rate, random mirror augmentation of the cube (x and y flips;
+the layout target is mirrored with it), loss = BCE(occupancy, amodal fraction) + soft Dice
++ layout smooth-L1 (centre, log-size; yaw only for boxes) + confidence BCE towards the
+detached IoU of the prediction + ``distill_weight`` * BCE(occupancy, teacher) on rows with a
+stored teacher output.
+
+Everything the run produces lives in ``run_dir`` (outside the repository by default):
+``checkpoint.pt`` (resumable: model, optimiser, scheduler, epoch, RNG states, history),
+``best.pt`` (lowest validation loss), ``history.json``, ``curves.png`` (drawn with Pillow)
+and ``run.json`` (exact command, seed, data summaries, wall time).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import random
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sam3d_ros.learning.data import ArrayDataset, build_dataset, load_dataset
+from sam3d_ros.learning.model import GeometryLayoutNet, ModelConfig, build_model
+
+logger = logging.getLogger(__name__)
+
+
+class TrainError(RuntimeError):
+    """Raised for unusable run directories or checkpoints."""
+
+
+def default_cache_dir() -> Path:
+    """``~/.cache/sam3d_ros`` (datasets, runs, engines): never inside the repository."""
+    return Path.home() / ".cache" / "sam3d_ros"
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe (every field is recorded in ``run.json``)."""
+
+    source: str = "raycast"
+    train_frames: int = 1200
+    val_frames: int = 80
+    seed: int = 0
+    epochs: int = 6
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    dice_weight: float = 0.5
+    layout_weight: float = 0.5
+    confidence_weight: float = 0.1
+    distill_weight: float = 0.5
+    max_minutes: float = 25.0
+    threads: int = 1
+    model: dict[str, Any] = field(default_factory=lambda: ModelConfig().to_dict())
+
+
+def dataset_dir(cache_dir: Path, source: str, split: str, frames: int, seed: int) -> Path:
+    """Where the cached dataset of a recipe lives."""
+    return cache_dir / "datasets" / f"{source}_{split}_{frames}_s{seed}"
+
+
+def _augment(batch: dict[str, Tensor], gen: torch.Generator) -> dict[str, Tensor]:
+    """Random mirror of the whole batch about the cube's x and/or y mid-plane."""
+    out = dict(batch)
+    lay = out["layout"].clone()
+    for axis in (0, 1):
+        if bool(torch.rand((), generator=gen) < 0.5):
+            out["inputs"] = torch.flip(out["inputs"], dims=(2 + axis,))
+            out["target"] = torch.flip(out["target"], dims=(1 + axis,))
+            if "teacher" in out:
+                out["teacher"] = torch.flip(out["teacher"], dims=(1 + axis,))
+            lay[:, axis] = -lay[:, axis]
+            lay[:, 6] = -lay[:, 6]  # yaw -> -yaw (y flip) or pi - yaw (x flip): sin(2 yaw) flips
+    out["layout"] = lay
+    return out
+
+
+def compute_losses(
+    outputs: tuple[Tensor, Tensor, Tensor], batch: dict[str, Tensor], cfg: TrainConfig
+) -> dict[str, Tensor]:
+    """Loss terms (scalars) and ``total``; ``iou`` is the mean voxel IoU at 0.5 (no grad)."""
+    logits, layout, conf = outputs
+    y = batch["target"]
+    bce = F.binary_cross_entropy_with_logits(logits, y)
+    p = torch.sigmoid(logits)
+    inter = (p * y).sum(dim=(1, 2, 3))
+    dice = 1.0 - (2 * inter + 1.0) / (p.sum(dim=(1, 2, 3)) + y.sum(dim=(1, 2, 3)) + 1.0)
+    dice_l = dice.mean()
+    m = batch["layout_mask"]
+    t = batch["layout"]
+    box_l = (
+        F.smooth_l1_loss(layout[:, :6], t[:, :6], beta=0.05, reduction="none").mean(dim=1) * m[:, 0]
+    ).mean()
+    yaw_l = (
+        F.smooth_l1_loss(layout[:, 6:], t[:, 6:], beta=0.05, reduction="none").mean(dim=1) * m[:, 1]
+    ).mean()
+    with torch.no_grad():
+        pb, yb = p > 0.5, y > 0.5
+        iou = (pb & yb).sum(dim=(1, 2, 3)).float() / (pb | yb).sum(dim=(1, 2, 3)).clamp(min=1).float()
+    conf_l = F.binary_cross_entropy(conf.clamp(1e-6, 1 - 1e-6), iou)
+    total = (
+        bce
+        + cfg.dice_weight * dice_l
+        + cfg.layout_weight * (box_l + 0.5 * yaw_l)
+        + cfg.confidence_weight * conf_l
+    )
+    losses = {"bce": bce, "dice": dice_l, "layout": box_l, "yaw": yaw_l, "confidence": conf_l}
+    if "teacher" in batch:
+        w = batch["teacher_weight"]
+        per = F.binary_cross_entropy_with_logits(logits, batch["teacher"], reduction="none").mean(
+            dim=(1, 2, 3)
+        )
+        distill = (per * w).sum() / w.sum().clamp(min=1.0)
+        total = total + cfg.distill_weight * distill
+        losses["distill"] = distill
+    losses["total"] = total
+    losses["iou"] = iou.mean()
+    return losses
+
+
+def _to_tensors(b: dict[str, np.ndarray]) -> dict[str, Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in b.items()}
+
+
+@torch.no_grad()
+def validate(model: GeometryLayoutNet, ds: ArrayDataset, cfg: TrainConfig) -> dict[str, float]:
+    """Mean loss terms over a dataset (eval mode), plus ``centre_err`` (normalised units)."""
+    model.eval()
+    sums: dict[str, float] = {}
+    n = 0
+    for i in range(0, len(ds), cfg.batch_size):
+        idx = np.arange(i, min(i + cfg.batch_size, len(ds)))
+        batch = _to_tensors(ds.batch(idx))
+        out = model(batch["inputs"])
+        losses = compute_losses(out, batch, cfg)
+        losses["centre_err"] = (out[1][:, :3] - batch["layout"][:, :3]).norm(dim=1).mean()
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+        n += len(idx)
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def draw_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Training/validation curves as a PNG (Pillow only): total loss (train, val) and val
+    IoU per epoch, each panel scaled to its own range."""
+    from PIL import Image, ImageDraw
+
+    w, h, pad = 900, 360, 40
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    panels = [
+        ("loss (train red, val blue)", [("train_total", (200, 40, 40)), ("val_total", (40, 40, 200))]),
+        ("val voxel IoU@0.5", [("val_iou", (40, 140, 40))]),
+    ]
+    pw = (w - pad * 3) // 2
+    for pi, (title, series) in enumerate(panels):
+        x0 = pad + pi * (pw + pad)
+        y0, y1 = pad, h - pad
+        d.rectangle([x0, y0, x0 + pw, y1], outline="black")
+        d.text((x0 + 4, 8), title, fill="black")
+        vals = [float(e[k]) for k, _ in series for e in history if k in e and math.isfinite(float(e[k]))]
+        if not vals or not history:
+            continue
+        lo, hi = min(vals), max(vals)
+        if hi - lo < 1e-9:
+            hi = lo + 1e-9
+        d.text((x0 + 4, y1 + 4), f"epochs 1..{len(history)}  range {lo:.4g}..{hi:.4g}", fill="black")
+        for key, col in series:
+            pts = [
+                (
+                    x0 + (pw * (i + 0.5) / len(history)),
+                    y1 - (y1 - y0) * (float(e[key]) - lo) / (hi - lo),
+                )
+                for i, e in enumerate(history)
+                if key in e
+            ]
+            if len(pts) > 1:
+                d.line(pts, fill=col, width=2)
+            for x, y in pts:
+                d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=col)
+    img.save(path)
+
+
+def _set_seed(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def train(
+    cfg: TrainConfig, run_dir: Path, cache_dir: Path | None = None, resume: bool = True
+) -> dict[str, Any]:
+    """Build/load the datasets and train (resuming from ``run_dir/checkpoint.pt`` when
+    ``resume``). Stops after ``cfg.epochs`` or ``cfg.max_minutes`` of this call's wall time
+    (a later call resumes). Returns the ``run.json`` record."""
+    cache = cache_dir or default_cache_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    t_start = time.time()
+    train_dir = dataset_dir(cache, cfg.source, "train", cfg.train_frames, cfg.seed)
+    val_dir = dataset_dir(cache, cfg.source, "val", cfg.val_frames, cfg.seed)
+    train_meta = build_dataset(train_dir, "train", cfg.train_frames, source=cfg.source, seed=cfg.seed)
+    val_meta = build_dataset(val_dir, "val", cfg.val_frames, source=cfg.source, seed=cfg.seed)
+    data_s = time.time() - t_start
+    train_ds = load_dataset(train_dir)
+    val_ds = load_dataset(val_dir)
+    logger.info("train %d objects, val %d objects", len(train_ds), len(val_ds))
+
+    gen = _set_seed(cfg.seed)
+    model = build_model(cfg.model)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15
+    )
+    history: list[dict[str, Any]] = []
+    epoch0 = 0
+    prior_train_s = 0.0
+    ckpt_path = run_dir / "checkpoint.pt"
+    if resume and ckpt_path.is_file():
+        try:
+            ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError) as err:
+            raise TrainError(f"cannot read checkpoint {ckpt_path}: {err}") from err
+        if ck["config"] != asdict(cfg):
+            raise TrainError(f"checkpoint {ckpt_path} was made with another recipe: {ck['config']}")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        gen.set_state(ck["generator"])
+        np.random.set_state(ck["numpy_rng"])
+        history = ck["history"]
+        epoch0 = int(ck["epoch"])
+        prior_train_s = float(ck.get("train_s", 0.0))
+        logger.info("resumed from %s at epoch %d", ckpt_path, epoch0)
+
+    best = min((e["val_total"] for e in history), default=math.inf)
+    t_train = time.time()
+    stopped_early = False
+    for epoch in range(epoch0, cfg.epochs):
+        model.train()
+        perm = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(len(train_ds))
+        sums: dict[str, float] = {}
+        t_ep = time.time()
+        for s in range(steps_per_epoch):
+            idx = np.sort(perm[s * cfg.batch_size : (s + 1) * cfg.batch_size])
+            if len(idx) == 0:
+                continue
+            batch = _augment(_to_tensors(train_ds.batch(idx)), gen)
+            losses = compute_losses(model(batch["inputs"]), batch, cfg)
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if s % 50 == 0:
+                logger.info(
+                    "epoch %d step %d/%d loss %.4f iou %.3f lr %.2e",
+                    epoch + 1,
+                    s,
+                    steps_per_epoch,
+                    float(losses["total"]),
+                    float(losses["iou"]),
+                    sched.get_last_lr()[0],
+                )
+        val = validate(model, val_ds, cfg)
+        entry = {"epoch": epoch + 1, "epoch_s": round(time.time() - t_ep, 1)}
+        entry.update({f"train_{k}": v / steps_per_epoch for k, v in sums.items()})
+        entry.update({f"val_{k}": v for k, v in val.items()})
+        history.append(entry)
+        logger.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in entry.items()})
+        if val["total"] < best:
+            best = val["total"]
+            torch.save(
+                {"model": model.state_dict(), "model_config": cfg.model, "epoch": epoch + 1},
+                run_dir / "best.pt",
+            )
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "generator": gen.get_state(),
+                "numpy_rng": np.random.get_state(),
+                "history": history,
+                "epoch": epoch + 1,
+                "config": asdict(cfg),
+                "train_s": prior_train_s + time.time() - t_train,
+            },
+            ckpt_path,
+        )
+        (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+        draw_curves(history, run_dir / "curves.png")
+        if (time.time() - t_start) / 60.0 > cfg.max_minutes and epoch + 1 < cfg.epochs:
+            logger.warning(
+                "time budget of %.1f min reached after epoch %d; resume to continue",
+                cfg.max_minutes,
+                epoch + 1,
+            )
+            stopped_early = True
+            break
+    torch.save(
+        {"model": model.state_dict(), "model_config": cfg.model, "epoch": len(history)}, run_dir / "final.pt"
+    )
+    record = {
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "config": asdict(cfg),
+        "run_dir": str(run_dir),
+        "train_data": {"dir": str(train_dir), **train_meta},
+        "val_data": {"dir": str(val_dir), **val_meta},
+        "epochs_done": len(history),
+        "complete": not stopped_early and len(history) >= cfg.epochs,
+        "data_s": round(data_s, 1),
+        "train_s": round(prior_train_s + time.time() - t_train, 1),
+        "wall_s_this_call": round(time.time() - t_start, 1),
+        "final_val": history[-1] if history else {},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "threads": cfg.threads,
+        },
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (run_dir / "run.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def load_weights(path: Path) -> GeometryLayoutNet:
+    """A network (eval mode) from ``best.pt``/``final.pt``/a shipped ``.pt`` state file."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        model = build_model(ck["model_config"])
+        model.load_state_dict(ck["model"])
+    except (OSError, RuntimeError, KeyError) as err:
+        raise TrainError(f"cannot load weights from {path}: {err}") from err
+    return model.eval()

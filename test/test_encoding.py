@@ -1,0 +1,130 @@
+"""Observation encoding (sam3d_ros.core.encoding) on an exact ray-cast box."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sam3d_ros.core.config import default_config
+from sam3d_ros.core.encoding import (
+    CHANNELS,
+    FLOOR_VOXELS,
+    GRID_SIZE,
+    NUM_CHANNELS,
+    EncodingError,
+    encode_object,
+    encode_objects,
+    grid_frame,
+)
+from sam3d_ros.core.frames import invert_transform, make_transform
+from sam3d_ros.core.observation import extract_observations
+from sam3d_ros.core.support_plane import estimate_support_plane
+from sam3d_ros.core.types import SceneContext
+from sam3d_ros.sim.raycast import Box, Scene, SceneObject, look_at, render
+
+BOX_SIZE = (0.10, 0.06, 0.08)
+
+
+@pytest.fixture(scope="module")
+def box_scene():
+    box = Box(BOX_SIZE, make_transform(np.eye(3), np.array([0.0, 0.0, BOX_SIZE[2] / 2])))
+    cam = look_at(eye=(0.05, -0.55, 0.35), target=(0.0, 0.0, 0.04))
+    rendered = render(Scene(objects=(SceneObject(1, box),)), cam)
+    frame = rendered.to_rgbd_frame()
+    cfg = default_config()
+    scene = SceneContext(frame=frame, plane=estimate_support_plane(frame, cfg))
+    obs, _ = extract_observations(frame, cfg)
+    assert len(obs) == 1 and scene.plane is not None
+    feats, gf = encode_object(scene, obs[0])
+    # voxel centres in the box frame (the box frame is the world frame shifted to the centre)
+    centres_g = gf.voxel_centres()
+    cam_T_world = cam.camera_T_world
+    world_T_grid = invert_transform(cam_T_world) @ gf.camera_T_grid
+    pw = centres_g.reshape(-1, 3) @ world_T_grid[:3, :3].T + world_T_grid[:3, 3]
+    pb = (pw - box.world_T_object[:3, 3]).reshape(GRID_SIZE, GRID_SIZE, GRID_SIZE, 3)
+    return feats, gf, pb, pw.reshape(pb.shape), cam
+
+
+def _box_sdf(pb: np.ndarray) -> np.ndarray:
+    q = np.abs(pb) - 0.5 * np.asarray(BOX_SIZE)
+    outside = np.linalg.norm(np.maximum(q, 0.0), axis=-1)
+    inside = np.minimum(q.max(axis=-1), 0.0)
+    return outside + inside
+
+
+def test_shapes_and_exclusive_visibility_channels(box_scene) -> None:
+    feats, gf, _, _, _ = box_scene
+    assert feats.shape == (NUM_CHANNELS, GRID_SIZE, GRID_SIZE, GRID_SIZE)
+    assert feats.dtype == np.float32
+    obs, free, unknown = feats[0], feats[1], feats[2]
+    np.testing.assert_array_equal(obs + free + unknown, 1.0)
+    assert gf.plane_used
+    assert np.isclose(gf.voxel_size * GRID_SIZE, gf.side)
+
+
+def test_observed_voxels_lie_on_the_visible_surface(box_scene) -> None:
+    feats, gf, pb, _, _ = box_scene
+    sdf = _box_sdf(pb)
+    observed = feats[0] > 0.5
+    assert observed.sum() > 20
+    # a voxel holding a surface point has its centre within half a diagonal of the surface
+    assert np.abs(sdf[observed]).max() <= 0.87 * gf.voxel_size + 1e-3
+
+
+def test_free_space_in_front_and_unknown_behind(box_scene) -> None:
+    feats, gf, pb, pw, cam = box_scene
+    sdf = _box_sdf(pb)
+    free, unknown = feats[1] > 0.5, feats[2] > 0.5
+    # nothing inside the box is free
+    assert not (free & (sdf < -gf.voxel_size)).any()
+    # the deep inside of the box is unknown (behind the visible surface)
+    assert unknown[sdf < -gf.voxel_size].all()
+    # along the ray from the camera through the box centre: free in front, unknown behind
+    eye = cam.world_T_camera[:3, 3]
+    centre = np.array([0.0, 0.0, BOX_SIZE[2] / 2])
+    d = (centre - eye) / np.linalg.norm(centre - eye)
+    rel = pw - eye
+    along = rel @ d
+    off_ray = np.linalg.norm(rel - along[..., None] * d, axis=-1) < gf.voxel_size
+    above_table = pw[..., 2] > 0.005
+    front = off_ray & above_table & (sdf > 2 * gf.voxel_size) & (along < np.linalg.norm(centre - eye))
+    behind = off_ray & above_table & (sdf > 2 * gf.voxel_size) & (along > np.linalg.norm(centre - eye))
+    assert front.any() and behind.any()
+    assert free[front].all()
+    assert unknown[behind].all()
+
+
+def test_plane_mask_and_colour_channels(box_scene) -> None:
+    feats, _, pb, _, _ = box_scene
+    below = feats[CHANNELS.index("below_plane")]
+    np.testing.assert_array_equal(below[:, :, :FLOOR_VOXELS], 1.0)
+    np.testing.assert_array_equal(below[:, :, FLOOR_VOXELS:], 0.0)
+    mask = feats[CHANNELS.index("mask")] > 0.5
+    inside = _box_sdf(pb) < -0.005
+    assert mask[inside].mean() > 0.95  # every box voxel projects into the box's mask
+    assert feats[CHANNELS.index("occluder")].max() == 0.0  # nothing in front of the only object
+    rgb = feats[6:9]
+    assert rgb.min() >= 0.0 and rgb.max() <= 1.0
+    tsdf = feats[CHANNELS.index("tsdf")]
+    assert tsdf.min() >= -1.0 and tsdf.max() <= 1.0
+    assert (tsdf[feats[1] > 0.5] > 0).all()  # free space lies in front of the measured depth
+
+
+def test_batch_encoding_and_errors(box_scene) -> None:
+    with pytest.raises(EncodingError, match="finite points"):
+        grid_frame(np.full((5, 3), np.nan), None)
+    box = Box(BOX_SIZE, make_transform(np.eye(3), np.array([0.0, 0.0, BOX_SIZE[2] / 2])))
+    cam = look_at(eye=(0.05, -0.55, 0.35), target=(0.0, 0.0, 0.04))
+    frame = render(Scene(objects=(SceneObject(1, box),)), cam).to_rgbd_frame()
+    cfg = default_config()
+    obs, _ = extract_observations(frame, cfg)
+    scene = SceneContext(frame=frame, plane=None)
+    x, frames = encode_objects(scene, obs)
+    assert x.shape == (1, NUM_CHANNELS, GRID_SIZE, GRID_SIZE, GRID_SIZE)
+    assert frames[0] is not None and not frames[0].plane_used
+    assert feats_no_plane_ok(x[0])
+
+
+def feats_no_plane_ok(feats: np.ndarray) -> bool:
+    """Without a plane, nothing is marked below it."""
+    return bool(feats[CHANNELS.index("below_plane")].max() == 0.0)
