@@ -4,7 +4,8 @@ mesh, conservative vertex caps for convex parts, and padding.
 All inputs and outputs are in the object frame (z up along the support normal), metres.
 Every primitive encloses all mesh vertices, hence the whole mesh (planners may rely on it).
 Padding inflates shapes by a per-vertex margin (larger where the surface was completed
-than where it was observed); padded convex shapes stay convex and enclose the unpadded ones.
+than where it was observed); padded convex shapes stay convex and enclose the unpadded ones
+(with about the margin of clearance, slightly less at chamfered edges).
 """
 
 from __future__ import annotations
@@ -324,8 +325,10 @@ def pad_convex(part: TriangleMesh, margins: NDArray[np.floating]) -> TriangleMes
     """Inflate a closed convex mesh by per-vertex margins (m), staying convex.
 
     Every vertex is pushed out along each adjacent face normal and its vertex normal by its
-    margin and the hull is taken again: every face plane moves out by at least the smallest
-    margin of its vertices, so the result encloses ``part`` grown by that margin.
+    margin and the hull is taken again: the result encloses ``part``, each original face
+    moved out by its vertices' margins; edges and corners are chamfered, so the clearance
+    there is at least ``margin * cos(half the turn between adjacent faces)`` (>= 0.8 * margin
+    at a cube's corners).
 
     Args:
         part: convex, outward-oriented mesh.

@@ -1,0 +1,120 @@
+"""Collision shapes: containment, bounded volume ratios, exact primitive fits, vertex caps,
+simplification under a triangle budget, padding (more where completed)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import trimesh
+from scene_helpers import box, config, cylinder, frame
+
+from sam3d_ros.backends.registry import create_backend
+from sam3d_ros.core.collision import (
+    accepted_primitives,
+    cap_convex_vertices,
+    convex_hull,
+    fit_primitives,
+    pad_convex,
+    pad_primitive,
+    points_outside_convex,
+    simplify_mesh,
+)
+from sam3d_ros.core.meshing import is_watertight, mesh_volume
+from sam3d_ros.core.pipeline import FramePipeline
+from sam3d_ros.core.types import PrimitiveType, TriangleMesh
+
+
+def tm(m: trimesh.Trimesh) -> TriangleMesh:
+    return TriangleMesh(np.asarray(m.vertices, dtype=np.float64), np.asarray(m.faces, dtype=np.int32))
+
+
+@pytest.fixture(scope="module")
+def reconstructed() -> list[TriangleMesh]:
+    cfg = config()
+    pipe = FramePipeline(cfg, create_backend(cfg))
+    res = pipe.process(frame([box(1, -0.1, 0.0), cylinder(2, 0.1, 0.02)], 0))
+    assert len(res.objects) == 2
+    return [o.mesh for o in res.objects]
+
+
+def test_hull_contains_mesh_and_volume_ratio_is_bounded(reconstructed: list[TriangleMesh]) -> None:
+    for mesh in reconstructed:
+        hull = convex_hull(mesh)
+        assert is_watertight(hull)
+        assert points_outside_convex(mesh.vertices, hull).max() < 1e-9
+        ratio = mesh_volume(hull) / mesh_volume(mesh)
+        assert 1.0 - 1e-9 <= ratio < 1.3, ratio
+
+
+def test_primitive_fits_exact_on_analytic_shapes_and_acceptance() -> None:
+    b = fit_primitives(tm(trimesh.creation.box((0.2, 0.1, 0.05))))
+    assert b[0].kind is PrimitiveType.BOX and b[0].fit_error < 1e-9
+    np.testing.assert_allclose(b[0].dimensions, (0.2, 0.1, 0.05), atol=1e-9)
+    assert [p.kind for p in accepted_primitives(b, 1e-6)] == [PrimitiveType.BOX]
+    assert accepted_primitives(b, -1.0) == ()
+    c = fit_primitives(tm(trimesh.creation.cylinder(radius=0.03, height=0.1, sections=256)))
+    assert c[0].kind is PrimitiveType.CYLINDER and c[0].fit_error < 1e-4
+    np.testing.assert_allclose(c[0].dimensions, (0.1, 0.03), atol=1e-4)
+    padded = pad_primitive(c[0], 0.01)
+    np.testing.assert_allclose(padded.dimensions, (0.12, 0.04), atol=1e-4)
+    s = fit_primitives(tm(trimesh.creation.icosphere(subdivisions=4, radius=0.05)))
+    assert s[0].kind is PrimitiveType.SPHERE and abs(s[0].dimensions[0] - 0.05) < 5e-4
+    assert pad_primitive(s[0], 0.002).dimensions[0] == pytest.approx(s[0].dimensions[0] + 0.002)
+
+
+def test_vertex_cap_is_conservative() -> None:
+    pts = np.asarray(trimesh.creation.icosphere(subdivisions=3, radius=0.05).vertices)
+    for cap in (12, 32, 64):
+        capped = cap_convex_vertices(pts, cap)
+        assert len(capped.vertices) <= cap and is_watertight(capped)
+        assert points_outside_convex(pts, capped).max() < 1e-9
+        assert mesh_volume(capped) < 3.0 * (4 / 3 * np.pi * 0.05**3)
+
+
+@pytest.mark.parametrize("library", [True, False])
+def test_simplified_mesh_under_budget(
+    reconstructed: list[TriangleMesh], library: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not library:
+        monkeypatch.setitem(sys.modules, "fast_simplification", None)  # import fails: clustering
+    for mesh in reconstructed:
+        for budget in (100, 500):
+            s = simplify_mesh(mesh, budget)
+            assert 4 <= len(s.faces) <= budget
+            assert 0.6 < abs(mesh_volume(s)) / mesh_volume(mesh) < 1.3
+
+
+def test_padding_grows_more_where_completed() -> None:
+    hull = convex_hull(tm(trimesh.creation.box((0.1, 0.1, 0.1))))
+    top = hull.vertices[:, 2] > 0  # pretend the top was observed, the bottom completed
+    margins = np.where(top, 0.002, 0.01)
+    padded = pad_convex(hull, margins)
+    assert is_watertight(padded)
+    # everything inside by about the smallest margin (corners are chamfered: >= m cos 35 deg);
+    # the completed side grew more
+    assert points_outside_convex(hull.vertices, padded).max() <= -0.75 * 0.002
+    assert padded.vertices[:, 2].max() == pytest.approx(0.05 + 0.002, abs=1e-9)
+    assert padded.vertices[:, 2].min() == pytest.approx(-0.05 - 0.01, abs=1e-9)
+
+
+def test_pipeline_collision_selection_and_padding() -> None:
+    cfg = config(
+        collision_shapes="hull,primitive,simplified",
+        simplified_max_triangles=200,
+        collision_padding_observed=0.002,
+        collision_padding_completed=0.01,
+        primitive_max_fit_error=0.05,
+    )
+    pipe = FramePipeline(cfg, create_backend(cfg))
+    upd = pipe.process_scene(frame([box(1, 0.0, 0.0)], 0))
+    (obj,) = upd.objects
+    col = obj.collision
+    assert col.simplified is not None and len(col.simplified.faces) <= 200
+    assert col.primitives and all(p.fit_error <= 0.05 for p in col.primitives)
+    mesh = obj.result.mesh
+    assert points_outside_convex(mesh.vertices, col.hull).max() <= -0.75 * 0.002
+    assert obj.result.collision.convex_parts[0] is col.hull
+    with pytest.raises(Exception, match="collision_shapes"):
+        config(collision_shapes="hull,blob")
