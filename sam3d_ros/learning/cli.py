@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def export_and_evaluate(run_dir: Path, export_dir: Path, record: dict, eval_frames: int, seed: int) -> int:
-    """Export ``run_dir/best.pt`` into ``export_dir``, then evaluate it against the geometric
+    """Export ``run_dir/final.pt`` into ``export_dir``, then evaluate it against the geometric
     backend on held-out frames and store the metrics and the quality gate in the manifest."""
     from sam3d_ros.backends.registry import create_backend
     from sam3d_ros.core.config import default_config
@@ -83,7 +83,9 @@ def export_and_evaluate(run_dir: Path, export_dir: Path, record: dict, eval_fram
     from sam3d_ros.learning.export import export_model, write_manifest
     from sam3d_ros.learning.train import load_weights
 
-    model = load_weights(run_dir / "best.pt")
+    model = load_weights(
+        run_dir / "final.pt"
+    )  # end of the one-cycle schedule (or where the budget stopped it)
     manifest = export_model(model, export_dir, record)
     if eval_frames > 0:
         from sam3d_ros.backends.onnxruntime_backend import OnnxRuntimeBackend

@@ -6,9 +6,9 @@ Sources
     instance label, an :class:`ObjectTarget` (a point-in-shape test in the camera frame,
     the amodal box and the visible fraction). ``"raycast"`` (:class:`RaycastSource`) draws
     random tabletop scenes from :mod:`sam3d_ros.sim.scenes` with the depth noise model; the
-    richer generator (pybullet + YCB + procedural shapes, ``sam3d_ros.sim.generator``) plugs
-    in by registering another source in :data:`SOURCES` whose targets test points against
-    the true meshes.
+    richer generator (pybullet + YCB + procedural shapes, ``sam3d_ros.sim.generator``) is
+    read through ``"dataset:<root>"`` (:class:`GeneratedDatasetSource`, targets from the
+    true meshes); further sources register in :data:`SOURCES`.
 
 Examples
     Each frame goes through the same support-plane estimate and observation extraction as
@@ -88,6 +88,8 @@ class ObjectTarget:
         shape: one of ``SHAPE_CODES``.
         true_mesh: returns the watertight true mesh posed in the camera frame (for
             evaluation), or None when the source has none.
+        occupancy: optional direct computation of the amodal occupancy fraction on a cube
+            (used instead of ``inside`` when given, e.g. for meshes).
     """
 
     inside: Callable[[NDArray[np.float64]], NDArray[np.bool_]]
@@ -97,6 +99,7 @@ class ObjectTarget:
     visible_fraction: float
     shape: str = "unknown"
     true_mesh: Callable[[], Any] | None = None
+    occupancy: Callable[[GridFrame], NDArray[np.float32]] | None = None
 
 
 @dataclass(frozen=True)
@@ -199,16 +202,91 @@ class RaycastSource:
             yield LabelledFrame(frame=rendered.to_rgbd_frame(), targets=targets, seed=s)
 
 
-#: Registered sources: name -> factory.
+def _mesh_occupancy(mesh_camera: Any) -> Callable[[GridFrame], NDArray[np.float32]]:
+    """Occupancy fraction of a watertight camera-frame mesh on a cube (ray parity per
+    column, ``TARGET_SUPERSAMPLE``^3 samples per voxel)."""
+    from sam3d_ros.core.metrics import _inside_columns
+
+    def occ(gf: GridFrame) -> NDArray[np.float32]:
+        s = TARGET_SUPERSAMPLE
+        m = GRID_SIZE * s
+        v = (np.asarray(mesh_camera.vertices) - gf.camera_T_grid[:3, 3]) @ gf.camera_T_grid[:3, :3]
+        c = gf.origin[None, :] + (np.arange(m)[:, None] + 0.5) * (gf.side / m)
+        ins = _inside_columns((v, np.asarray(mesh_camera.faces)), c[:, 0], c[:, 1], c[:, 2])
+        return np.asarray(
+            ins.reshape(GRID_SIZE, s, GRID_SIZE, s, GRID_SIZE, s).mean(axis=(1, 3, 5)), np.float32
+        )
+
+    return occ
+
+
+def _mesh_inside(mesh_camera: Any) -> Callable[[NDArray[np.float64]], NDArray[np.bool_]]:
+    def inside(x: NDArray[np.float64]) -> NDArray[np.bool_]:
+        return np.asarray(mesh_camera.contains(np.asarray(x).reshape(-1, 3)), dtype=bool)
+
+    return inside
+
+
+def _constant(value: Any) -> Callable[[], Any]:
+    def get() -> Any:
+        return value
+
+    return get
+
+
+@dataclass
+class GeneratedDatasetSource:
+    """Frames of datasets written by :mod:`sam3d_ros.sim.dataset` (pybullet + YCB +
+    procedural meshes; format in docs/dataset.md): ``root/<split>`` (or ``root`` itself when
+    its split matches). Targets come from the true meshes; the amodal box is the mesh's
+    bounding box in its object frame. Registered as ``"dataset:<root>"``."""
+
+    root: Path
+    name: str = "dataset"
+
+    def frames(self, split: str, count: int, seed: int = 0) -> Iterator[LabelledFrame]:
+        """The first ``count`` frames of the split's dataset (``seed`` is fixed at generation)."""
+        from sam3d_ros.sim.dataset import load_dataset as load_generated
+
+        path = self.root / split if (self.root / split).is_dir() else self.root
+        ds = load_generated(path)
+        if ds.split and ds.split != split:
+            raise DataError(f"{path} holds split {ds.split!r}, not {split!r}")
+        for ft in ds.frames[:count]:
+            targets: dict[int, ObjectTarget] = {}
+            for o in ft.objects:
+                mesh_obj = ds.object_mesh(o, "object")
+                mesh_cam = ds.object_mesh(o, "camera")
+                lo, hi = np.asarray(mesh_obj.bounds[0]), np.asarray(mesh_obj.bounds[1])
+                box = o.camera_T_object.copy()
+                box[:3, 3] = o.camera_T_object[:3, :3] @ (0.5 * (lo + hi)) + o.camera_T_object[:3, 3]
+                targets[o.label] = ObjectTarget(
+                    inside=_mesh_inside(mesh_cam),
+                    camera_T_box=box,
+                    box_size=hi - lo,
+                    yaw_defined=True,
+                    visible_fraction=o.visible_fraction,
+                    shape="mesh",
+                    true_mesh=_constant(mesh_cam),
+                    occupancy=_mesh_occupancy(mesh_cam),
+                )
+            yield LabelledFrame(frame=ds.rgbd(ft), targets=targets, seed=int(ft.extra.get("seed", ft.index)))
+
+
+#: Registered sources: name -> factory ("dataset:<root>" is handled by create_source).
 SOURCES: dict[str, Callable[[], SampleSource]] = {"raycast": RaycastSource}
 
 
 def create_source(name: str) -> SampleSource:
-    """The source registered as ``name``."""
+    """The source registered as ``name``, or ``"dataset:<root>"`` for generated datasets."""
+    if name.startswith("dataset:"):
+        return GeneratedDatasetSource(Path(name.split(":", 1)[1]).expanduser())
     try:
         return SOURCES[name]()
     except KeyError as err:
-        raise DataError(f"unknown data source {name!r}; valid: {sorted(SOURCES)}") from err
+        raise DataError(
+            f"unknown data source {name!r}; valid: {sorted(SOURCES)} or 'dataset:<root>'"
+        ) from err
 
 
 def quantise(x: NDArray[np.floating]) -> NDArray[np.uint8]:
@@ -228,6 +306,8 @@ def dequantise(q: NDArray[np.uint8]) -> NDArray[np.float32]:
 
 def target_occupancy(target: ObjectTarget, gf: GridFrame) -> NDArray[np.float32]:
     """Amodal occupancy fraction (GRID_SIZE,)*3 float32 in [0, 1] on the cube ``gf``."""
+    if target.occupancy is not None:
+        return target.occupancy(gf)
     s = TARGET_SUPERSAMPLE
     pts_g = gf.voxel_centres(GRID_SIZE, s)
     cam = pts_g.reshape(-1, 3) @ gf.camera_T_grid[:3, :3].T + gf.camera_T_grid[:3, 3]

@@ -69,6 +69,14 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=lambda: ModelConfig().to_dict())
 
 
+#: TrainConfig fields that may change between a run and its resumption.
+_RESUMABLE_CHANGES = ("max_minutes", "threads")
+
+
+def _recipe(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in cfg.items() if k not in _RESUMABLE_CHANGES}
+
+
 def dataset_dir(cache_dir: Path, source: str, split: str, frames: int, seed: int) -> Path:
     """Where the cached dataset of a recipe lives."""
     return cache_dir / "datasets" / f"{source}_{split}_{frames}_s{seed}"
@@ -203,6 +211,38 @@ def _set_seed(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _save_checkpoint(
+    path: Path,
+    model: GeometryLayoutNet,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    gen: torch.Generator,
+    history: list[dict[str, Any]],
+    epoch: int,
+    step: int,
+    cfg: TrainConfig,
+    train_s: float,
+) -> None:
+    """Everything needed to resume: ``epoch`` completed epochs plus ``step`` steps of the next."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "generator": gen.get_state(),
+            "numpy_rng": np.random.get_state(),
+            "history": history,
+            "epoch": epoch,
+            "step": step,
+            "config": asdict(cfg),
+            "train_s": train_s,
+        },
+        tmp,
+    )
+    tmp.replace(path)
+
+
 def train(
     cfg: TrainConfig, run_dir: Path, cache_dir: Path | None = None, resume: bool = True
 ) -> dict[str, Any]:
@@ -231,6 +271,7 @@ def train(
     )
     history: list[dict[str, Any]] = []
     epoch0 = 0
+    step0 = 0
     prior_train_s = 0.0
     ckpt_path = run_dir / "checkpoint.pt"
     if resume and ckpt_path.is_file():
@@ -238,7 +279,7 @@ def train(
             ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         except (OSError, RuntimeError) as err:
             raise TrainError(f"cannot read checkpoint {ckpt_path}: {err}") from err
-        if ck["config"] != asdict(cfg):
+        if _recipe(ck["config"]) != _recipe(asdict(cfg)):
             raise TrainError(f"checkpoint {ckpt_path} was made with another recipe: {ck['config']}")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
@@ -247,18 +288,25 @@ def train(
         np.random.set_state(ck["numpy_rng"])
         history = ck["history"]
         epoch0 = int(ck["epoch"])
+        step0 = int(ck.get("step", 0))
         prior_train_s = float(ck.get("train_s", 0.0))
         logger.info("resumed from %s at epoch %d", ckpt_path, epoch0)
 
     best = min((e["val_total"] for e in history), default=math.inf)
     t_train = time.time()
     stopped_early = False
+    deadline = t_start + cfg.max_minutes * 60.0
     for epoch in range(epoch0, cfg.epochs):
         model.train()
         perm = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(len(train_ds))
         sums: dict[str, float] = {}
         t_ep = time.time()
-        for s in range(steps_per_epoch):
+        first = step0 if epoch == epoch0 else 0
+        done = first
+        for s in range(first, steps_per_epoch):
+            if time.time() > deadline:
+                stopped_early = True
+                break
             idx = np.sort(perm[s * cfg.batch_size : (s + 1) * cfg.batch_size])
             if len(idx) == 0:
                 continue
@@ -269,21 +317,43 @@ def train(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             sched.step()
+            done = s + 1
             for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
             if s % 50 == 0:
                 logger.info(
                     "epoch %d step %d/%d loss %.4f iou %.3f lr %.2e",
                     epoch + 1,
                     s,
                     steps_per_epoch,
-                    float(losses["total"]),
+                    float(losses["total"].detach()),
                     float(losses["iou"]),
                     sched.get_last_lr()[0],
                 )
+        if stopped_early:
+            logger.warning(
+                "time budget of %.1f min reached at epoch %d step %d/%d; run again to resume",
+                cfg.max_minutes,
+                epoch + 1,
+                done,
+                steps_per_epoch,
+            )
+            _save_checkpoint(
+                ckpt_path,
+                model,
+                opt,
+                sched,
+                gen,
+                history,
+                epoch,
+                done,
+                cfg,
+                prior_train_s + time.time() - t_train,
+            )
+            break
         val = validate(model, val_ds, cfg)
         entry = {"epoch": epoch + 1, "epoch_s": round(time.time() - t_ep, 1)}
-        entry.update({f"train_{k}": v / steps_per_epoch for k, v in sums.items()})
+        entry.update({f"train_{k}": v / max(done - first, 1) for k, v in sums.items()})
         entry.update({f"val_{k}": v for k, v in val.items()})
         history.append(entry)
         logger.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in entry.items()})
@@ -293,30 +363,20 @@ def train(
                 {"model": model.state_dict(), "model_config": cfg.model, "epoch": epoch + 1},
                 run_dir / "best.pt",
             )
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "generator": gen.get_state(),
-                "numpy_rng": np.random.get_state(),
-                "history": history,
-                "epoch": epoch + 1,
-                "config": asdict(cfg),
-                "train_s": prior_train_s + time.time() - t_train,
-            },
+        _save_checkpoint(
             ckpt_path,
+            model,
+            opt,
+            sched,
+            gen,
+            history,
+            epoch + 1,
+            0,
+            cfg,
+            prior_train_s + time.time() - t_train,
         )
         (run_dir / "history.json").write_text(json.dumps(history, indent=1))
         draw_curves(history, run_dir / "curves.png")
-        if (time.time() - t_start) / 60.0 > cfg.max_minutes and epoch + 1 < cfg.epochs:
-            logger.warning(
-                "time budget of %.1f min reached after epoch %d; resume to continue",
-                cfg.max_minutes,
-                epoch + 1,
-            )
-            stopped_early = True
-            break
     torch.save(
         {"model": model.state_dict(), "model_config": cfg.model, "epoch": len(history)}, run_dir / "final.pt"
     )
@@ -327,6 +387,7 @@ def train(
         "train_data": {"dir": str(train_dir), **train_meta},
         "val_data": {"dir": str(val_dir), **val_meta},
         "epochs_done": len(history),
+        "stopped_by_time_budget": stopped_early,
         "complete": not stopped_early and len(history) >= cfg.epochs,
         "data_s": round(data_s, 1),
         "train_s": round(prior_train_s + time.time() - t_train, 1),

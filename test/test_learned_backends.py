@@ -1,0 +1,329 @@
+"""Learned backends: shipped model + manifest, torch/ONNX Runtime parity, end-to-end run,
+dynamic batch, the ``auto`` choice and the TensorRT engine cache (with a fake builder)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sam3d_ros.backends.base import Backend, BackendError
+from sam3d_ros.backends.engine_cache import EngineCache, EngineCacheError, EngineKey
+from sam3d_ros.backends.learned import (
+    MANIFEST_NAME,
+    ONNX_KEY,
+    ModelFileError,
+    NetworkOutputs,
+    decode_outputs,
+    layout_box,
+    load_manifest,
+    verified_file,
+)
+from sam3d_ros.backends.registry import _BACKENDS, available_backends, create_backend
+from sam3d_ros.core.config import default_config
+from sam3d_ros.core.encoding import GRID_SIZE, NUM_CHANNELS, GridFrame
+from sam3d_ros.core.meshing import is_watertight
+from sam3d_ros.core.pipeline import FramePipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+SHAPE = (NUM_CHANNELS, GRID_SIZE, GRID_SIZE, GRID_SIZE)
+
+
+def _random_inputs(b: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.random((b, *SHAPE), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def ort_backend():
+    from sam3d_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(default_config(), directory=MODELS, intra_op_threads=2, use_cuda=False)
+
+
+# --------------------------------------------------------------------------- shipped model
+
+
+def test_shipped_manifest_and_sha256() -> None:
+    manifest = load_manifest(MODELS)
+    path = verified_file(MODELS, manifest, ONNX_KEY)
+    assert path.stat().st_size < 8_000_000
+    names = [o["name"] for o in manifest["outputs"]]
+    assert names == ["occupancy_logits", "layout", "confidence"]
+    assert manifest["inputs"][0]["shape"][1:] == list(SHAPE)
+    for key in ("command", "config", "train_s"):
+        assert key in manifest["training"]
+
+
+def test_tampered_model_is_refused(tmp_path: Path) -> None:
+    from sam3d_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    for f in MODELS.iterdir():
+        if f.is_file():
+            shutil.copy(f, tmp_path / f.name)
+    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    onnx = tmp_path / manifest["files"][ONNX_KEY]["name"]
+    data = bytearray(onnx.read_bytes())
+    data[-10] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="sha256"):
+        OnnxRuntimeBackend(default_config(), directory=tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(ModelFileError, match="manifest"):
+        OnnxRuntimeBackend(default_config(), directory=tmp_path)
+
+
+def test_dynamic_batch_rows_are_independent(ort_backend) -> None:
+    x = _random_inputs(8, seed=1)
+    ref = ort_backend.infer(x)
+    assert ref.occupancy_logits.shape == (8, GRID_SIZE, GRID_SIZE, GRID_SIZE)
+    assert ref.layout.shape == (8, 8) and ref.confidence.shape == (8,)
+    for b in range(1, 9):
+        out = ort_backend.infer(x[:b])
+        assert out.occupancy_logits.shape[0] == b
+        np.testing.assert_allclose(out.occupancy_logits, ref.occupancy_logits[:b], atol=1e-4)
+        np.testing.assert_allclose(out.layout, ref.layout[:b], atol=1e-4)
+    assert np.all((ref.confidence >= 0) & (ref.confidence <= 1))
+
+
+def test_torch_and_onnxruntime_parity(ort_backend) -> None:
+    pytest.importorskip("torch", reason="torch is not installed (requirements/dev.txt)")
+    from sam3d_ros.backends.torch_backend import TorchBackend
+
+    tb = TorchBackend(default_config(), directory=MODELS, device="cpu")
+    x = _random_inputs(4, seed=2)
+    a, b = ort_backend.infer(x), tb.infer(x)
+    np.testing.assert_allclose(a.occupancy_logits, b.occupancy_logits, atol=1e-4)
+    np.testing.assert_allclose(a.layout, b.layout, atol=1e-4)
+    np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-4)
+
+
+def test_onnxruntime_pipeline_end_to_end(ort_backend) -> None:
+    from sam3d_ros.sim.scenes import random_scene
+
+    rendered = random_scene(3_000_123, n_objects=4).render()
+    result = FramePipeline(default_config(), ort_backend).process(rendered.to_rgbd_frame())
+    assert result.backend == "onnxruntime"
+    assert len(result.objects) >= 3, result.skipped
+    for obj in result.objects:
+        assert is_watertight(obj.mesh)
+        assert 0.0 <= obj.confidence <= 1.0
+        assert all(e > 0.005 for e in obj.extents)
+    assert len(ort_backend.last_layouts) == len(result.objects) + sum(
+        1 for s in result.skipped if s.reason.value == "empty_shape"
+    )
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def test_decode_outputs_maps_rows_to_observations() -> None:
+    gf = GridFrame(np.eye(4), np.zeros(3), 0.01, 0.32, True)
+    logits = np.full((2, GRID_SIZE, GRID_SIZE, GRID_SIZE), -10.0, dtype=np.float32)
+    logits[1, 10:20, 10:20, 2:12] = 10.0
+    out = NetworkOutputs(logits, np.zeros((2, 8), np.float32), np.array([0.3, 0.9], np.float32))
+    shapes = decode_outputs(out, [gf, None, gf])
+    assert shapes[0] is None and shapes[1] is None  # empty row, unencodable object
+    assert shapes[2] is not None and shapes[2].confidence == pytest.approx(0.9)
+    assert shapes[2].occupancy.shape == (GRID_SIZE,) * 3
+    with pytest.raises(BackendError, match="rows"):
+        decode_outputs(out, [gf])
+    t, size = layout_box(np.array([0, 0, 0, np.log(0.5), np.log(0.25), np.log(0.25), 0, 1]), gf)
+    np.testing.assert_allclose(size, [0.16, 0.08, 0.08])
+    np.testing.assert_allclose(t[:3, 3], gf.centre)
+
+
+# --------------------------------------------------------------------------- registry / auto
+
+
+class _FakeBackend(Backend):
+    name = "fake"
+
+    def reconstruct(self, scene, observations):  # type: ignore[no-untyped-def]
+        return [None for _ in observations]
+
+
+class _FakeTensorRT(_FakeBackend):
+    name = "tensorrt"
+
+
+class _FakeOrt(_FakeBackend):
+    name = "onnxruntime"
+
+
+class _Broken(_FakeBackend):
+    def __init__(self, config) -> None:  # type: ignore[no-untyped-def]
+        raise BackendError("not here")
+
+
+def test_registry_lists_and_rejects_unknown() -> None:
+    assert {"geometric", "onnxruntime", "torch", "tensorrt", "auto"} <= set(available_backends())
+    with pytest.raises(BackendError, match="valid backends"):
+        create_backend(default_config(), "nope")
+
+
+@pytest.mark.parametrize(
+    ("gpu", "trt", "broken", "expected"),
+    [
+        (True, True, (), "tensorrt"),
+        (True, False, (), "onnxruntime"),
+        (False, True, (), "onnxruntime"),
+        (True, True, ("tensorrt",), "onnxruntime"),
+        (False, False, ("onnxruntime",), "geometric"),
+    ],
+)
+def test_auto_choice(monkeypatch, caplog, gpu, trt, broken, expected) -> None:
+    from sam3d_ros.backends import auto
+
+    mod = __name__
+    monkeypatch.setitem(
+        _BACKENDS, "tensorrt", f"{mod}:{'_Broken' if 'tensorrt' in broken else '_FakeTensorRT'}"
+    )
+    monkeypatch.setitem(
+        _BACKENDS, "onnxruntime", f"{mod}:{'_Broken' if 'onnxruntime' in broken else '_FakeOrt'}"
+    )
+    with caplog.at_level("INFO", logger="sam3d_ros.backends.auto"):
+        backend = auto.create_auto_backend(
+            default_config(), probe_gpu=lambda: gpu, probe_tensorrt=lambda: trt
+        )
+    assert backend.name == expected
+    assert f"auto backend chose {expected}" in caplog.text
+
+
+def test_auto_via_registry_without_gpu(monkeypatch) -> None:
+    from sam3d_ros.backends import auto
+
+    monkeypatch.setattr(auto, "gpu_available", lambda: False)
+    monkeypatch.setattr(auto, "create_auto_backend", auto.create_auto_backend)
+    backend = create_backend(default_config(), "auto")
+    assert backend.name in ("onnxruntime", "geometric")
+
+
+# --------------------------------------------------------------------------- engine cache
+
+
+def _key(**kw) -> EngineKey:  # type: ignore[no-untyped-def]
+    base = {
+        "onnx_sha256": "a" * 64,
+        "tensorrt_version": "10.3.0",
+        "gpu_name": "FakeGPU sm_89",
+        "precision": "fp16",
+        "input_profile": {
+            "observation": {
+                "min": [1, 10, 32, 32, 32],
+                "opt": [8, 10, 32, 32, 32],
+                "max": [32, 10, 32, 32, 32],
+            }
+        },
+    }
+    base.update(kw)
+    return EngineKey(**base)
+
+
+class _FakeBuilder:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, onnx: Path, key: EngineKey, timing: Path) -> bytes:
+        self.calls += 1
+        timing.write_bytes(b"timing")
+        return f"engine:{key.digest()}:{self.calls}".encode()
+
+
+def test_engine_cache_build_hit_and_key_changes(tmp_path: Path) -> None:
+    fb = _FakeBuilder()
+    cache = EngineCache(tmp_path, fb)
+    k = _key()
+    first = cache.load_or_build(tmp_path / "m.onnx", k)
+    assert fb.calls == 1 and cache.timing_cache.is_file()
+    assert cache.load_or_build(tmp_path / "m.onnx", k) == first and fb.calls == 1  # hit
+    for changed in (
+        _key(precision="fp32"),
+        _key(onnx_sha256="b" * 64),
+        _key(tensorrt_version="10.4.0"),
+        _key(gpu_name="OtherGPU"),
+    ):
+        assert cache.check(changed) is not None
+        cache.load_or_build(tmp_path / "m.onnx", changed)
+    assert fb.calls == 5
+    with pytest.raises(EngineCacheError, match="precision"):
+        _key(precision="int4")
+
+
+def test_engine_cache_sidecar_mismatch_and_corruption(tmp_path: Path) -> None:
+    fb = _FakeBuilder()
+    cache = EngineCache(tmp_path, fb)
+    k = _key()
+    cache.load_or_build(tmp_path / "m.onnx", k)
+    engine, sidecar = cache.paths(k)
+    # a sidecar that vouches for another ONNX: the engine is never loaded, it is rebuilt
+    meta = json.loads(sidecar.read_text())
+    meta["key"]["onnx_sha256"] = "c" * 64
+    sidecar.write_text(json.dumps(meta))
+    assert "onnx_sha256" in str(cache.check(k))
+    data = cache.load_or_build(tmp_path / "m.onnx", k)
+    assert fb.calls == 2 and data.endswith(b":2")
+    # corrupted engine bytes -> rebuild
+    engine.write_bytes(engine.read_bytes()[:-3] + b"xyz")
+    assert "corrupted" in str(cache.check(k))
+    assert cache.load_or_build(tmp_path / "m.onnx", k).endswith(b":3")
+    # truncated/unreadable sidecar -> rebuild
+    sidecar.write_text("{")
+    assert cache.load_or_build(tmp_path / "m.onnx", k).endswith(b":4")
+
+
+def test_engine_cache_never_loads_a_foreign_engine(tmp_path: Path) -> None:
+    fb = _FakeBuilder()
+    cache = EngineCache(tmp_path, fb)
+    k = _key()
+    engine, sidecar = cache.paths(k)
+    engine.write_bytes(b"FOREIGN ENGINE")
+    assert "no sidecar" in str(cache.check(k))
+    data = cache.load_or_build(tmp_path / "m.onnx", k)
+    assert data != b"FOREIGN ENGINE" and fb.calls == 1
+    assert sidecar.is_file()
+
+
+def test_engine_cache_failed_build_leaves_no_sidecar(tmp_path: Path) -> None:
+    def bad(onnx: Path, key: EngineKey, timing: Path) -> bytes:
+        raise RuntimeError("parser error")
+
+    ok = EngineCache(tmp_path, _FakeBuilder())
+    k = _key()
+    ok.load_or_build(tmp_path / "m.onnx", k)
+    cache = EngineCache(tmp_path, bad)
+    with pytest.raises(EngineCacheError, match="parser error"):
+        cache.rebuild(tmp_path / "m.onnx", k)
+    assert not cache.paths(k)[1].exists()
+    assert cache.check(k) is not None
+
+
+# --------------------------------------------------------------------------- GPU
+
+
+def _gpu_ready() -> bool:
+    from sam3d_ros.backends.auto import gpu_available, tensorrt_available
+
+    return gpu_available() and tensorrt_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_ready(), reason="needs an NVIDIA GPU with tensorrt and cuda-python")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_matches_onnxruntime(tmp_path: Path, ort_backend, precision: str) -> None:
+    from sam3d_ros.backends.tensorrt_backend import TensorRTBackend
+
+    trt = TensorRTBackend(default_config(), directory=MODELS, precision=precision, engine_dir=tmp_path)
+    x = _random_inputs(5, seed=3)
+    a, b = ort_backend.infer(x), trt.infer(x)
+    atol = 1e-3 if precision == "fp32" else 0.1
+    np.testing.assert_allclose(a.occupancy_logits, b.occupancy_logits, atol=atol)
+    trt.close()
+    # second start: cache hit, no rebuild
+    trt2 = TensorRTBackend(default_config(), directory=MODELS, precision=precision, engine_dir=tmp_path)
+    assert trt2.cache.builds == 0
+    trt2.close()
