@@ -198,7 +198,6 @@ def test_auto_via_registry_without_gpu(monkeypatch) -> None:
     from sam3d_ros.backends import auto
 
     monkeypatch.setattr(auto, "gpu_available", lambda: False)
-    monkeypatch.setattr(auto, "create_auto_backend", auto.create_auto_backend)
     backend = create_backend(default_config(), "auto")
     assert backend.name in ("onnxruntime", "geometric")
 

@@ -45,10 +45,11 @@ def auto_candidates(has_gpu: bool, has_tensorrt: bool) -> list[str]:
 def create_auto_backend(
     config: PipelineConfig,
     *,
-    probe_gpu: Callable[[], bool] = gpu_available,
-    probe_tensorrt: Callable[[], bool] = tensorrt_available,
+    probe_gpu: Callable[[], bool] | None = None,
+    probe_tensorrt: Callable[[], bool] | None = None,
 ) -> Backend:
-    """The first candidate of :func:`auto_candidates` that starts.
+    """The first candidate of :func:`auto_candidates` that starts (probes default to
+    :func:`gpu_available` and :func:`tensorrt_available`, looked up at call time).
 
     Raises:
         BackendError: not even the fallback could be created.
@@ -56,7 +57,10 @@ def create_auto_backend(
     from sam3d_ros.backends.registry import create_backend
 
     errors: list[str] = []
-    for name in auto_candidates(probe_gpu(), probe_tensorrt()):
+    has_gpu = (probe_gpu or gpu_available)()
+    has_trt = (probe_tensorrt or tensorrt_available)()
+    logger.info("auto backend: GPU %s, tensorrt %s", has_gpu, has_trt)
+    for name in auto_candidates(has_gpu, has_trt):
         try:
             backend = create_backend(config, name)
         except BackendError as err:

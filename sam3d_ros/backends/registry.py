@@ -15,7 +15,8 @@ from sam3d_ros.core.config import PipelineConfig
 
 logger = logging.getLogger(__name__)
 
-#: name -> "module:ClassName"; imported only when the backend is created.
+#: name -> "module:ClassName" (or "module:factory", a callable taking the config and
+#: returning a Backend); imported only when the backend is created.
 _BACKENDS: dict[str, str] = {
     "geometric": "sam3d_ros.backends.geometric:GeometricBackend",
     "onnxruntime": "sam3d_ros.backends.onnxruntime_backend:OnnxRuntimeBackend",
