@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -206,8 +206,46 @@ def write_bag(
         if int(f.labels.max(initial=0)) > 65535 or int(f.labels.min(initial=0)) < 0:
             raise BagError(f"labels must be in 0..65535, got max {int(f.labels.max())}")
 
+    write_rgbd_frames(
+        bag,
+        (f.with_stamp(s).to_rgbd_frame(frame_id) for f, s in zip(frames, stamps, strict=True)),
+        storage,
+        store=store,
+    )
+    if write_ground_truth:
+        stamped = [f.with_stamp(s) for f, s in zip(frames, stamps, strict=True)]
+        (bag / GROUND_TRUTH_FILE).write_text(json.dumps(ground_truth_dict(stamped, frame_id), indent=1))
+    logger.info("wrote %d frames to %s (%s)", len(frames), bag, storage)
+    return bag
+
+
+def write_rgbd_frames(
+    path: str | Path,
+    frames: Iterable[RGBDFrame],
+    storage: Storage = "mcap",
+    *,
+    store: Stores = DEFAULT_STORE,
+) -> int:
+    """Stream RGB-D frames into a new rosbag2 directory ``path`` (the writer behind
+    :func:`write_bag`; also used by the dataset export of :mod:`sam3d_ros.sim.dataset`).
+
+    Each frame becomes the four messages of the module docstring, stamped with
+    ``frame.stamp_ns`` (header and bag time) and ``frame.frame_id``. Depth NaN is written
+    as 0 mm; labels must be in 0..65535; stamps must be >= 0 and strictly increasing.
+
+    Returns:
+        The number of frames written.
+    """
+    bag = Path(path)
+    plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+    if storage not in plugins:
+        raise BagError(f"unknown storage {storage!r}; expected 'mcap' or 'sqlite3'")
+    if bag.exists():
+        raise BagError(f"bag path already exists: {bag}")
     ts = get_typestore(store)
     header_t = ts.types["std_msgs/msg/Header"]
+    count = 0
+    last_stamp = -1
     try:
         with Writer(bag, version=9, storage_plugin=plugins[storage]) as writer:
             conns = {
@@ -216,23 +254,31 @@ def write_bag(
                 "info": writer.add_connection(DEFAULT_INFO_TOPIC, _INFO, typestore=ts),
                 "mask": writer.add_connection(DEFAULT_MASK_TOPIC, _IMAGE, typestore=ts),
             }
-            for f, stamp in zip(frames, stamps, strict=True):
-                header = header_t(stamp=_stamp(ts, stamp), frame_id=frame_id)
+            for f in frames:
+                stamp = int(f.stamp_ns)
+                if stamp <= last_stamp:
+                    raise BagError(
+                        f"stamps must be >= 0 and strictly increasing, got {stamp} after {last_stamp}"
+                    )
+                last_stamp = stamp
+                labels = np.asarray(f.labels)
+                if int(labels.max(initial=0)) > 65535 or int(labels.min(initial=0)) < 0:
+                    raise BagError(
+                        f"labels must be in 0..65535, got [{int(labels.min())}, {int(labels.max())}]"
+                    )
+                header = header_t(stamp=_stamp(ts, stamp), frame_id=f.frame_id)
                 msgs = {
-                    "info": (_info_msg(ts, header, f.camera.intrinsics), _INFO),
+                    "info": (_info_msg(ts, header, f.camera), _INFO),
                     "rgb": (_image_msg(ts, header, f.rgb, "rgb8"), _IMAGE),
                     "depth": (_image_msg(ts, header, depth_to_mm(f.depth), "16UC1"), _IMAGE),
-                    "mask": (_image_msg(ts, header, f.labels.astype(np.uint16), "16UC1"), _IMAGE),
+                    "mask": (_image_msg(ts, header, labels.astype(np.uint16), "16UC1"), _IMAGE),
                 }
                 for key, (msg, msgtype) in msgs.items():
                     writer.write(conns[key], stamp, ts.serialize_cdr(msg, msgtype))
+                count += 1
     except (OSError, ValueError, KeyError) as err:
         raise BagError(f"failed to write bag {bag}: {err}") from err
-    if write_ground_truth:
-        stamped = [f.with_stamp(s) for f, s in zip(frames, stamps, strict=True)]
-        (bag / GROUND_TRUTH_FILE).write_text(json.dumps(ground_truth_dict(stamped, frame_id), indent=1))
-    logger.info("wrote %d frames to %s (%s)", len(frames), bag, storage)
-    return bag
+    return count
 
 
 def read_ground_truth(path: str | Path) -> GroundTruth:

@@ -404,6 +404,12 @@ class _Simulator:
 _SIM: _Simulator | None = None
 
 
+def reset_worker_state() -> None:
+    """Forget this process's physics client (call first in a forked worker process)."""
+    global _SIM
+    _SIM = None
+
+
 def _simulator() -> _Simulator:
     global _SIM
     if _SIM is None:
