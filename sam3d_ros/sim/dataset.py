@@ -197,7 +197,7 @@ class FrameTruth:
 def _write_png(path: Path, arr: NDArray[Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
 def _frame_dir_name(index: int) -> str:
@@ -223,7 +223,7 @@ def write_frame(root: Path, frame: GeneratedFrame) -> FrameTruth:
             target = root / MESHES_DIR / rest
             tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
             ms.resolve_mesh(o.mesh_ref).export(str(tmp), file_type="ply")
-            os.replace(tmp, target)
+            tmp.replace(target)
         objects.append(
             ObjectTruth(
                 label=o.label,
