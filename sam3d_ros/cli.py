@@ -118,6 +118,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=learning_cli.run)
 
 
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    """``sam3d-ros generate``: synthetic RGB-D dataset (see sam3d_ros.tools.generate)."""
+    from sam3d_ros.tools import generate
+
+    p = sub.add_parser("generate", help="generate a synthetic tabletop RGB-D dataset (optionally a bag)")
+    generate.add_arguments(p)
+    p.set_defaults(func=generate.run)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    """``sam3d-ros eval``: score baselines, backends or replay results (see sam3d_ros.tools.eval)."""
+    from sam3d_ros.tools import eval as evaluation
+
+    p = sub.add_parser("eval", help="score reconstructions on a generated dataset: one row per method")
+    evaluation.add_arguments(p)
+    p.set_defaults(func=evaluation.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam3d-ros", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -125,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_replay(sub)
     _add_node(sub)
     _add_train(sub)
+    _add_generate(sub)
+    _add_eval(sub)
     return parser
 
 

@@ -1,0 +1,461 @@
+"""Evaluation of reconstruction methods on generated data: one row per method.
+
+A *method* turns one frame into per-instance predictions (:class:`Prediction`: a mesh
+posed in the camera optical frame, or a mesh-less point set). Methods are pluggable: the
+baselines of :data:`BASELINES`, every pipeline backend (:class:`BackendMethod`, e.g.
+``geometric`` or ``onnxruntime``, run through :class:`~sam3d_ros.core.pipeline.FramePipeline`)
+and the saved output of a replay (:class:`ResultsMethod`, ``DIR/results.jsonl``).
+
+Scoring (:func:`evaluate`): for every true object with at least ``min_visible_pixels``
+visible pixels, :func:`sam3d_ros.core.metrics.evaluate_object` compares the posed
+prediction with the true posed mesh (ADD-S without poses, i.e. ``add_s_surface``, since
+methods choose their own object frames). Point sets use
+:func:`sam3d_ros.core.baselines.score_point_set`. An object a method does not return is
+scored by :func:`~sam3d_ros.core.baselines.missing_metrics` (F = IoU = 0, failure; distances
+left out) and counted in ``coverage``. Aggregates: mean and median overall and by visible
+fraction (< 0.6, >= 0.6) of :func:`~sam3d_ros.core.metrics.aggregate_by_visibility`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sam3d_ros.core.baselines import (
+    BaselineError,
+    convex_hull_mesh,
+    extruded_hull_mesh,
+    missing_metrics,
+    score_point_set,
+)
+from sam3d_ros.core.config import PipelineConfig, default_config
+from sam3d_ros.core.frames import Pose, transform_points
+from sam3d_ros.core.metrics import (
+    AggregateMetrics,
+    MetricsError,
+    ObjectMetrics,
+    aggregate_by_visibility,
+    evaluate_object,
+)
+from sam3d_ros.core.observation import extract_observations
+from sam3d_ros.core.support_plane import estimate_support_plane
+from sam3d_ros.core.types import ObjectObservation, RGBDFrame, SupportPlane, TriangleMesh
+from sam3d_ros.sim.dataset import Dataset, FrameTruth
+
+logger = logging.getLogger(__name__)
+
+#: Defaults of the scorer for evaluation runs (fewer samples than the metric defaults).
+EVAL_SAMPLES = 4000
+EVAL_IOU_RESOLUTION = 64
+
+
+class EvalError(RuntimeError):
+    """Raised for unusable evaluation inputs (unknown method, unreadable results)."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A method's output for one instance: ``mesh`` (camera frame) or ``points`` (N, 3)."""
+
+    instance_id: int
+    mesh: TriangleMesh | None = None
+    points: NDArray[np.float64] | None = None
+
+
+class FrameInputs:
+    """One frame with lazily computed, shared intermediate results (observations, plane)."""
+
+    def __init__(self, frame: RGBDFrame, truth: FrameTruth, dataset: Dataset, config: PipelineConfig) -> None:
+        self.frame = frame
+        self.truth = truth
+        self.dataset = dataset
+        self.config = config
+        self._obs: list[ObjectObservation] | None = None
+        self._plane: tuple[SupportPlane | None] | None = None
+
+    @property
+    def observations(self) -> list[ObjectObservation]:
+        """The pipeline's filtered observations (same input as every backend)."""
+        if self._obs is None:
+            self._obs, _ = extract_observations(self.frame, self.config)
+        return self._obs
+
+    @property
+    def plane(self) -> SupportPlane | None:
+        """The estimated support plane (None when none was found)."""
+        if self._plane is None:
+            self._plane = (estimate_support_plane(self.frame, self.config),)
+        return self._plane[0]
+
+
+class Method(Protocol):
+    """A row of the evaluation table."""
+
+    name: str
+
+    def predict(self, inputs: FrameInputs) -> dict[int, Prediction]: ...
+
+
+class GroundTruthMethod:
+    """The true meshes themselves: proves the scorer (F-score 1, Chamfer ~0)."""
+
+    name = "ground_truth"
+
+    def predict(self, inputs: FrameInputs) -> dict[int, Prediction]:
+        out = {}
+        for o in inputs.truth.objects:
+            m = inputs.dataset.object_mesh(o, "camera")
+            out[o.label] = Prediction(o.label, mesh=TriangleMesh(np.asarray(m.vertices), np.asarray(m.faces)))
+        return out
+
+
+class VisiblePointsMethod:
+    """The filtered visible points, scored as a point set."""
+
+    name = "visible_points"
+
+    def predict(self, inputs: FrameInputs) -> dict[int, Prediction]:
+        return {o.instance_id: Prediction(o.instance_id, points=o.points) for o in inputs.observations}
+
+
+class _HullMethod:
+    name = ""
+
+    def _mesh(self, obs: ObjectObservation, inputs: FrameInputs) -> TriangleMesh:
+        raise NotImplementedError
+
+    def predict(self, inputs: FrameInputs) -> dict[int, Prediction]:
+        out = {}
+        for o in inputs.observations:
+            try:
+                out[o.instance_id] = Prediction(o.instance_id, mesh=self._mesh(o, inputs))
+            except BaselineError as err:
+                logger.debug("%s: instance %d: %s", self.name, o.instance_id, err)
+        return out
+
+
+class ConvexHullMethod(_HullMethod):
+    """Convex hull of the visible points."""
+
+    name = "convex_hull"
+
+    def _mesh(self, obs: ObjectObservation, inputs: FrameInputs) -> TriangleMesh:
+        return convex_hull_mesh(obs.points)
+
+
+class ExtrudedHullMethod(_HullMethod):
+    """Visible points extruded to the estimated support plane, then hulled."""
+
+    name = "extruded_hull"
+
+    def _mesh(self, obs: ObjectObservation, inputs: FrameInputs) -> TriangleMesh:
+        return extruded_hull_mesh(obs.points, inputs.plane)
+
+
+class BackendMethod:
+    """A reconstruction backend run through the full :class:`FramePipeline`."""
+
+    def __init__(self, backend: str, config: PipelineConfig | None = None) -> None:
+        from dataclasses import replace
+
+        from sam3d_ros.backends.registry import create_backend
+        from sam3d_ros.core.pipeline import FramePipeline
+
+        cfg = replace(config or default_config(), backend=backend)
+        self.name = backend
+        self.pipeline = FramePipeline(cfg, create_backend(cfg))
+
+    def predict(self, inputs: FrameInputs) -> dict[int, Prediction]:
+        result = self.pipeline.process(inputs.frame)
+        out = {}
+        for o in result.objects:
+            verts = transform_points(o.pose.matrix(), o.mesh.vertices)
+            out[o.instance_id] = Prediction(o.instance_id, mesh=TriangleMesh(verts, o.mesh.faces))
+        return out
+
+
+class ResultsMethod:
+    """Predictions read from a replay's ``results.jsonl`` (meshes relative to its dir),
+    matched to frames by ``stamp_ns``."""
+
+    def __init__(self, results: Path, name: str | None = None) -> None:
+        from sam3d_ros.tools.plyio import PlyError, read_ply
+
+        self.name = name or f"results:{results.parent.name}"
+        self.by_stamp: dict[int, dict[int, Prediction]] = {}
+        try:
+            lines = results.read_text().splitlines()
+        except OSError as err:
+            raise EvalError(f"cannot read results {results}: {err}") from err
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                preds = {}
+                for o in rec["objects"]:
+                    pose = Pose(
+                        position=tuple(float(v) for v in o["pose"]["position"]),  # type: ignore[arg-type]
+                        orientation_xyzw=tuple(float(v) for v in o["pose"]["orientation_xyzw"]),  # type: ignore[arg-type]
+                    )
+                    mesh = read_ply(results.parent / o["mesh"])
+                    verts = transform_points(pose.matrix(), mesh.vertices)
+                    preds[int(o["instance_id"])] = Prediction(
+                        int(o["instance_id"]), TriangleMesh(verts, mesh.faces)
+                    )
+                self.by_stamp[int(rec["stamp_ns"])] = preds
+            except (KeyError, TypeError, ValueError, OSError, PlyError, json.JSONDecodeError) as err:
+                raise EvalError(f"{results}:{n}: bad record: {err!r}") from err
+
+    def predict(self, inputs: FrameInputs) -> dict[int, Prediction]:
+        return self.by_stamp.get(inputs.truth.stamp_ns, {})
+
+
+#: Baselines by name (constructors without arguments).
+BASELINES: dict[str, Callable[[], Method]] = {
+    "ground_truth": GroundTruthMethod,
+    "visible_points": VisiblePointsMethod,
+    "convex_hull": ConvexHullMethod,
+    "extruded_hull": ExtrudedHullMethod,
+}
+
+
+@dataclass
+class MethodReport:
+    """Scores of one method: per-object metrics, coverage and timing."""
+
+    name: str
+    objects: list[ObjectMetrics] = field(default_factory=list)
+    predicted: int = 0
+    predict_s: float = 0.0
+    score_s: float = 0.0
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of evaluated objects the method returned a prediction for."""
+        return self.predicted / len(self.objects) if self.objects else math.nan
+
+    def buckets(self) -> dict[str, AggregateMetrics]:
+        return aggregate_by_visibility(self.objects)
+
+
+def evaluate(
+    dataset: Dataset,
+    methods: Sequence[Method],
+    *,
+    split: str | None = None,
+    max_frames: int | None = None,
+    config: PipelineConfig | None = None,
+    n_samples: int = EVAL_SAMPLES,
+    iou_resolution: int = EVAL_IOU_RESOLUTION,
+    min_visible_pixels: int | None = None,
+) -> dict[str, MethodReport]:
+    """Score every method on the dataset's frames (optionally only frames of ``split``,
+    at most ``max_frames``). ``min_visible_pixels`` defaults to ``config.min_mask_pixels``."""
+    cfg = config or default_config()
+    min_px = cfg.min_mask_pixels if min_visible_pixels is None else int(min_visible_pixels)
+    frames = [f for f in dataset.frames if not split or f.extra.get("split", split) == split]
+    if max_frames is not None:
+        frames = frames[: max(int(max_frames), 0)]
+    if not frames:
+        raise EvalError(f"no frames to evaluate in {dataset.root} (split {split!r})")
+    reports = {m.name: MethodReport(m.name) for m in methods}
+    for fi, truth in enumerate(frames):
+        inputs = FrameInputs(dataset.rgbd(truth), truth, dataset, cfg)
+        targets = [o for o in truth.objects if o.visible_pixels >= min_px]
+        gt_meshes = {o.label: dataset.object_mesh(o, "camera") for o in targets}
+        for m in methods:
+            rep = reports[m.name]
+            t0 = time.perf_counter()
+            preds = m.predict(inputs)
+            t1 = time.perf_counter()
+            for o in targets:
+                gt = gt_meshes[o.label]
+                p = preds.get(o.label)
+                metrics = None
+                try:
+                    if p is not None and p.mesh is not None:
+                        metrics = evaluate_object(
+                            p.mesh,
+                            gt,
+                            instance_id=o.label,
+                            visible_fraction=o.visible_fraction,
+                            n_samples=n_samples,
+                            iou_resolution=iou_resolution,
+                        )
+                    elif p is not None and p.points is not None:
+                        metrics = score_point_set(
+                            p.points,
+                            gt,
+                            instance_id=o.label,
+                            visible_fraction=o.visible_fraction,
+                            n_samples=n_samples,
+                        )
+                except (MetricsError, BaselineError) as err:
+                    logger.warning("%s: frame %d object %d not scored: %s", m.name, truth.index, o.label, err)
+                if metrics is None:
+                    metrics = missing_metrics(o.label, gt, o.visible_fraction)
+                else:
+                    rep.predicted += 1
+                rep.objects.append(metrics)
+            rep.predict_s += t1 - t0
+            rep.score_s += time.perf_counter() - t1
+        logger.info("frame %d/%d evaluated", fi + 1, len(frames))
+    return reports
+
+
+# --------------------------------------------------------------------------- output
+
+#: Table columns: (header, metric field, format, scale).
+_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("CD-L1 mm", "chamfer_l1_mm", "{:.1f}"),
+    ("F@5mm", "fscore_5mm", "{:.3f}"),
+    ("F@10mm", "fscore_10mm", "{:.3f}"),
+    ("IoU", "volume_iou", "{:.3f}"),
+    ("centre mm", "centre_error_mm", "{:.1f}"),
+)
+
+
+def _fmt(v: float, f: str) -> str:
+    return "nan" if not math.isfinite(v) else f.format(v)
+
+
+def format_table(reports: dict[str, MethodReport]) -> str:
+    """A Markdown table: one row per method and visible-fraction bucket, each cell
+    ``mean / median``; ADD-S success is a rate (its mean)."""
+    head = (
+        ["method", "objects", "bucket", "coverage"] + [c[0] + " (mean/med)" for c in _COLUMNS] + ["ADD-S<0.1"]
+    )
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rep in reports.values():
+        for bucket, agg in rep.buckets().items():
+            if agg.count == 0:
+                continue
+            cells = [rep.name, str(agg.count), bucket.replace("visible", "vis"), _fmt(rep.coverage, "{:.2f}")]
+            if bucket != "all":
+                cells[3] = ""
+            for _, key, f in _COLUMNS:
+                cells.append(f"{_fmt(agg.mean[key], f)} / {_fmt(agg.median[key], f)}")
+            cells.append(_fmt(agg.mean["add_s_success"], "{:.3f}"))
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    return v
+
+
+def reports_json(reports: dict[str, MethodReport], meta: dict[str, Any]) -> dict[str, Any]:
+    """JSON document of the reports (NaN written as null)."""
+    methods = {}
+    for rep in reports.values():
+        methods[rep.name] = {
+            "objects": len(rep.objects),
+            "predicted": rep.predicted,
+            "coverage": rep.coverage,
+            "predict_s": round(rep.predict_s, 3),
+            "score_s": round(rep.score_s, 3),
+            "buckets": {k: asdict(a) for k, a in rep.buckets().items()},
+            "per_object": [asdict(m) for m in rep.objects],
+        }
+    return _clean({"format": "sam3d_ros/eval", "version": 1, **meta, "methods": methods})
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(p: Any) -> None:
+    """Arguments of the ``eval`` subcommand (``p`` is an argparse parser)."""
+    p.add_argument("dataset", type=Path, help="dataset directory or a bag exported from one")
+    p.add_argument(
+        "--backend",
+        action="append",
+        default=None,
+        help="pipeline backend to evaluate (repeatable; default: geometric, none with --results)",
+    )
+    p.add_argument(
+        "--baselines",
+        default=None,
+        help=f"comma-separated baselines or 'none' (default: all of {','.join(BASELINES)}; none with --results)",
+    )
+    p.add_argument("--results", type=Path, default=None, help="score a replay's results.jsonl")
+    p.add_argument("--split", default=None, help="only frames of this split (default: all)")
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--json", type=Path, default=None, help="write the full report (per object) here")
+    p.add_argument("--params", type=Path, default=None, help="ROS params YAML for the pipeline")
+    p.add_argument("--samples", type=int, default=EVAL_SAMPLES, help="surface samples per mesh")
+    p.add_argument("--iou-resolution", type=int, default=EVAL_IOU_RESOLUTION, help="IoU voxels per side")
+
+
+def run(args: Any) -> int:
+    """Run ``sam3d-ros eval``: print the table, optionally write JSON; 0 on success."""
+    import sys
+
+    from sam3d_ros._paths import default_params_file
+    from sam3d_ros.backends.base import BackendError
+    from sam3d_ros.core.config import ConfigError, config_from_params_file
+    from sam3d_ros.sim.dataset import DatasetError, load_dataset
+
+    if not args.verbose:  # non-watertight scans are expected; the table says what matters
+        logging.getLogger("sam3d_ros.core.metrics").setLevel(logging.ERROR)
+    try:
+        config = config_from_params_file(args.params or default_params_file())
+        dataset = load_dataset(args.dataset)
+        methods: list[Method] = []
+        default_baselines = "none" if args.results else ",".join(BASELINES)
+        for name in (args.baselines or default_baselines).split(","):
+            name = name.strip()
+            if not name or name == "none":
+                continue
+            if name not in BASELINES:
+                raise EvalError(f"unknown baseline {name!r}; expected one of {sorted(BASELINES)}")
+            methods.append(BASELINES[name]())
+        for backend in args.backend or ([] if args.results else ["geometric"]):
+            methods.append(BackendMethod(backend, config))
+        if args.results is not None:
+            methods.append(ResultsMethod(args.results))
+        if not methods:
+            raise EvalError("nothing to evaluate (no baseline, backend or --results)")
+        t0 = time.perf_counter()
+        reports = evaluate(
+            dataset,
+            methods,
+            split=args.split,
+            max_frames=args.max_frames,
+            config=config,
+            n_samples=args.samples,
+            iou_resolution=args.iou_resolution,
+        )
+        wall = time.perf_counter() - t0
+    except (EvalError, DatasetError, BackendError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(reports))
+    print(f"\n{len(next(iter(reports.values())).objects)} objects per method, {wall:.1f} s")
+    if args.json is not None:
+        meta = {
+            "dataset": str(args.dataset),
+            "split": args.split,
+            "max_frames": args.max_frames,
+            "samples": args.samples,
+            "iou_resolution": args.iou_resolution,
+            "wall_s": round(wall, 3),
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(reports_json(reports, meta), indent=1) + "\n")
+    return 0
