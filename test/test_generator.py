@@ -1,0 +1,220 @@
+"""Tests of the scene generator, mesh sources, splits, the dataset format and bag export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rosbags.rosbag2 import Reader
+from scipy.spatial import ConvexHull
+
+from sam3d_ros.core.constants import (
+    DEFAULT_DEPTH_TOPIC,
+    DEFAULT_INFO_TOPIC,
+    DEFAULT_MASK_TOPIC,
+    DEFAULT_RGB_TOPIC,
+)
+from sam3d_ros.core.frames import transform_points
+from sam3d_ros.core.metrics import render_mesh_depth
+from sam3d_ros.sim import mesh_sources as ms
+from sam3d_ros.sim import procedural
+from sam3d_ros.sim.dataset import DatasetError, export_bag, generate_dataset, load_dataset
+from sam3d_ros.sim.generator import GeneratorConfig, GeneratorError, generate_frame
+from sam3d_ros.sim.noise import DepthNoiseConfig
+from sam3d_ros.sim.splits import SPLITS, SplitError, filter_split, split_of
+
+pytest.importorskip("pybullet")
+
+SMALL = GeneratorConfig(width=160, height=120, min_objects=3, max_objects=6)
+CLEAN = GeneratorConfig(
+    width=160, height=120, min_objects=3, max_objects=6, noise=DepthNoiseConfig.disabled()
+)
+
+
+@pytest.fixture(scope="module")
+def frames() -> list:
+    return [generate_frame(11, i, "train", CLEAN) for i in range(3)]
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("gen") / "ds"
+    generate_dataset(root, 3, seed=4, split="test", workers=2, config=SMALL)
+    return root
+
+
+def test_frame_is_deterministic_per_seed() -> None:
+    a = generate_frame(3, 1, "val", SMALL)
+    b = generate_frame(3, 1, "val", SMALL)
+    c = generate_frame(4, 1, "val", SMALL)
+    assert np.array_equal(a.rgb, b.rgb)
+    assert np.array_equal(a.depth, b.depth, equal_nan=True)
+    assert np.array_equal(a.labels, b.labels)
+    assert [o.mesh_ref for o in a.objects] == [o.mesh_ref for o in b.objects]
+    for oa, ob in zip(a.objects, b.objects, strict=True):
+        assert np.array_equal(oa.camera_T_object, ob.camera_T_object)
+    assert not np.array_equal(a.rgb, c.rgb)
+
+
+def test_objects_rest_on_table_without_interpenetration(frames: list) -> None:
+    for f in frames:
+        hulls = []
+        for o in f.objects:
+            v = transform_points(o.world_T_object, np.asarray(ms.resolve_mesh(o.mesh_ref, o.scale).vertices))
+            low = float(v[:, 2].min())
+            assert low > -0.003, f"{o.mesh_ref} sinks {low:.4f} m into the table"
+            hulls.append((o.mesh_ref, v, ConvexHull(v)))
+        # every object rests on the table or on another object: the lowest object of each
+        # frame touches the table
+        lows = [float(v[:, 2].min()) for _, v, _ in hulls]
+        assert min(lows) < 0.003
+        # no vertex of one hull lies deeper than 4 mm inside another hull
+        for i, (ra, va, _) in enumerate(hulls):
+            for j, (rb, _, hb) in enumerate(hulls):
+                if i == j:
+                    continue
+                depth_inside = -(va @ hb.equations[:, :3].T + hb.equations[:, 3]).max(axis=1)
+                assert depth_inside.max() < 0.004, f"{ra} penetrates {rb} by {depth_inside.max():.4f} m"
+
+
+def test_depth_matches_posed_meshes_and_masks_are_consistent(frames: list) -> None:
+    for f in frames:
+        assert int(f.labels.max()) <= len(f.objects)
+        for o in f.objects:
+            mesh = ms.resolve_mesh(o.mesh_ref, o.scale)
+            v = transform_points(o.camera_T_object, np.asarray(mesh.vertices))
+            rendered = render_mesh_depth((v, np.asarray(mesh.faces)), f.intrinsics)
+            vis = f.labels == o.label
+            assert o.visible_pixels == int(vis.sum())
+            assert o.visible_pixels <= o.amodal_pixels == int(o.amodal_mask.sum())
+            assert not (vis & ~o.amodal_mask).any()
+            if o.visible_pixels:
+                # clean depth: the TinyRenderer z-buffer equals the exact mesh depth
+                res = np.abs(f.depth_clean[vis] - rendered[vis])
+                res = res[np.isfinite(res)]
+                assert len(res) >= 0.95 * o.visible_pixels
+                assert float(np.median(res)) < 5e-4, o.mesh_ref
+
+
+def test_noise_model_applied() -> None:
+    f = generate_frame(3, 0, "val", SMALL)
+    ok = np.isfinite(f.depth) & np.isfinite(f.depth_clean)
+    diff = np.abs(f.depth[ok] - f.depth_clean[ok])
+    assert 0.0005 < float(np.median(diff)) < 0.01
+    # millimetre quantisation
+    assert np.allclose(f.depth[ok] * 1000, np.round(f.depth[ok] * 1000), atol=1e-3)
+
+
+def test_splits_disjoint_stable_and_used() -> None:
+    ids = [ms.object_id(f"ycb:{n}") for n in ms.ycb_names()]
+    ids += [ms.object_id(ms.pybullet_random_ref(i)) for i in range(ms.PYBULLET_RANDOM_COUNT)]
+    ids += [ms.object_id(ms.procedural_ref(fam, i)) for fam in procedural.FAMILIES for i in range(50)]
+    parts = {s: set(filter_split(ids, s)) for s in SPLITS}
+    assert sum(len(p) for p in parts.values()) == len(set(ids))
+    assert not (parts["train"] & parts["val"]) and not (parts["train"] & parts["test"])
+    assert len(parts["train"]) > len(parts["val"]) > len(parts["test"]) > 0
+    # pinned assignments: changing the hash or the salt would reshuffle every split
+    assert split_of("ycb:apple") == "test"
+    assert split_of("ycb:dice") == "val"
+    assert split_of("ycb:hammer") == "train"
+    with pytest.raises(SplitError):
+        filter_split(ids, "holdout")
+    # a generated frame only holds objects of its split
+    for o in generate_frame(5, 0, "val", SMALL).objects:
+        assert split_of(ms.object_id(o.mesh_ref)) == "val"
+
+
+def test_procedural_families_watertight_and_sized() -> None:
+    for fam in procedural.FAMILIES:
+        m = procedural.make_procedural(fam, 7)
+        assert m.is_watertight, fam
+        assert procedural.MIN_SIZE_M * 0.999 <= float(m.extents.max()) <= procedural.MAX_SIZE_M * 1.001
+        assert np.allclose(m.bounds.mean(axis=0), 0.0, atol=1e-9)
+        assert np.array_equal(m.vertices, procedural.make_procedural(fam, 7).vertices)
+    with pytest.raises(procedural.ProceduralError):
+        procedural.make_procedural("teapot", 0)
+
+
+def test_mesh_refs() -> None:
+    with pytest.raises(ms.MeshSourceError):
+        ms.split_ref("nope:thing")
+    with pytest.raises(ms.MeshSourceError):
+        ms.split_ref("pybullet:../../etc/passwd")
+    duck = ms.resolve_mesh("pybullet:duck.obj", 0.05)
+    assert np.allclose(duck.bounds.mean(axis=0), 0.0, atol=1e-9)
+    assert 0.03 < float(duck.extents.max()) < 0.12
+
+
+def test_ycb_meshes_are_centred_in_metres() -> None:
+    if ms.ycb_dir() is None:
+        pytest.skip("YCB meshes not found (../shared/data/ycb_dev or $SAM3D_YCB_DIR)")
+    assert len(ms.ycb_names()) >= 50
+    m = ms.resolve_mesh("ycb:apple")
+    assert np.allclose(m.bounds.mean(axis=0), 0.0, atol=1e-9)
+    assert 0.06 < float(m.extents.max()) < 0.09
+    assert m.is_watertight
+
+
+def test_dataset_round_trip(dataset_dir: Path) -> None:
+    ds = load_dataset(dataset_dir)
+    assert len(ds) == 3 and ds.split == "test"
+    doc = json.loads((dataset_dir / "dataset.json").read_text())
+    assert doc["format"] == "sam3d_ros/dataset" and doc["version"] == 1
+    again = generate_frame(4, 1, "test", SMALL)  # frame 1, regenerated in this process
+    truth = ds.frames[1]
+    rgbd = ds.rgbd(truth)
+    assert np.array_equal(rgbd.rgb, again.rgb)
+    assert np.array_equal(rgbd.labels, again.labels.astype(np.int32))
+    ok = np.isfinite(again.depth)
+    assert np.array_equal(ok, np.isfinite(rgbd.depth))
+    assert np.allclose(rgbd.depth[ok], again.depth[ok], atol=6e-4)
+    for o, g in zip(truth.objects, again.objects, strict=True):
+        assert o.mesh_ref == g.mesh_ref and o.visible_pixels == g.visible_pixels
+        assert np.allclose(o.camera_T_object, g.camera_T_object, atol=1e-8)
+        assert np.array_equal(ds.amodal_mask(truth, o), g.amodal_mask)
+        mesh = ds.object_mesh(o, "camera")
+        assert np.allclose(
+            mesh.vertices,
+            transform_points(g.camera_T_object, ms.resolve_mesh(g.mesh_ref, g.scale).vertices),
+            atol=1e-6,
+        )
+        if o.mesh_ref.startswith("procedural:"):
+            assert (dataset_dir / "meshes" / o.mesh_ref.split(":", 1)[1]).is_file()
+    with pytest.raises(DatasetError):
+        generate_dataset(dataset_dir, 1, seed=4, split="test", config=SMALL)
+    with pytest.raises(DatasetError):
+        load_dataset(dataset_dir / "frames")
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_bag_export_readable(dataset_dir: Path, tmp_path: Path, storage: str) -> None:
+    ds = load_dataset(dataset_dir)
+    bag = export_bag(ds, tmp_path / f"bag_{storage}", storage)  # type: ignore[arg-type]
+    with Reader(bag) as reader:
+        topics = {c.topic: c.msgtype for c in reader.connections}
+        assert topics == {
+            DEFAULT_RGB_TOPIC: "sensor_msgs/msg/Image",
+            DEFAULT_DEPTH_TOPIC: "sensor_msgs/msg/Image",
+            DEFAULT_INFO_TOPIC: "sensor_msgs/msg/CameraInfo",
+            DEFAULT_MASK_TOPIC: "sensor_msgs/msg/Image",
+        }
+        assert reader.message_count == 4 * len(ds)
+    from_bag = load_dataset(bag)
+    assert from_bag.is_bag and [f.stamp_ns for f in from_bag] == [f.stamp_ns for f in ds]
+    a, b = ds.rgbd(ds.frames[0]), from_bag.rgbd(from_bag.frames[0])
+    assert np.array_equal(a.rgb, b.rgb) and np.array_equal(a.labels, b.labels)
+    assert np.array_equal(a.depth, b.depth, equal_nan=True)
+    assert a.camera == b.camera
+    o = from_bag.frames[0].objects[0]
+    assert len(from_bag.object_mesh(o).vertices) > 0
+
+
+def test_config_validation() -> None:
+    with pytest.raises(GeneratorError):
+        GeneratorConfig(min_objects=0)
+    with pytest.raises(GeneratorError):
+        GeneratorConfig(source_weights={"lego": 1.0})
+    with pytest.raises(SplitError):
+        generate_frame(0, 0, "holdout", SMALL)
