@@ -61,6 +61,15 @@ def input_profile(max_batch: int) -> dict[str, dict[str, list[int]]]:
     }
 
 
+def _import_cudart() -> Any:
+    """cuda-python's runtime module (``cuda.bindings.runtime`` >= 12.6, else ``cuda.cudart``)."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        from cuda import cudart as runtime  # type: ignore[no-redef]
+    return runtime
+
+
 def _cuda_check(result: Any, what: str) -> Any:
     err, *rest = result if isinstance(result, tuple) else (result,)
     if int(err) != 0:
@@ -74,7 +83,10 @@ def build_engine(onnx_path: Path, key: EngineKey, timing_cache: Path) -> bytes:
 
     trt_logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(trt_logger)
-    network = builder.create_network(0)
+    flags = 0
+    if int(str(trt.__version__).split(".")[0]) < 10:  # TensorRT 8.x needs explicit batch
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, trt_logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -111,7 +123,8 @@ class TensorRTBackend(LearnedBackend):
         super().__init__(config, directory)
         try:
             import tensorrt as trt
-            from cuda.bindings import runtime as cudart
+
+            cudart = _import_cudart()
         except ImportError as err:
             raise BackendError(f"the tensorrt backend needs tensorrt and cuda-python: {err}") from err
         self._trt, self._cudart = trt, cudart
