@@ -99,7 +99,9 @@ def main() -> int:
         "providers": ort_backend.providers,
         "network_ms_per_object_batch8_median": round(statistics.median(net), 2),
         "encoding_ms_per_object_median": round(statistics.median(enc_ms), 2),
-        "end_to_end_ms_per_frame_5_objects_median": {k: round(statistics.median(v), 1) for k, v in e2e.items()},
+        "end_to_end_ms_per_frame_5_objects_median": {
+            k: round(statistics.median(v), 1) for k, v in e2e.items()
+        },
         "frames": len(frames),
         "repeats": args.repeats,
     }
