@@ -106,6 +106,25 @@ class CameraIntrinsics:
             v = np.where(z > 0, self.fy * p[:, 1] / z + self.cy, np.nan)
         return u, v, z
 
+    def pixel_indices(
+        self, xc: NDArray[np.floating], yc: NDArray[np.floating], zc: NDArray[np.floating]
+    ) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.bool_]]:
+        """Nearest pixel (u, v) of camera-frame coordinates, and whether it is in the image.
+
+        Args:
+            xc, yc, zc: coordinates in metres (same shape). Points with z <= 0 are outside.
+
+        Returns:
+            (ui, vi, inside): integer column/row indices (0 where outside) and the mask.
+        """
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = np.floor(self.fx * xc / zc + self.cx + 0.5)
+            v = np.floor(self.fy * yc / zc + self.cy + 0.5)
+        inside = (zc > 0) & (u >= 0) & (u < self.width) & (v >= 0) & (v < self.height)
+        ui = np.where(inside, u, 0).astype(np.intp)
+        vi = np.where(inside, v, 0).astype(np.intp)
+        return ui, vi, inside
+
     def scaled(self, sx: float, sy: float) -> CameraIntrinsics:
         """Intrinsics of the same camera with the image resized by (sx, sy)."""
         return CameraIntrinsics(

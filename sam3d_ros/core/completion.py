@@ -311,13 +311,7 @@ def _classify_voxels(
     frame = scene.frame
     camera = frame.camera
     depth = np.asarray(frame.depth)
-    h, w = depth.shape
-    with np.errstate(divide="ignore", invalid="ignore"):
-        u = np.floor(camera.fx * xc / zc + camera.cx + 0.5)
-        v = np.floor(camera.fy * yc / zc + camera.cy + 0.5)
-    inside = (zc > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-    ui = np.where(inside, u, 0).astype(np.intp)
-    vi = np.where(inside, v, 0).astype(np.intp)
+    ui, vi, inside = camera.pixel_indices(xc, yc, zc)
     meas = depth[vi, ui].astype(np.float64)
     with np.errstate(invalid="ignore"):
         known = inside & np.isfinite(meas) & (meas > 0)

@@ -219,12 +219,7 @@ def encode_object(
     ]
     xc, yc, zc = cam
     k = img.camera
-    with np.errstate(divide="ignore", invalid="ignore"):
-        u = np.floor(k.fx * xc / zc + k.cx + 0.5)
-        v = np.floor(k.fy * yc / zc + k.cy + 0.5)
-    inside = (zc > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-    ui = np.where(inside, u, 0).astype(np.intp)
-    vi = np.where(inside, v, 0).astype(np.intp)
+    ui, vi, inside = k.pixel_indices(xc, yc, zc)
     meas = depth[vi, ui].astype(np.float64)
     with np.errstate(invalid="ignore"):
         valid = inside & np.isfinite(meas) & (meas > 0)
