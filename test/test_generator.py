@@ -218,3 +218,27 @@ def test_config_validation() -> None:
         GeneratorConfig(source_weights={"lego": 1.0})
     with pytest.raises(SplitError):
         generate_frame(0, 0, "holdout", SMALL)
+
+
+def test_resume_keeps_finished_frames(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    generate_dataset(root, 2, seed=4, split="test", config=SMALL)
+    full = json.loads((root / "dataset.json").read_text())
+    # an interrupted run: no dataset.json, frame 1 unfinished (frame.json is written last)
+    (root / "dataset.json").unlink()
+    (root / "frames" / "000001" / "frame.json").unlink()
+    marker = root / "frames" / "000000" / "frame.json"
+    before = marker.stat().st_mtime_ns
+    summary = generate_dataset(root, 2, seed=4, split="test", config=SMALL, resume=True)
+    assert summary["reused_frames"] == 1 and marker.stat().st_mtime_ns == before
+    assert json.loads((root / "dataset.json").read_text())["frames"] == full["frames"]
+
+
+def test_unusable_pybullet_mesh_is_redrawn() -> None:
+    from sam3d_ros.sim import generator
+
+    broken = "pybullet:random_urdfs/168/168.obj"  # every vertex is NaN in pybullet_data
+    with pytest.raises(ms.MeshSourceError, match="no triangles"):
+        ms.load_source(broken)
+    assert not generator._usable_mesh(broken)
+    assert generator._usable_mesh("pybullet:random_urdfs/000/000.obj")

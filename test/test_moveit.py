@@ -103,7 +103,6 @@ def check_add(mm: Any, co: Any, oid: str, world_xy: tuple[float, float]) -> None
     assert list(co.subframe_names) == [] and list(co.subframe_poses) == []
 
 
-@pytest.mark.xfail(strict=False, reason="flaky under load: an extra ADD is sometimes seen (issue 5 notes)")
 def test_collision_object_stream_add_move_remove(mm: Any, harness: Harness) -> None:
     ns = unique_ns()
     # shape_change_threshold: single-frame completions of the moved box differ by ~13 % in volume

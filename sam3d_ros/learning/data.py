@@ -16,8 +16,9 @@ Examples
     computed on the same cube: ``TARGET_SUPERSAMPLE``^3 point-in-shape tests per voxel give
     the amodal occupancy fraction.
 
-Cached dataset (a directory; one ``shard_XXXX.npz`` per ``SHARD_SIZE`` objects plus
-``dataset.json`` with the recipe and a summary). Arrays per shard, N objects:
+Cached dataset (a directory; ``shard_CCCC_KKKK.npz`` files, at most ``SHARD_SIZE`` objects
+each, from frame chunk ``CCCC`` of ``CHUNK_FRAMES`` frames, plus ``dataset.json`` with the
+recipe and a summary; shards load in name order). Arrays per shard, N objects:
 
 * ``inputs``: (N, C, 32, 32, 32) uint8, the encoding quantised per channel
   (``value = lo + q / 255 * (hi - lo)`` with ``CHANNEL_RANGES``);
@@ -116,8 +117,9 @@ class SampleSource(Protocol):
 
     name: str
 
-    def frames(self, split: str, count: int, seed: int = 0) -> Iterator[LabelledFrame]:
-        """``count`` labelled frames of ``split`` ("train", "val", "test")."""
+    def frames(self, split: str, count: int, seed: int = 0, start: int = 0) -> Iterator[LabelledFrame]:
+        """Frames ``start .. count - 1`` of ``split`` ("train", "val", "test"); frame ``i``
+        does not depend on ``start`` (so ranges can be built in parallel)."""
         ...
 
 
@@ -184,15 +186,15 @@ class RaycastSource:
     noise: bool = True
     name: str = "raycast"
 
-    def frames(self, split: str, count: int, seed: int = 0) -> Iterator[LabelledFrame]:
-        """Scenes ``SPLIT_SEED_BASE[split] + seed * 100_000 + i`` for i < count."""
+    def frames(self, split: str, count: int, seed: int = 0, start: int = 0) -> Iterator[LabelledFrame]:
+        """Scenes ``SPLIT_SEED_BASE[split] + seed * 100_000 + i`` for ``start <= i < count``."""
         from sam3d_ros.sim.noise import DepthNoiseConfig, apply_depth_noise
         from sam3d_ros.sim.scenes import random_scene
 
         if split not in SPLIT_SEED_BASE:
             raise DataError(f"unknown split {split!r}; valid: {sorted(SPLIT_SEED_BASE)}")
         base = SPLIT_SEED_BASE[split] + seed * 100_000
-        for i in range(count):
+        for i in range(start, count):
             s = base + i
             rendered = random_scene(s, width=self.width, height=self.height).render()
             if self.noise:
@@ -244,15 +246,15 @@ class GeneratedDatasetSource:
     root: Path
     name: str = "dataset"
 
-    def frames(self, split: str, count: int, seed: int = 0) -> Iterator[LabelledFrame]:
-        """The first ``count`` frames of the split's dataset (``seed`` is fixed at generation)."""
+    def frames(self, split: str, count: int, seed: int = 0, start: int = 0) -> Iterator[LabelledFrame]:
+        """Frames ``start .. count - 1`` of the split's dataset (``seed`` is fixed at generation)."""
         from sam3d_ros.sim.dataset import load_dataset as load_generated
 
         path = self.root / split if (self.root / split).is_dir() else self.root
         ds = load_generated(path)
         if ds.split and ds.split != split:
             raise DataError(f"{path} holds split {ds.split!r}, not {split!r}")
-        for ft in ds.frames[:count]:
+        for ft in ds.frames[start:count]:
             targets: dict[int, ObjectTarget] = {}
             for o in ft.objects:
                 mesh_obj = ds.object_mesh(o, "object")
@@ -364,44 +366,30 @@ class _ShardWriter:
         self.buffers = {}
 
 
-def build_dataset(
-    out_dir: Path,
-    split: str,
-    n_frames: int,
-    *,
-    source: str = "raycast",
-    seed: int = 0,
-    config: PipelineConfig | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
-    """Generate ``n_frames`` frames of ``split`` from ``source`` into ``out_dir``.
+#: Frames per build chunk: each chunk writes its own shards, so a dataset is identical
+#: whatever the number of workers.
+CHUNK_FRAMES: Final[int] = 40
 
-    Idempotent: when ``out_dir/dataset.json`` records the same recipe, nothing is redone.
 
-    Returns:
-        The ``dataset.json`` summary (recipe, counts per shape, visible-fraction buckets,
-        generation time).
-    """
-    cfg = config or default_config()
-    out_dir = Path(out_dir)
-    recipe = {"source": source, "split": split, "n_frames": n_frames, "seed": seed, "grid": GRID_SIZE}
-    meta_path = out_dir / "dataset.json"
-    if meta_path.is_file():
-        meta: dict[str, Any] = json.loads(meta_path.read_text())
-        if meta.get("recipe") == recipe:
-            logger.info("dataset %s is up to date (%d objects)", out_dir, meta["objects"])
-            return meta
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("shard_*.npz"):
-        old.unlink()
+@dataclass(frozen=True)
+class _ChunkResult:
+    files: list[str]
+    count: int
+    shapes: dict[str, int]
+    visible: list[float]
+
+
+def _build_chunk(
+    out_dir: Path, source: str, split: str, seed: int, start: int, stop: int, config: PipelineConfig
+) -> _ChunkResult:
+    """Encode frames ``start .. stop - 1`` into ``shard_CCCC_KK.npz`` (C = chunk index)."""
     src = create_source(source)
-    writer = _ShardWriter(out_dir, "shard")
-    t0 = time.time()
+    writer = _ShardWriter(out_dir, f"shard_{start // CHUNK_FRAMES:04d}")
     shapes: dict[str, int] = {}
     vis: list[float] = []
-    for i, lf in enumerate(src.frames(split, n_frames, seed)):
-        scene = SceneContext(frame=lf.frame, plane=estimate_support_plane(lf.frame, cfg))
-        observations, _ = extract_observations(lf.frame, cfg)
+    for lf in src.frames(split, stop, seed, start=start):
+        scene = SceneContext(frame=lf.frame, plane=estimate_support_plane(lf.frame, config))
+        observations, _ = extract_observations(lf.frame, config)
         for obs in observations:
             tgt = lf.targets.get(obs.instance_id)
             if tgt is None:
@@ -428,24 +416,94 @@ def build_dataset(
             )
             shapes[tgt.shape] = shapes.get(tgt.shape, 0) + 1
             vis.append(tgt.visible_fraction)
-        if progress is not None:
-            progress(i + 1, n_frames)
     writer.flush()
-    va = np.asarray(vis)
+    return _ChunkResult(files=writer.files, count=writer.count, shapes=shapes, visible=vis)
+
+
+def _build_chunk_star(args: tuple[Any, ...]) -> _ChunkResult:
+    return _build_chunk(*args)
+
+
+def build_dataset(
+    out_dir: Path,
+    split: str,
+    n_frames: int,
+    *,
+    source: str = "raycast",
+    seed: int = 0,
+    config: PipelineConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Generate ``n_frames`` frames of ``split`` from ``source`` into ``out_dir``.
+
+    Frames are encoded in chunks of ``CHUNK_FRAMES`` (in ``workers`` processes when > 1);
+    the result does not depend on ``workers``. Idempotent: when ``out_dir/dataset.json``
+    records the same recipe, nothing is redone.
+
+    Returns:
+        The ``dataset.json`` summary (recipe, counts per shape, visible-fraction buckets,
+        generation time).
+
+    Raises:
+        DataError: unknown source or split, or ``workers`` < 1.
+    """
+    if workers < 1:
+        raise DataError(f"workers must be >= 1, got {workers}")
+    cfg = config or default_config()
+    out_dir = Path(out_dir)
+    recipe = {"source": source, "split": split, "n_frames": n_frames, "seed": seed, "grid": GRID_SIZE}
+    meta_path = out_dir / "dataset.json"
+    if meta_path.is_file():
+        meta: dict[str, Any] = json.loads(meta_path.read_text())
+        if meta.get("recipe") == recipe:
+            logger.info("dataset %s is up to date (%d objects)", out_dir, meta["objects"])
+            return meta
+    create_source(source)  # fail early on an unknown source
+    if split not in SPLIT_SEED_BASE:
+        raise DataError(f"unknown split {split!r}; valid: {sorted(SPLIT_SEED_BASE)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("shard_*.npz"):
+        old.unlink()
+    t0 = time.time()
+    jobs = [
+        (out_dir, source, split, seed, a, min(a + CHUNK_FRAMES, n_frames), cfg)
+        for a in range(0, n_frames, CHUNK_FRAMES)
+    ]
+    results: list[_ChunkResult] = []
+    if workers == 1 or len(jobs) <= 1:
+        for job in jobs:
+            results.append(_build_chunk_star(job))
+            if progress is not None:
+                progress(job[5], n_frames)
+    else:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+            for job, res in zip(jobs, pool.imap(_build_chunk_star, jobs), strict=True):
+                results.append(res)
+                if progress is not None:
+                    progress(job[5], n_frames)
+    shapes: dict[str, int] = {}
+    for r in results:
+        for k, v in r.shapes.items():
+            shapes[k] = shapes.get(k, 0) + v
+    va = np.asarray([v for r in results for v in r.visible])
     meta = {
         "recipe": recipe,
-        "objects": writer.count,
+        "objects": sum(r.count for r in results),
         "frames": n_frames,
-        "shards": writer.files,
+        "shards": [f for r in results for f in r.files],
         "shapes": shapes,
         "visible_fraction": {
             "lt_0.6": int((va < 0.6).sum()),
             "ge_0.6": int((va >= 0.6).sum()),
         },
         "generation_s": round(time.time() - t0, 1),
+        "workers": workers,
     }
     meta_path.write_text(json.dumps(meta, indent=2))
-    logger.info("dataset %s: %d objects from %d frames", out_dir, writer.count, n_frames)
+    logger.info("dataset %s: %d objects from %d frames", out_dir, meta["objects"], n_frames)
     return meta
 
 

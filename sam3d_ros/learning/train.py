@@ -16,6 +16,7 @@ and ``run.json`` (exact command, seed, data summaries, wall time).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -66,11 +67,12 @@ class TrainConfig:
     distill_weight: float = 0.5
     max_minutes: float = 25.0
     threads: int = 1
+    data_workers: int = 1
     model: dict[str, Any] = field(default_factory=lambda: ModelConfig().to_dict())
 
 
 #: TrainConfig fields that may change between a run and its resumption.
-_RESUMABLE_CHANGES = ("max_minutes", "threads")
+_RESUMABLE_CHANGES = ("max_minutes", "threads", "data_workers")
 
 
 def _recipe(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +80,12 @@ def _recipe(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def dataset_dir(cache_dir: Path, source: str, split: str, frames: int, seed: int) -> Path:
-    """Where the cached dataset of a recipe lives."""
+    """Where the cached dataset of a recipe lives (``dataset:<root>`` sources are named
+    ``dataset-<root name>-<sha256 of the resolved root, 8 hex>``)."""
+    if source.startswith("dataset:"):
+        root = Path(source.split(":", 1)[1]).expanduser().resolve()
+        digest = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+        source = f"dataset-{root.name}-{digest}"
     return cache_dir / "datasets" / f"{source}_{split}_{frames}_s{seed}"
 
 
@@ -255,8 +262,12 @@ def train(
     t_start = time.time()
     train_dir = dataset_dir(cache, cfg.source, "train", cfg.train_frames, cfg.seed)
     val_dir = dataset_dir(cache, cfg.source, "val", cfg.val_frames, cfg.seed)
-    train_meta = build_dataset(train_dir, "train", cfg.train_frames, source=cfg.source, seed=cfg.seed)
-    val_meta = build_dataset(val_dir, "val", cfg.val_frames, source=cfg.source, seed=cfg.seed)
+    train_meta = build_dataset(
+        train_dir, "train", cfg.train_frames, source=cfg.source, seed=cfg.seed, workers=cfg.data_workers
+    )
+    val_meta = build_dataset(
+        val_dir, "val", cfg.val_frames, source=cfg.source, seed=cfg.seed, workers=cfg.data_workers
+    )
     data_s = time.time() - t_start
     train_ds = load_dataset(train_dir)
     val_ds = load_dataset(val_dir)

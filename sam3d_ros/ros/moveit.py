@@ -154,6 +154,10 @@ class PlanningSceneSync:
         stamp, frame = scene.result.stamp_ns, scene.fixed_frame
         out = []
         with self._lock:
+            # a subscriber matched since the last check gets the current set first, so the
+            # diff below never reaches a late joiner without the objects it refers to (and
+            # the timer does not resend it again)
+            out.extend(self._late_joiner_msgs_locked())
             # removals first: after ~/reset a new track may reuse a vanished id
             for tid in scene.vanished:
                 if self._current.pop(tid, None) is not None:
@@ -227,13 +231,19 @@ class PlanningSceneSync:
                 self.sent.append(m)
         del self.sent[: max(0, len(self.sent) - 10_000)]
 
-    def _check_subscribers(self) -> None:
+    def _late_joiner_msgs_locked(self) -> list[Any]:
+        """The current set as ADDs when the subscriber count grew since the last check
+        (called with the lock held), else nothing."""
         if self._pub is None:
-            return
+            return []
         n = self._pub.get_subscription_count()
+        grew = n > self._last_subs
+        self._last_subs = n
+        if not grew or not self._current:
+            return []
+        logger.debug("new planning-scene subscriber (%d): resending %d objects", n, len(self._current))
+        return [self._current[t] for t in sorted(self._current)]
+
+    def _check_subscribers(self) -> None:
         with self._lock:
-            grew = n > self._last_subs
-            self._last_subs = n
-        if grew:
-            logger.debug("new planning-scene subscriber (%d): resending %d objects", n, len(self._current))
-            self.resend_all()
+            self._publish_locked(self._late_joiner_msgs_locked())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import multiprocessing
 import os
 import shutil
@@ -249,9 +250,26 @@ def write_frame(root: Path, frame: GeneratedFrame) -> FrameTruth:
     return truth
 
 
-def _worker(args: tuple[str, int, int, str, GeneratorConfig]) -> dict[str, Any]:
-    root, seed, index, split, cfg = args
+def _finished_frame(root: Path, index: int, seed: int, split: str) -> dict[str, Any] | None:
+    """The record of a frame a previous (interrupted) run completed, or None. ``frame.json``
+    is written last, so its presence means the frame's files are complete."""
+    path = root / _frame_dir_name(index) / FRAME_FILE
+    try:
+        rec: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if rec.get("index") != index or rec.get("split") != split or rec.get("seed") != seed:
+        return None
+    return rec
+
+
+def _worker(args: tuple[str, int, int, str, GeneratorConfig, bool]) -> dict[str, Any]:
+    root, seed, index, split, cfg, resume = args
     t0 = time.perf_counter()
+    if resume:
+        rec = _finished_frame(Path(root), index, seed, split)
+        if rec is not None:
+            return {"truth": rec, "seconds": math.nan}
     truth = write_frame(Path(root), generate_frame(seed, index, split, cfg))
     return {"truth": truth.to_json(), "seconds": time.perf_counter() - t0}
 
@@ -265,10 +283,13 @@ def generate_dataset(
     workers: int = 1,
     config: GeneratorConfig | None = None,
     progress: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Generate ``n_frames`` frames into the new dataset directory ``out``.
 
-    Frame ``i`` only depends on ``(seed, i, split, config)`` (not on ``workers``).
+    Frame ``i`` only depends on ``(seed, i, split, config)`` (not on ``workers``). With
+    ``resume``, frames an interrupted run of the same command already finished are kept
+    (the caller guarantees the same seed and config; the split and index are checked).
 
     Returns:
         A summary: frames, objects, wall seconds, frames per second, workers.
@@ -283,7 +304,7 @@ def generate_dataset(
     if (root / DATASET_FILE).exists():
         raise DatasetError(f"{root} already holds a dataset")
     root.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(root), int(seed), i, split, cfg) for i in range(n_frames)]
+    jobs = [(str(root), int(seed), i, split, cfg, resume) for i in range(n_frames)]
     t0 = time.perf_counter()
     records: list[dict[str, Any]] = []
     if workers == 1:
@@ -297,6 +318,7 @@ def generate_dataset(
             records = _collect(pool.imap(_worker, jobs), n_frames, progress, t0)
     wall = time.perf_counter() - t0
     frames = [r["truth"] for r in records]
+    secs = np.array([r["seconds"] for r in records], dtype=np.float64)
     doc = {
         "format": DATASET_FORMAT,
         "version": DATASET_VERSION,
@@ -315,7 +337,8 @@ def generate_dataset(
         "wall_s": round(wall, 3),
         "fps": round(len(frames) / wall, 3) if wall > 0 else 0.0,
         "workers": workers,
-        "per_frame_s_median": round(float(np.median([r["seconds"] for r in records])), 3),
+        "per_frame_s_median": round(float(np.nanmedian(secs)), 3) if np.isfinite(secs).any() else None,
+        "reused_frames": int(np.isnan(secs).sum()),
     }
     logger.info("generated %s", summary)
     return summary

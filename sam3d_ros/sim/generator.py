@@ -32,7 +32,7 @@ import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -244,6 +244,25 @@ def _split_pool(split: str) -> dict[str, list[str]]:
 _POOL_CACHE: dict[str, dict[str, list[str]]] = {}
 
 
+#: Draws before giving up on finding a loadable mesh (a few pybullet_data assets are broken).
+MAX_MESH_DRAWS: Final[int] = 100
+_BROKEN_MESHES: set[str] = set()
+
+
+def _usable_mesh(ref: str) -> bool:
+    """False (logged once per asset) for a mesh that cannot be loaded, e.g.
+    ``random_urdfs/168/168.obj`` whose vertices are all NaN; such objects are redrawn."""
+    if ref in _BROKEN_MESHES:
+        return False
+    try:
+        ms.load_source(ref)
+    except ms.MeshSourceError as err:
+        _BROKEN_MESHES.add(ref)
+        logger.warning("skipping unusable mesh %s: %s", ref, err)
+        return False
+    return True
+
+
 def _pick_object(rng: np.random.Generator, split: str, cfg: GeneratorConfig) -> _Pick:
     pools = _split_pool(split)
     weights = {s: float(cfg.source_weights.get(s, 0.0)) for s in ms.SOURCES}
@@ -264,8 +283,12 @@ def _pick_object(rng: np.random.Generator, split: str, cfg: GeneratorConfig) -> 
             lo, hi = ms.PYBULLET_NAMED[ms.split_ref(ref)[1]]
             size = float(rng.uniform(lo, hi))
             return _Pick(ref, size / float(ms.load_source(ref).mesh.extents.max()))
-        ref = str(rng.choice(pools["pybullet_random"]))
-        return _Pick(ref, ms.PYBULLET_RANDOM_SCALE * float(rng.uniform(0.7, 1.5)))
+        for _ in range(MAX_MESH_DRAWS):
+            ref = str(rng.choice(pools["pybullet_random"]))
+            scale = ms.PYBULLET_RANDOM_SCALE * float(rng.uniform(0.7, 1.5))
+            if _usable_mesh(ref):
+                return _Pick(ref, scale)
+        raise GeneratorError(f"no usable pybullet_data mesh in {MAX_MESH_DRAWS} draws for split {split!r}")
     for _ in range(1000):
         family = str(rng.choice(list(procedural.FAMILIES)))
         index = int(rng.integers(0, procedural.POOL_SIZE))

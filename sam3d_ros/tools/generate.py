@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="run seed (frame i depends on (seed, i) only)")
     p.add_argument("--split", choices=SPLITS, default="val", help="objects of this split only")
     p.add_argument("--workers", type=int, default=1, help="worker processes")
+    p.add_argument(
+        "--resume", action="store_true", help="keep the frames an interrupted run of this command finished"
+    )
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--no-noise", action="store_true", help="clean depth (no sensor noise model)")
@@ -48,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             config=cfg,
             progress=sys.stdout.isatty(),
+            resume=args.resume,
         )
         print(json.dumps(summary))
         if args.bag is not None:
