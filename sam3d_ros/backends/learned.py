@@ -9,14 +9,10 @@ meshing, pose and collision shapes stay those of the shared pipeline.
 Model files live in the models directory (``$SAM3D_MODEL_DIR``, default the package's
 ``models/``) and are verified against ``manifest.json`` (sha256) before they are loaded.
 
-Runtime options come from the environment (the node's parameters only name the backend):
-
-* ``SAM3D_MODEL_DIR``: directory with ``manifest.json`` and the model files;
-* ``SAM3D_ORT_THREADS``: ONNX Runtime intra-op threads (default ``DEFAULT_ORT_THREADS``);
-* ``SAM3D_ORT_CUDA``: "0" disables the CUDA execution provider;
-* ``SAM3D_TRT_PRECISION``: "fp16" (default) or "fp32";
-* ``SAM3D_ENGINE_CACHE``: TensorRT engine cache directory (default
-  ``~/.cache/sam3d_ros/engines``).
+Runtime options are parameters of the :class:`PipelineConfig`: ``model_dir`` (empty:
+``$SAM3D_MODEL_DIR``, else the package's ``models/``), ``ort_threads``, ``ort_use_cuda``,
+``trt_precision`` and ``engine_cache_dir`` (empty: ``$SAM3D_ENGINE_CACHE``, else
+``~/.cache/sam3d_ros/engines``).
 """
 
 from __future__ import annotations
@@ -45,11 +41,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_NAME: Final[str] = "manifest.json"
 MODEL_DIR_ENV: Final[str] = "SAM3D_MODEL_DIR"
-ORT_THREADS_ENV: Final[str] = "SAM3D_ORT_THREADS"
-ORT_CUDA_ENV: Final[str] = "SAM3D_ORT_CUDA"
-TRT_PRECISION_ENV: Final[str] = "SAM3D_TRT_PRECISION"
 ENGINE_CACHE_ENV: Final[str] = "SAM3D_ENGINE_CACHE"
-DEFAULT_ORT_THREADS: Final[int] = 2
 #: manifest["files"] keys of the ONNX model and the torch state dict.
 ONNX_KEY: Final[str] = "onnx"
 WEIGHTS_KEY: Final[str] = "torch_weights"
@@ -77,8 +69,11 @@ class NetworkOutputs:
     confidence: NDArray[np.float32]
 
 
-def model_dir() -> Path:
-    """``$SAM3D_MODEL_DIR`` or the package's ``models/`` directory."""
+def model_dir(configured: str = "") -> Path:
+    """``configured`` (the ``model_dir`` parameter) when set, else ``$SAM3D_MODEL_DIR``, else
+    the package's ``models/`` directory."""
+    if configured:
+        return Path(configured).expanduser()
     env = os.environ.get(MODEL_DIR_ENV)
     return Path(env) if env else share_dir() / "models"
 
@@ -199,7 +194,7 @@ class LearnedBackend(Backend):
 
     def __init__(self, config: PipelineConfig, directory: Path | None = None) -> None:
         super().__init__(config)
-        self.model_dir = Path(directory) if directory is not None else model_dir()
+        self.model_dir = Path(directory) if directory is not None else model_dir(config.model_dir)
         self.manifest = load_manifest(self.model_dir)
         self.last_layouts: list[tuple[NDArray[np.float64], NDArray[np.float64]] | None] = []
 
@@ -240,21 +235,3 @@ class LearnedBackend(Backend):
         files = self.manifest.get("files", {})
         sha = str(files.get(ONNX_KEY, {}).get("sha256", "?"))[:12]
         return f"geometry_layout onnx sha256 {sha}, trained {self.manifest.get('training', {}).get('finished_at', '?')}"
-
-
-def env_int(name: str, default: int) -> int:
-    """Integer environment variable ``name`` (``default`` when unset).
-
-    Raises:
-        BackendError: the value is not an integer >= 0.
-    """
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError as err:
-        raise BackendError(f"{name}={raw!r} is not an integer") from err
-    if value < 0:
-        raise BackendError(f"{name}={raw!r} must be >= 0")
-    return value

@@ -7,23 +7,13 @@ ONNX file is verified against the manifest's sha256 before the session is create
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
 from sam3d_ros.backends.base import BackendError
-from sam3d_ros.backends.learned import (
-    DEFAULT_ORT_THREADS,
-    ONNX_KEY,
-    ORT_CUDA_ENV,
-    ORT_THREADS_ENV,
-    LearnedBackend,
-    NetworkOutputs,
-    env_int,
-    verified_file,
-)
+from sam3d_ros.backends.learned import ONNX_KEY, LearnedBackend, NetworkOutputs, verified_file
 from sam3d_ros.core.config import PipelineConfig
 
 logger = logging.getLogger(__name__)
@@ -50,11 +40,9 @@ class OnnxRuntimeBackend(LearnedBackend):
         except ImportError as err:
             raise BackendError(f"onnxruntime is not installed: {err}") from err
         path = verified_file(self.model_dir, self.manifest, ONNX_KEY)
-        threads = (
-            env_int(ORT_THREADS_ENV, DEFAULT_ORT_THREADS) if intra_op_threads is None else intra_op_threads
-        )
+        threads = config.ort_threads if intra_op_threads is None else intra_op_threads
         if use_cuda is None:
-            use_cuda = os.environ.get(ORT_CUDA_ENV, "1") != "0"
+            use_cuda = config.ort_use_cuda
         available = ort.get_available_providers()
         providers = [_CPU_PROVIDER]
         if use_cuda and _CUDA_PROVIDER in available:

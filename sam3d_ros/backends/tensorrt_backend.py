@@ -24,7 +24,6 @@ from sam3d_ros.backends.engine_cache import EngineCache, EngineCacheError, Engin
 from sam3d_ros.backends.learned import (
     ENGINE_CACHE_ENV,
     ONNX_KEY,
-    TRT_PRECISION_ENV,
     LearnedBackend,
     NetworkOutputs,
     sha256_file,
@@ -43,8 +42,11 @@ MAX_BATCH_CAP: Final[int] = 64
 WORKSPACE_BYTES: Final[int] = 1 << 30
 
 
-def default_engine_dir() -> Path:
-    """``$SAM3D_ENGINE_CACHE`` or ``~/.cache/sam3d_ros/engines``."""
+def default_engine_dir(configured: str = "") -> Path:
+    """``configured`` (the ``engine_cache_dir`` parameter) when set, else
+    ``$SAM3D_ENGINE_CACHE``, else ``~/.cache/sam3d_ros/engines``."""
+    if configured:
+        return Path(configured).expanduser()
     env = os.environ.get(ENGINE_CACHE_ENV)
     return Path(env) if env else Path.home() / ".cache" / "sam3d_ros" / "engines"
 
@@ -129,7 +131,7 @@ class TensorRTBackend(LearnedBackend):
             raise BackendError(f"the tensorrt backend needs tensorrt and cuda-python: {err}") from err
         self._trt, self._cudart = trt, cudart
         onnx_path = verified_file(self.model_dir, self.manifest, ONNX_KEY)
-        precision = precision or os.environ.get(TRT_PRECISION_ENV, "fp16")
+        precision = precision or config.trt_precision
         props = _cuda_check(cudart.cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
         gpu = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
         gpu = f"{gpu.strip(chr(0))} sm_{props.major}{props.minor}"
@@ -142,7 +144,7 @@ class TensorRTBackend(LearnedBackend):
                 precision=precision,
                 input_profile=input_profile(self.max_batch),
             )
-            self.cache = EngineCache(engine_dir or default_engine_dir(), build_engine)
+            self.cache = EngineCache(engine_dir or default_engine_dir(config.engine_cache_dir), build_engine)
             data = self.cache.load_or_build(onnx_path, self.key)
             runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
             engine = runtime.deserialize_cuda_engine(data)

@@ -44,6 +44,46 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "Reconstruction backend (see sam3d_ros.backends.registry).",
         read_only=True,
     ),
+    ParamSpec(
+        "model_dir",
+        str,
+        "",
+        "Network backends: directory with manifest.json and the model files "
+        "(empty: $SAM3D_MODEL_DIR, else the package's models/).",
+        read_only=True,
+    ),
+    ParamSpec(
+        "ort_threads",
+        int,
+        2,
+        "onnxruntime backend: intra-op CPU threads (0: ONNX Runtime's default).",
+        min=0,
+        max=256,
+        read_only=True,
+    ),
+    ParamSpec(
+        "ort_use_cuda",
+        bool,
+        True,
+        "onnxruntime backend: use the CUDA execution provider when it is available.",
+        read_only=True,
+    ),
+    ParamSpec(
+        "trt_precision",
+        str,
+        "fp16",
+        "tensorrt backend: engine precision.",
+        choices=("fp16", "fp32"),
+        read_only=True,
+    ),
+    ParamSpec(
+        "engine_cache_dir",
+        str,
+        "",
+        "tensorrt backend: engine and timing cache directory "
+        "(empty: $SAM3D_ENGINE_CACHE, else ~/.cache/sam3d_ros/engines).",
+        read_only=True,
+    ),
     # --- topics (the node subscribes to these; remap as usual) ---------------------------
     ParamSpec("rgb_topic", str, C.DEFAULT_RGB_TOPIC, "Colour image topic.", read_only=True),
     ParamSpec("depth_topic", str, C.DEFAULT_DEPTH_TOPIC, "Depth aligned to colour.", read_only=True),
@@ -126,6 +166,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         max=2.0,
     ),
     ParamSpec("occupancy_threshold", float, 0.5, "Iso-level of the occupancy surface.", min=0.05, max=0.95),
+    ParamSpec(
+        "output_mesh_max_triangles",
+        int,
+        4000,
+        "Published object meshes are decimated to at most this many triangles (0: no limit).",
+        min=0,
+        max=10_000_000,
+    ),
     # --- collision shapes ------------------------------------------------------------------
     ParamSpec(
         "collision_shapes",
@@ -294,6 +342,11 @@ class PipelineConfig:
     """Frozen parameter values (see :data:`PARAMETERS` for meanings and units)."""
 
     backend: str
+    model_dir: str
+    ort_threads: int
+    ort_use_cuda: bool
+    trt_precision: str
+    engine_cache_dir: str
     rgb_topic: str
     depth_topic: str
     info_topic: str
@@ -315,6 +368,7 @@ class PipelineConfig:
     use_symmetry: bool
     max_completion_depth: float
     occupancy_threshold: float
+    output_mesh_max_triangles: int
     collision_shapes: str
     decomposition_method: str
     decomposition_max_parts: int

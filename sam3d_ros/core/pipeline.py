@@ -303,6 +303,9 @@ class FramePipeline:
                 track.volume = None
         if mesh_cam is None:
             mesh_cam = mesh_from_voxels(shape, cfg.occupancy_threshold)
+        if 0 < cfg.output_mesh_max_triangles < len(mesh_cam.faces):
+            # quadric decimation: message building, hulls and fits scale with the faces
+            mesh_cam = simplify_mesh(mesh_cam, cfg.output_mesh_max_triangles)
         camera_T_object, extents = estimate_object_frame(mesh_cam.vertices, scene.plane)
         object_T_camera = invert_transform(camera_T_object)
         mesh_obj = TriangleMesh(

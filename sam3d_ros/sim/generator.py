@@ -258,7 +258,7 @@ def _usable_mesh(ref: str) -> bool:
         ms.load_source(ref)
     except ms.MeshSourceError as err:
         _BROKEN_MESHES.add(ref)
-        logger.warning("skipping unusable mesh %s: %s", ref, err)
+        logger.warning("skipping an unusable mesh (redrawn): %s", err)
         return False
     return True
 

@@ -155,7 +155,8 @@ def replay_bag(
     topics = topics or InputTopics()
     out_dir.mkdir(parents=True, exist_ok=True)
     backend = backend or create_backend(config)
-    pipeline = FramePipeline(config, backend)
+    # offline: decompositions run inline so every frame carries its parts deterministically
+    pipeline = FramePipeline(config, backend, synchronous_decomposition=True)
     observers = list(observers or [])
     skipped_frames: Counter[str] = Counter()
     skipped_objects: Counter[str] = Counter()
