@@ -159,3 +159,16 @@ def test_cli_generate_and_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert doc["methods"]["ground_truth"]["buckets"]["all"]["mean"]["fscore_5mm"] == 1.0
     assert cli_main(["eval", str(ds), "--baselines", "bogus"]) == 2
     assert cli_main(["eval", str(tmp_path / "missing")]) == 2
+
+
+def test_parallel_evaluation_scores_the_same_objects(tiny: Path, reports: dict) -> None:
+    from sam3d_ros.tools.eval import evaluate_parallel
+
+    par = evaluate_parallel(tiny, ["extruded_hull", "backend:geometric"], default_config(), 2, **FAST)
+    for name in ("extruded_hull", "geometric"):
+        serial = sorted((m.instance_id, m.chamfer_l1_mm) for m in reports[name].objects)
+        merged = sorted((m.instance_id, m.chamfer_l1_mm) for m in par[name].objects)
+        assert [i for i, _ in merged] == [i for i, _ in serial]
+        # two frames, one per worker: each object scored exactly as in the serial run
+        np.testing.assert_allclose([c for _, c in merged], [c for _, c in serial], rtol=1e-9, atol=1e-9)
+        assert par[name].predicted == reports[name].predicted

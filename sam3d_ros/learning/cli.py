@@ -86,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
         gate = args.gate_dataset
         if gate is None and args.source.startswith("dataset:"):
             gate = Path(args.source.split(":", 1)[1]).expanduser() / "val"
-        return export_and_evaluate(run_dir, args.export_dir, record, args.eval_frames, args.seed, gate)
+        return export_and_evaluate(
+            run_dir, args.export_dir, record, args.eval_frames, args.seed, gate, args.data_workers
+        )
     return 0
 
 
@@ -97,6 +99,7 @@ def export_and_evaluate(
     eval_frames: int,
     seed: int,
     gate_dataset: Path | None = None,
+    workers: int = 1,
 ) -> int:
     """Export ``run_dir/final.pt`` into ``export_dir``, then evaluate it and store the metrics
     and the quality gate in the manifest: on ``gate_dataset`` (a generated dataset) against
@@ -113,7 +116,7 @@ def export_and_evaluate(
     )  # end of the one-cycle schedule (or where the budget stopped it)
     manifest = export_model(model, export_dir, record)
     if gate_dataset is not None:
-        result = gate_on_dataset(export_dir, gate_dataset, eval_frames or None)
+        result = gate_on_dataset(export_dir, gate_dataset, eval_frames or None, workers)
         manifest["validation"] = result
         write_manifest(export_dir, manifest)
         print(json.dumps({k: result[k] for k in ("quality_gate", "versus_geometric")}, indent=1))
@@ -138,7 +141,7 @@ def export_and_evaluate(
 GATE_METRICS = ("chamfer_l1_mm", "fscore_5mm", "fscore_10mm", "volume_iou", "centre_error_mm")
 
 
-def gate_on_dataset(model_dir: Path, dataset_dir: Path, max_frames: int | None) -> dict:
+def gate_on_dataset(model_dir: Path, dataset_dir: Path, max_frames: int | None, workers: int = 1) -> dict:
     """Score the exported model (onnxruntime), the geometric backend and the extruded-hull
     baseline on a generated dataset with ``sam3d-ros eval``'s code; the quality gate is the
     issue's (better than the extruded hull in mean Chamfer and F@10 in both visible-fraction
@@ -148,18 +151,14 @@ def gate_on_dataset(model_dir: Path, dataset_dir: Path, max_frames: int | None) 
     from sam3d_ros.core.config import default_config
     from sam3d_ros.learning.evaluate import quality_gate
     from sam3d_ros.sim.dataset import load_dataset
-    from sam3d_ros.tools.eval import BackendMethod, ExtrudedHullMethod, Method, evaluate
+    from sam3d_ros.tools.eval import evaluate_parallel
 
     logging.getLogger("sam3d_ros.core.metrics").setLevel(logging.ERROR)
     cfg = default_config().replace(model_dir=str(model_dir))
     ds = load_dataset(dataset_dir)
-    methods: list[Method] = [
-        ExtrudedHullMethod(),
-        BackendMethod("geometric", cfg),
-        BackendMethod("onnxruntime", cfg),
-    ]
+    specs = ["extruded_hull", "backend:geometric", "backend:onnxruntime"]
     t0 = time.perf_counter()
-    reports = evaluate(ds, methods, max_frames=max_frames, config=cfg)
+    reports = evaluate_parallel(dataset_dir, specs, cfg, workers, max_frames=max_frames)
     frames = len(ds.frames) if max_frames is None else min(max_frames, len(ds.frames))
     metrics = {
         name: {
@@ -170,7 +169,7 @@ def gate_on_dataset(model_dir: Path, dataset_dir: Path, max_frames: int | None) 
     }
     result: dict = {
         "command": f"sam3d-ros eval {dataset_dir} --max-frames {frames} --backend geometric "
-        "--backend onnxruntime --baselines extruded_hull",
+        f"--backend onnxruntime --baselines extruded_hull --workers {workers} --params <model_dir={model_dir}>",
         "dataset": str(dataset_dir),
         "split": ds.split,
         "frames": frames,

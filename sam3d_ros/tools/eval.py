@@ -258,14 +258,19 @@ def evaluate(
     n_samples: int = EVAL_SAMPLES,
     iou_resolution: int = EVAL_IOU_RESOLUTION,
     min_visible_pixels: int | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, MethodReport]:
     """Score every method on the dataset's frames (optionally only frames of ``split``,
-    at most ``max_frames``). ``min_visible_pixels`` defaults to ``config.min_mask_pixels``."""
+    at most ``max_frames``; with ``shard = (k, n)`` only every n-th of those, from the k-th).
+    ``min_visible_pixels`` defaults to ``config.min_mask_pixels``."""
     cfg = config or default_config()
     min_px = cfg.min_mask_pixels if min_visible_pixels is None else int(min_visible_pixels)
     frames = [f for f in dataset.frames if not split or f.extra.get("split", split) == split]
     if max_frames is not None:
         frames = frames[: max(int(max_frames), 0)]
+    if shard is not None:
+        k, n = shard
+        frames = frames[k::n]
     if not frames:
         raise EvalError(f"no frames to evaluate in {dataset.root} (split {split!r})")
     reports = {m.name: MethodReport(m.name) for m in methods}
@@ -311,6 +316,71 @@ def evaluate(
             rep.score_s += time.perf_counter() - t1
         logger.info("frame %d/%d evaluated", fi + 1, len(frames))
     return reports
+
+
+def make_methods(specs: Sequence[str], config: PipelineConfig) -> list[Method]:
+    """Methods from names: a baseline of :data:`BASELINES` or ``backend:<name>``.
+
+    Raises:
+        EvalError: an unknown baseline name.
+    """
+    methods: list[Method] = []
+    for spec in specs:
+        if spec.startswith("backend:"):
+            methods.append(BackendMethod(spec.split(":", 1)[1], config))
+        elif spec in BASELINES:
+            methods.append(BASELINES[spec]())
+        else:
+            raise EvalError(f"unknown baseline {spec!r}; expected one of {sorted(BASELINES)}")
+    return methods
+
+
+def _check_specs(specs: Sequence[str]) -> None:
+    """Raise :class:`EvalError` for an unknown baseline or backend name (creates nothing)."""
+    from sam3d_ros.backends.registry import available_backends
+
+    for spec in specs:
+        name = spec.split(":", 1)[1] if spec.startswith("backend:") else spec
+        valid = available_backends() if spec.startswith("backend:") else sorted(BASELINES)
+        if name not in valid:
+            raise EvalError(
+                f"unknown {'backend' if spec.startswith('backend:') else 'baseline'} {name!r}; valid: {valid}"
+            )
+
+
+def _evaluate_shard(
+    job: tuple[Path, tuple[str, ...], PipelineConfig, dict[str, Any], int, int],
+) -> dict[str, MethodReport]:
+    from sam3d_ros.sim.dataset import load_dataset
+
+    root, specs, config, kwargs, k, n = job
+    return evaluate(load_dataset(root), make_methods(specs, config), config=config, shard=(k, n), **kwargs)
+
+
+def evaluate_parallel(
+    root: Path, specs: Sequence[str], config: PipelineConfig, workers: int, **kwargs: Any
+) -> dict[str, MethodReport]:
+    """:func:`evaluate` of the methods ``specs`` (see :func:`make_methods`) on the dataset at
+    ``root`` in ``workers`` processes, each building its own methods and scoring every
+    ``workers``-th frame; the merged reports hold the same objects as a serial run (in
+    another order, so means and medians are equal)."""
+    import multiprocessing
+
+    jobs = [(Path(root), tuple(specs), config, kwargs, k, workers) for k in range(workers)]
+    if workers <= 1:
+        parts = [_evaluate_shard(jobs[0])]
+    else:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_evaluate_shard, jobs)
+    merged: dict[str, MethodReport] = {}
+    for part in parts:
+        for name, rep in part.items():
+            m = merged.setdefault(name, MethodReport(name))
+            m.objects.extend(rep.objects)
+            m.predicted += rep.predicted
+            m.predict_s += rep.predict_s
+            m.score_s += rep.score_s
+    return merged
 
 
 # --------------------------------------------------------------------------- output
@@ -400,6 +470,9 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--params", type=Path, default=None, help="ROS params YAML for the pipeline")
     p.add_argument("--samples", type=int, default=EVAL_SAMPLES, help="surface samples per mesh")
     p.add_argument("--iou-resolution", type=int, default=EVAL_IOU_RESOLUTION, help="IoU voxels per side")
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes, each scoring every N-th frame (not with --results)"
+    )
 
 
 def run(args: Any) -> int:
@@ -416,31 +489,32 @@ def run(args: Any) -> int:
     try:
         config = config_from_params_file(args.params or default_params_file())
         dataset = load_dataset(args.dataset)
-        methods: list[Method] = []
         default_baselines = "none" if args.results else ",".join(BASELINES)
-        for name in (args.baselines or default_baselines).split(","):
-            name = name.strip()
-            if not name or name == "none":
-                continue
-            if name not in BASELINES:
-                raise EvalError(f"unknown baseline {name!r}; expected one of {sorted(BASELINES)}")
-            methods.append(BASELINES[name]())
-        for backend in args.backend or ([] if args.results else ["geometric"]):
-            methods.append(BackendMethod(backend, config))
-        if args.results is not None:
-            methods.append(ResultsMethod(args.results))
-        if not methods:
+        specs = [
+            n.strip()
+            for n in (args.baselines or default_baselines).split(",")
+            if n.strip() not in ("", "none")
+        ]
+        specs += [f"backend:{b}" for b in args.backend or ([] if args.results else ["geometric"])]
+        if not specs and args.results is None:
             raise EvalError("nothing to evaluate (no baseline, backend or --results)")
+        if args.workers < 1:
+            raise EvalError(f"--workers must be >= 1, got {args.workers}")
+        options: dict[str, Any] = {
+            "split": args.split,
+            "max_frames": args.max_frames,
+            "n_samples": args.samples,
+            "iou_resolution": args.iou_resolution,
+        }
         t0 = time.perf_counter()
-        reports = evaluate(
-            dataset,
-            methods,
-            split=args.split,
-            max_frames=args.max_frames,
-            config=config,
-            n_samples=args.samples,
-            iou_resolution=args.iou_resolution,
-        )
+        if args.workers > 1 and args.results is None:
+            _check_specs(specs)  # fail early; backends are only created in the workers
+            reports = evaluate_parallel(args.dataset, specs, config, args.workers, **options)
+        else:
+            methods = make_methods(specs, config)
+            if args.results is not None:
+                methods.append(ResultsMethod(args.results))
+            reports = evaluate(dataset, methods, config=config, **options)
         wall = time.perf_counter() - t0
     except (EvalError, DatasetError, BackendError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
