@@ -35,6 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-minutes", type=float, default=25.0, help="stop after this wall time (resume later)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--data-workers", type=int, default=1, help="processes that build the cached datasets")
+    p.add_argument(
+        "--low-visibility-repeat",
+        type=int,
+        default=1,
+        help="objects less than 60%% visible appear this many times per epoch",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint.pt")
     p.add_argument("--export-dir", type=Path, default=None, help="write the ONNX, weights and manifest here")
@@ -75,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         threads=args.threads,
         data_workers=args.data_workers,
+        low_visibility_repeat=args.low_visibility_repeat,
     )
     try:
         record = train(cfg, run_dir, cache, resume=not args.no_resume)
