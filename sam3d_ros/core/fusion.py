@@ -242,26 +242,3 @@ class TrackVolume:
         idx, ok = self._index(p)
         out[ok] = seen[idx[ok, 0], idx[ok, 1], idx[ok, 2]]
         return out
-
-
-def observed_in_frame(
-    vertices_camera: NDArray[np.floating], frame: RGBDFrame, mask: NDArray[np.bool_]
-) -> NDArray[np.bool_]:
-    """(V,) bool: a camera-frame vertex projects into ``mask`` and agrees with the measured
-    depth there within ``VISIBILITY_DEPTH_TOL`` (single-frame "observed")."""
-    v = np.asarray(vertices_camera, dtype=np.float64).reshape(-1, 3)
-    depth = np.asarray(frame.depth)
-    m = np.asarray(mask, dtype=bool)
-    if m.shape != depth.shape or len(v) == 0:
-        return np.zeros(len(v), dtype=bool)
-    u, vv, z = frame.camera.project(v)
-    h, w = depth.shape
-    with np.errstate(invalid="ignore"):
-        ui = np.floor(u + 0.5)
-        vi = np.floor(vv + 0.5)
-        inside = (z > 0) & (ui >= 0) & (ui < w) & (vi >= 0) & (vi < h)
-    uu = np.where(inside, ui, 0).astype(np.intp)
-    vv2 = np.where(inside, vi, 0).astype(np.intp)
-    d = depth[vv2, uu].astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        return np.asarray(inside & m[vv2, uu] & (np.abs(d - z) <= C.VISIBILITY_DEPTH_TOL), dtype=bool)

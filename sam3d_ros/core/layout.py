@@ -125,15 +125,28 @@ def visible_fraction(mesh_camera: TriangleMesh, frame: RGBDFrame, mask: NDArray[
     total = float(areas.sum())
     if not np.isfinite(total) or total <= 0.0:
         return 0.0
-    u, v, z = frame.camera.project(cents)
+    seen = observed_in_frame(cents, frame, m)
+    return float(np.clip(areas[seen].sum() / total, 0.0, 1.0))
+
+
+def observed_in_frame(
+    vertices_camera: NDArray[np.floating], frame: RGBDFrame, mask: NDArray[np.bool_]
+) -> NDArray[np.bool_]:
+    """(V,) bool: a camera-frame vertex projects into ``mask`` and agrees with the measured
+    depth there within ``VISIBILITY_DEPTH_TOL`` (single-frame "observed")."""
+    v = np.asarray(vertices_camera, dtype=np.float64).reshape(-1, 3)
+    depth = np.asarray(frame.depth)
+    m = np.asarray(mask, dtype=bool)
+    if m.shape != depth.shape or len(v) == 0:
+        return np.zeros(len(v), dtype=bool)
+    u, vv, z = frame.camera.project(v)
     h, w = depth.shape
     with np.errstate(invalid="ignore"):
         ui = np.floor(u + 0.5)
-        vi = np.floor(v + 0.5)
+        vi = np.floor(vv + 0.5)
         inside = (z > 0) & (ui >= 0) & (ui < w) & (vi >= 0) & (vi < h)
     uu = np.where(inside, ui, 0).astype(np.intp)
-    vv = np.where(inside, vi, 0).astype(np.intp)
-    d = depth[vv, uu].astype(np.float64)
+    vv2 = np.where(inside, vi, 0).astype(np.intp)
+    d = depth[vv2, uu].astype(np.float64)
     with np.errstate(invalid="ignore"):
-        seen = inside & m[vv, uu] & (np.abs(d - z) <= C.VISIBILITY_DEPTH_TOL)
-    return float(np.clip(areas[seen].sum() / total, 0.0, 1.0))
+        return np.asarray(inside & m[vv2, uu] & (np.abs(d - z) <= C.VISIBILITY_DEPTH_TOL), dtype=bool)

@@ -42,8 +42,8 @@ from sam3d_ros.core.decomposition import (
     decompose,
 )
 from sam3d_ros.core.frames import Pose, invert_transform, matrix_from_quaternion, transform_points
-from sam3d_ros.core.fusion import FusionError, TrackVolume, observed_in_frame, shape_points
-from sam3d_ros.core.layout import estimate_object_frame, visible_fraction
+from sam3d_ros.core.fusion import FusionError, TrackVolume, shape_points
+from sam3d_ros.core.layout import estimate_object_frame, observed_in_frame, visible_fraction
 from sam3d_ros.core.meshing import mesh_from_voxels, mesh_volume
 from sam3d_ros.core.observation import extract_observations
 from sam3d_ros.core.support_plane import estimate_support_plane
