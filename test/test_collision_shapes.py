@@ -118,3 +118,22 @@ def test_pipeline_collision_selection_and_padding() -> None:
     assert obj.result.collision.convex_parts[0] is col.hull
     with pytest.raises(Exception, match="collision_shapes"):
         config(collision_shapes="hull,blob")
+
+
+def test_output_mesh_decimated_to_budget() -> None:
+    full_cfg = config(output_mesh_max_triangles=0)
+    full = FramePipeline(full_cfg, create_backend(full_cfg)).process_scene(frame([box(1, 0.0, 0.0)], 0))
+    (f_obj,) = full.objects
+    budget = len(f_obj.result.mesh.faces) // 4
+    assert budget >= 100
+    cfg = config(output_mesh_max_triangles=budget)
+    small = FramePipeline(cfg, create_backend(cfg)).process_scene(frame([box(1, 0.0, 0.0)], 0))
+    (s_obj,) = small.objects
+    mesh = s_obj.result.mesh
+    assert 0 < len(mesh.faces) <= budget
+    assert is_watertight(mesh)
+    # the decimated surface stays on the full one (quadric decimation of a smooth iso-surface)
+    lo_f, hi_f = f_obj.result.mesh.vertices.min(axis=0), f_obj.result.mesh.vertices.max(axis=0)
+    lo_s, hi_s = mesh.vertices.min(axis=0), mesh.vertices.max(axis=0)
+    assert np.abs(lo_f - lo_s).max() < 0.003 and np.abs(hi_f - hi_s).max() < 0.003
+    assert abs(mesh_volume(mesh) / mesh_volume(f_obj.result.mesh) - 1.0) < 0.03
