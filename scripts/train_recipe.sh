@@ -18,5 +18,5 @@ cd "$ROOT"
 [ -f "$GEN/val/dataset.json" ] || sam3d-ros generate "$GEN/val" --frames 300 --seed 0 --split val \
   --workers "$WORKERS" --resume
 sam3d-ros train --source "dataset:$GEN" --cache-dir "$CACHE" --run-dir "$CACHE/runs/geometry_layout_gen" \
-  --train-frames 2400 --val-frames 300 --epochs 18 --max-minutes 150 --threads 2 --low-visibility-repeat 3 \
+  --train-frames 2400 --val-frames 300 --epochs 14 --max-minutes 150 --threads 2 --low-visibility-repeat 3 \
   --data-workers "$WORKERS" --seed 0 --export-dir models --eval-frames 0
