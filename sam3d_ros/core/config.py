@@ -299,7 +299,24 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "camera_to_planning_transform",
         str,
         "0 0 0 0 0 0 1",
-        "Pose of the camera optical frame in planning_frame: 'x y z qx qy qz qw' (m).",
+        "Static pose of the camera optical frame in planning_frame: 'x y z qx qy qz qw' (m); "
+        "used when tf2 is not (use_tf false or tf2_ros not importable).",
+    ),
+    ParamSpec(
+        "use_tf",
+        bool,
+        True,
+        "Look up planning_frame <- image frame_id in tf2 at each image stamp when tf2_ros is "
+        "importable (frames without a transform are skipped, never posed with the static one).",
+        read_only=True,
+    ),
+    ParamSpec(
+        "tf_timeout",
+        float,
+        0.05,
+        "Longest wait for the tf2 transform of a frame (s); then the frame is skipped (tf_unavailable).",
+        min=0.0,
+        max=5.0,
     ),
     # --- MoveIt ------------------------------------------------------------------------------
     ParamSpec(
@@ -387,6 +404,8 @@ class PipelineConfig:
     fusion_enabled: bool
     planning_frame: str
     camera_to_planning_transform: str
+    use_tf: bool
+    tf_timeout: float
     moveit_enabled: bool
     moveit_mode: str
     moveit_id_prefix: str

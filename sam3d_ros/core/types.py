@@ -207,6 +207,7 @@ class SkipReason(str, Enum):
     DUPLICATE_STAMP = "duplicate_stamp"
     SUPERSEDED = "superseded"
     SYNC_UNMATCHED = "sync_unmatched"
+    TF_UNAVAILABLE = "tf_unavailable"
     INTERNAL_ERROR = "internal_error"
     # object level
     TOO_FEW_MASK_PIXELS = "too_few_mask_pixels"

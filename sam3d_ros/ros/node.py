@@ -1,6 +1,7 @@
 """``sam3d_node``: the lifecycle node.
 
-configure: parameters -> frozen config, backend, publishers, ~/reset, diagnostics.
+configure: parameters -> frozen config, backend, publishers, ~/reset, diagnostics, the
+camera -> planning-frame transform source (tf2 when importable, see :mod:`sam3d_ros.ros.tf`).
 activate: subscriptions (sensor-data QoS) and the synchroniser; frames go to a background
 worker where the latest frame wins. deactivate/cleanup undo those steps.
 
@@ -45,6 +46,7 @@ from sam3d_ros.ros.conversions import frame_from_messages, header_stamp_ns
 from sam3d_ros.ros.moveit import PlanningSceneSync
 from sam3d_ros.ros.params import declare_parameters, load_config, parameter_values
 from sam3d_ros.ros.sync import ApproximateTimeSync, StampGate
+from sam3d_ros.ros.tf import PlanningFrameSource
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +100,7 @@ class Sam3dNode(LifecycleNode):
         self._gate = StampGate(TIME_JUMP_RESET_S)
         self._published_ids: set[int] = set()
         self._moveit: PlanningSceneSync | None = None
+        self._planning_frames: PlanningFrameSource | None = None
         self._reset_pending = threading.Event()
         self._last_frame_id = ""
         self._skip_log_times: dict[str, float] = {}
@@ -129,6 +132,7 @@ class Sam3dNode(LifecycleNode):
             "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", reliable),
         }
         self._reset_srv = self.create_service(Trigger, "~/reset", self._on_reset)
+        self._planning_frames = PlanningFrameSource(self, config)
         if config.moveit_enabled:
             self._moveit = PlanningSceneSync(self, config)
         self._diag_timer = self.create_timer(config.diagnostics_period, self.publish_diagnostics)
@@ -190,6 +194,9 @@ class Sam3dNode(LifecycleNode):
         if self._moveit is not None:
             self._moveit.close()
             self._moveit = None
+        if self._planning_frames is not None:
+            self._planning_frames.close()
+            self._planning_frames = None
         if self._pipeline is not None:
             self._pipeline.close()
         if self._backend is not None:
@@ -239,9 +246,11 @@ class Sam3dNode(LifecycleNode):
         if reason is not None:
             self._skip_frame(reason, detail)
             return
-        if detail:  # the source restarted: forget tracks and markers
+        if detail:  # the source restarted: forget tracks, markers and buffered transforms
             self.get_logger().warning(f"input {detail}")
             self._reset_tracks()
+            if self._planning_frames is not None:
+                self._planning_frames.clear()
         self.stats.frame_in()
         self._worker.submit(_FrameJob(rgb, depth, mask, self._camera_info, time.monotonic()))
 
@@ -261,7 +270,9 @@ class Sam3dNode(LifecycleNode):
 
     # ------------------------------------------------------------------ worker thread
     def _process_job(self, job: _FrameJob) -> None:
-        pipeline, cfg = self._pipeline, self._config
+        """Worker thread: decode, look up the camera pose in the planning frame (may wait up
+        to ``tf_timeout``), reconstruct, publish."""
+        pipeline, cfg, planning_frames = self._pipeline, self._config, self._planning_frames
         if pipeline is None or cfg is None or not self._active:
             return
         if self._reset_pending.is_set():  # ~/reset: forget tracks on this thread
@@ -269,7 +280,14 @@ class Sam3dNode(LifecycleNode):
             pipeline.reset()
         try:
             frame = frame_from_messages(job.rgb, job.depth, job.info, job.mask, cfg)
-            update = pipeline.process_scene(frame)
+            # tf2 when in use (a failed lookup raises TfUnavailableError, an InputError: the
+            # frame is skipped as tf_unavailable); None: the static camera_to_planning_transform
+            fixed_T_camera = (
+                planning_frames.fixed_T_camera(cfg, frame.frame_id, frame.stamp_ns)
+                if planning_frames is not None
+                else None
+            )
+            update = pipeline.process_scene(frame, fixed_T_camera)
             result = update.result
         except InputError as err:
             self._skip_frame(err.reason, err.detail)
