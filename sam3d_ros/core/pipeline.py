@@ -58,6 +58,7 @@ from sam3d_ros.core.tracking import (
 from sam3d_ros.core.types import (
     CollisionPrimitive,
     FrameResult,
+    InputError,
     ObjectObservation,
     ObjectResult,
     RGBDFrame,
@@ -142,13 +143,17 @@ class FramePipeline:
         """Reconstruct and track all objects of ``frame``.
 
         Objects that cannot be reconstructed are listed in ``FrameResult.skipped`` with
-        their reason; this method only raises for programming errors.
+        their reason.
 
         Args:
             frame: the input frame.
             fixed_T_camera: 4x4 pose of the camera in the fixed (planning) frame for this
                 frame (e.g. from tf or ground truth); default: the static
                 ``camera_to_planning_transform``.
+
+        Raises:
+            InputError: ``fixed_T_camera`` is not a finite 4x4 matrix (reason
+                ``tf_unavailable``; the frame is skipped, nothing falls back silently).
         """
         cfg = self.config
         self.tracker.max_distance = cfg.track_max_distance
@@ -156,8 +161,11 @@ class FramePipeline:
         self.tracker.use_labels = cfg.track_use_labels
         f_T_c = self.default_fixed_T_camera() if fixed_T_camera is None else np.asarray(fixed_T_camera, float)
         if f_T_c.shape != (4, 4) or not np.all(np.isfinite(f_T_c)):
-            logger.warning("ignoring invalid fixed_T_camera %r; using the static transform", f_T_c)
-            f_T_c = self.default_fixed_T_camera()
+            # never fall back to another transform: a wrong pose in the planning scene is
+            # worse than a skipped frame
+            raise InputError(
+                SkipReason.TF_UNAVAILABLE, f"fixed_T_camera is not a finite 4x4 matrix: {f_T_c!r}"
+            )
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
 

@@ -181,6 +181,14 @@ class Sam3dNode(LifecycleNode):
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
 
+    def destroy_node(self) -> None:
+        """Stop the reconstruction worker (after its running frame) before the node's
+        handles go away, so it never publishes through a destroyed publisher."""
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        super().destroy_node()
+
     def _teardown(self) -> None:
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
