@@ -40,8 +40,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "backend",
         str,
-        "geometric",
-        "Reconstruction backend (see sam3d_ros.backends.registry).",
+        "auto",
+        "Reconstruction backend: auto (tensorrt with an NVIDIA GPU and TensorRT, else "
+        "onnxruntime, else geometric), tensorrt, onnxruntime, torch (reference) or geometric "
+        "(non-learned); see sam3d_ros.backends.registry.",
         read_only=True,
     ),
     ParamSpec(
