@@ -95,7 +95,7 @@ def test_eval_of_replay_results(tiny: Path, tmp_path: Path) -> None:
 
     bag = export_bag(load_dataset(tiny), tmp_path / "bag", "mcap")
     out = tmp_path / "replay"
-    replay_bag(bag, out, default_config(), progress=False)
+    replay_bag(bag, out, default_config().replace(backend="geometric"), progress=False)
     ds = load_dataset(bag)
     results = ResultsMethod(out / "results.jsonl")
     direct = evaluate(ds, [results, BackendMethod("geometric")], **FAST)
