@@ -34,6 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--max-minutes", type=float, default=25.0, help="stop after this wall time (resume later)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument(
+        "--stop-after-epochs",
+        type=int,
+        default=0,
+        help="stop after N epochs of the --epochs schedule (0: all; rerun without it to continue)",
+    )
     p.add_argument("--data-workers", type=int, default=1, help="processes that build the cached datasets")
     p.add_argument(
         "--low-visibility-repeat",
@@ -82,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         data_workers=args.data_workers,
         low_visibility_repeat=args.low_visibility_repeat,
+        stop_after_epochs=args.stop_after_epochs,
     )
     try:
         record = train(cfg, run_dir, cache, resume=not args.no_resume)

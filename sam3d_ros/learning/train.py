@@ -69,6 +69,9 @@ class TrainConfig:
     #: objects less than VISIBLE_FRACTION_SPLIT visible appear this many times per epoch
     #: (they are rare in tabletop scenes but form one of the two gate buckets)
     low_visibility_repeat: int = 1
+    #: stop after this many epochs of the ``epochs``-long schedule (0: run it all); the
+    #: schedule is unchanged, so a later call without it resumes where this one stopped
+    stop_after_epochs: int = 0
     max_minutes: float = 25.0
     threads: int = 1
     data_workers: int = 1
@@ -76,7 +79,7 @@ class TrainConfig:
 
 
 #: TrainConfig fields that may change between a run and its resumption.
-_RESUMABLE_CHANGES = ("max_minutes", "threads", "data_workers")
+_RESUMABLE_CHANGES = ("max_minutes", "threads", "data_workers", "stop_after_epochs")
 
 
 def _recipe(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -320,7 +323,8 @@ def train(
     t_train = time.time()
     stopped_early = False
     deadline = t_start + cfg.max_minutes * 60.0
-    for epoch in range(epoch0, cfg.epochs):
+    last_epoch = min(cfg.epochs, cfg.stop_after_epochs) if cfg.stop_after_epochs > 0 else cfg.epochs
+    for epoch in range(epoch0, last_epoch):
         model.train()
         perm = epoch_index[np.random.default_rng(cfg.seed * 1000 + epoch).permutation(len(epoch_index))]
         sums: dict[str, float] = {}
@@ -413,6 +417,7 @@ def train(
         "epochs_done": len(history),
         "stopped_by_time_budget": stopped_early,
         "complete": not stopped_early and len(history) >= cfg.epochs,
+        "stopped_after_epochs": cfg.stop_after_epochs if 0 < cfg.stop_after_epochs < cfg.epochs else None,
         "data_s": round(data_s, 1),
         "train_s": round(prior_train_s + time.time() - t_train, 1),
         "wall_s_this_call": round(time.time() - t_start, 1),
