@@ -171,7 +171,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "output_mesh_max_triangles",
         int,
-        4000,
+        1000,
         "Published object meshes are decimated to at most this many triangles (0: no limit).",
         min=0,
         max=10_000_000,
