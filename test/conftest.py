@@ -7,7 +7,11 @@ subprocesses the tests start).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,3 +22,31 @@ os.environ["ROS_DOMAIN_ID"] = os.environ.get("SAM3D_TEST_DOMAIN_ID", str(150 + o
 os.environ.setdefault("ROS_LOG_DIR", str(ROOT / "build" / "ros_log" / "tests"))
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 Path(os.environ["ROS_LOG_DIR"]).mkdir(parents=True, exist_ok=True)
+
+
+@pytest.fixture
+def harness() -> Iterator[Any]:
+    """A started :class:`ros_helpers.Harness` (own rclpy Context and executor), closed after
+    the test (rclpy is imported only by tests that use it)."""
+    from ros_helpers import Harness
+
+    h = Harness()
+    h.start()
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="session")
+def mm() -> Any:
+    """The ``moveit_msgs.msg`` stand-in built from test/moveit_msgs_stub (once per source
+    change); tests that need it are skipped when it cannot be built."""
+    from moveit_stub import StubUnavailableError, activate_stub, build_stub
+
+    try:
+        install = build_stub()
+    except StubUnavailableError as err:
+        pytest.skip(f"cannot build the moveit_msgs stand-in: {err}")
+    activate_stub(install)
+    import moveit_msgs.msg
+
+    return moveit_msgs.msg

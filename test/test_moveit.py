@@ -4,12 +4,10 @@ moveit_msgs-compatible stand-in built here (test/moveit_msgs_stub/, see moveit_s
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from moveit_stub import StubUnavailableError, activate_stub, build_stub
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_helpers import Harness, frame_msgs, publish_frame, unique_ns, wait_for
@@ -21,27 +19,6 @@ from sam3d_ros.ros import moveit as moveit_mod
 from sam3d_ros.ros.node import Sam3dNode
 
 pytestmark = pytest.mark.ros
-
-
-@pytest.fixture(scope="session")
-def mm() -> Any:
-    """The stand-in ``moveit_msgs.msg`` module (built once per source change)."""
-    try:
-        install = build_stub()
-    except StubUnavailableError as err:
-        pytest.skip(f"cannot build the moveit_msgs stand-in: {err}")
-    activate_stub(install)
-    import moveit_msgs.msg
-
-    return moveit_msgs.msg
-
-
-@pytest.fixture
-def harness() -> Iterator[Harness]:
-    h = Harness()
-    h.start()
-    yield h
-    h.close()
 
 
 def pose7(t: np.ndarray) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 import threading
 import types
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -217,29 +216,6 @@ def test_use_tf_false_never_creates_a_listener(fake_tf: FakeTf) -> None:
 
 
 # ---------------------------------------------------------------------- the node
-@pytest.fixture
-def harness() -> Iterator[Harness]:
-    h = Harness()
-    h.start()
-    yield h
-    h.close()
-
-
-@pytest.fixture(scope="module")
-def mm() -> Any:
-    """The moveit_msgs stand-in (see test_moveit.py); skipped when it cannot be built."""
-    from moveit_stub import StubUnavailableError, activate_stub, build_stub
-
-    try:
-        install = build_stub()
-    except StubUnavailableError as err:
-        pytest.skip(f"cannot build the moveit_msgs stand-in: {err}")
-    activate_stub(install)
-    import moveit_msgs.msg
-
-    return moveit_msgs.msg
-
-
 class SceneSpy:
     """Records what the node's pipeline was given and returned per frame."""
 
