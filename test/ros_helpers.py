@@ -16,6 +16,7 @@ from builtin_interfaces.msg import Time
 from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
@@ -29,6 +30,21 @@ _ns_counter = itertools.count()
 def unique_ns() -> str:
     """A namespace unique within this test process (tests share a ROS domain)."""
     return f"/t{threading.get_ident() % 10000}_{next(_ns_counter)}"
+
+
+def input_topics(ns: str) -> dict[str, str]:
+    """The node's input topics under namespace ``ns`` (keys rgb, depth, info, mask)."""
+    return {
+        "rgb": f"{ns}/camera/color/image_raw",
+        "depth": f"{ns}/camera/aligned_depth_to_color/image_raw",
+        "info": f"{ns}/camera/color/camera_info",
+        "mask": f"{ns}/camera/instance_masks",
+    }
+
+
+def input_topic_params(ns: str) -> list[Parameter]:
+    """Parameter overrides pointing the node's inputs at :func:`input_topics` of ``ns``."""
+    return [Parameter(f"{k}_topic", value=v) for k, v in input_topics(ns).items()]
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, period: float = 0.01) -> bool:
@@ -102,14 +118,10 @@ class Harness:
         self.executor.add_node(node)
 
     def publishers(self, ns: str) -> dict[str, Any]:
-        topics = {
-            "rgb": (Image, f"{ns}/camera/color/image_raw"),
-            "depth": (Image, f"{ns}/camera/aligned_depth_to_color/image_raw"),
-            "info": (CameraInfo, f"{ns}/camera/color/camera_info"),
-            "mask": (Image, f"{ns}/camera/instance_masks"),
-        }
+        types = {"rgb": Image, "depth": Image, "info": CameraInfo, "mask": Image}
         return {
-            k: self.peer.create_publisher(t, name, qos_profile_sensor_data) for k, (t, name) in topics.items()
+            k: self.peer.create_publisher(types[k], name, qos_profile_sensor_data)
+            for k, name in input_topics(ns).items()
         }
 
     def subscribe(self, msg_type: Any, topic: str, key: str | None = None, qos: Any = 10) -> list[Any]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from ros_helpers import Harness, frame_msgs, publish_frame, unique_ns, wait_for
+from ros_helpers import Harness, frame_msgs, input_topic_params, publish_frame, unique_ns, wait_for
 from scene_helpers import DT, T0, box, camera, cylinder, rendered
 from std_srvs.srv import Trigger
 
@@ -27,15 +27,15 @@ def pose7(t: np.ndarray) -> str:
 
 
 def start(harness: Harness, ns: str, topic: str, **params: Any) -> Sam3dNode:
-    overrides = [
-        Parameter("rgb_topic", value=f"{ns}/camera/color/image_raw"),
-        Parameter("depth_topic", value=f"{ns}/camera/aligned_depth_to_color/image_raw"),
-        Parameter("info_topic", value=f"{ns}/camera/color/camera_info"),
-        Parameter("mask_topic", value=f"{ns}/camera/instance_masks"),
-        Parameter("planning_frame", value="world"),
-        Parameter("camera_to_planning_transform", value=pose7(camera().world_T_camera)),
-        Parameter("mesh_resolution", value=32),
-    ] + [Parameter(k, value=v) for k, v in params.items()]
+    overrides = (
+        input_topic_params(ns)
+        + [
+            Parameter("planning_frame", value="world"),
+            Parameter("camera_to_planning_transform", value=pose7(camera().world_T_camera)),
+            Parameter("mesh_resolution", value=32),
+        ]
+        + [Parameter(k, value=v) for k, v in params.items()]
+    )
     node = Sam3dNode(
         context=harness.context,
         parameter_overrides=overrides,

@@ -12,7 +12,16 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from ros_helpers import Harness, frame_msgs, image_msg, info_msg, publish_frame, unique_ns, wait_for
+from ros_helpers import (
+    Harness,
+    frame_msgs,
+    image_msg,
+    info_msg,
+    input_topic_params,
+    publish_frame,
+    unique_ns,
+    wait_for,
+)
 from sam3d_ros.msg import ObjectReconstructionArray
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
@@ -66,13 +75,13 @@ class NodeUnderTest:
 
 
 def start_node(harness: Harness, ns: str, backend_factory: Any = None, **params: Any) -> Sam3dNode:
-    overrides = [
-        Parameter("rgb_topic", value=f"{ns}/camera/color/image_raw"),
-        Parameter("depth_topic", value=f"{ns}/camera/aligned_depth_to_color/image_raw"),
-        Parameter("info_topic", value=f"{ns}/camera/color/camera_info"),
-        Parameter("mask_topic", value=f"{ns}/camera/instance_masks"),
-        Parameter("diagnostics_period", value=0.2),
-    ] + [Parameter(k, value=v) for k, v in params.items()]
+    overrides = (
+        input_topic_params(ns)
+        + [
+            Parameter("diagnostics_period", value=0.2),
+        ]
+        + [Parameter(k, value=v) for k, v in params.items()]
+    )
     node = Sam3dNode(
         context=harness.context,
         parameter_overrides=overrides,

@@ -18,7 +18,7 @@ from geometry_msgs.msg import TransformStamped
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from ros_helpers import Harness, frame_msgs, publish_frame, unique_ns, wait_for
+from ros_helpers import Harness, frame_msgs, input_topic_params, publish_frame, unique_ns, wait_for
 from scene_helpers import DT, T0, box, camera, cylinder, rendered
 
 from sam3d_ros.core.config import default_config
@@ -234,16 +234,16 @@ class SceneSpy:
 
 
 def start(harness: Harness, ns: str, **params: Any) -> tuple[Sam3dNode, SceneSpy]:
-    overrides = [
-        Parameter("rgb_topic", value=f"{ns}/camera/color/image_raw"),
-        Parameter("depth_topic", value=f"{ns}/camera/aligned_depth_to_color/image_raw"),
-        Parameter("info_topic", value=f"{ns}/camera/color/camera_info"),
-        Parameter("mask_topic", value=f"{ns}/camera/instance_masks"),
-        Parameter("planning_frame", value="world"),
-        Parameter("mesh_resolution", value=32),
-        Parameter("collision_shapes", value="hull"),
-        Parameter("moveit_resend_period", value=0.0),
-    ] + [Parameter(k, value=v) for k, v in params.items()]
+    overrides = (
+        input_topic_params(ns)
+        + [
+            Parameter("planning_frame", value="world"),
+            Parameter("mesh_resolution", value=32),
+            Parameter("collision_shapes", value="hull"),
+            Parameter("moveit_resend_period", value=0.0),
+        ]
+        + [Parameter(k, value=v) for k, v in params.items()]
+    )
     node = Sam3dNode(
         context=harness.context,
         parameter_overrides=overrides,

@@ -133,20 +133,15 @@ def observed_in_frame(
     vertices_camera: NDArray[np.floating], frame: RGBDFrame, mask: NDArray[np.bool_]
 ) -> NDArray[np.bool_]:
     """(V,) bool: a camera-frame vertex projects into ``mask`` and agrees with the measured
-    depth there within ``VISIBILITY_DEPTH_TOL`` (single-frame "observed")."""
+    depth there within ``VISIBILITY_DEPTH_TOL`` (single-frame "observed"); all False when
+    the mask, depth and camera sizes differ."""
     v = np.asarray(vertices_camera, dtype=np.float64).reshape(-1, 3)
     depth = np.asarray(frame.depth)
     m = np.asarray(mask, dtype=bool)
-    if m.shape != depth.shape or len(v) == 0:
+    cam = frame.camera
+    if m.shape != depth.shape or depth.shape != (cam.height, cam.width) or len(v) == 0:
         return np.zeros(len(v), dtype=bool)
-    u, vv, z = frame.camera.project(v)
-    h, w = depth.shape
+    ui, vi, inside = cam.pixel_indices(v[:, 0], v[:, 1], v[:, 2])
+    d = depth[vi, ui].astype(np.float64)
     with np.errstate(invalid="ignore"):
-        ui = np.floor(u + 0.5)
-        vi = np.floor(vv + 0.5)
-        inside = (z > 0) & (ui >= 0) & (ui < w) & (vi >= 0) & (vi < h)
-    uu = np.where(inside, ui, 0).astype(np.intp)
-    vv2 = np.where(inside, vi, 0).astype(np.intp)
-    d = depth[vv2, uu].astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        return np.asarray(inside & m[vv2, uu] & (np.abs(d - z) <= C.VISIBILITY_DEPTH_TOL), dtype=bool)
+        return np.asarray(inside & m[vi, ui] & (np.abs(d - v[:, 2]) <= C.VISIBILITY_DEPTH_TOL), dtype=bool)

@@ -78,22 +78,6 @@ def transform_to_matrix(msg: Any) -> NDArray[np.float64]:
     return make_transform(matrix_from_quaternion(np.array(quat)), np.array(trans))
 
 
-def _transform_errors(tf2_ros: ModuleType) -> tuple[type[BaseException], ...]:
-    """The exception classes of a failed tf2 lookup (``tf2_ros.TransformException`` is the
-    base of LookupException, ConnectivityException, ExtrapolationException, ...)."""
-    names = (
-        "TransformException",
-        "LookupException",
-        "ConnectivityException",
-        "ExtrapolationException",
-        "InvalidArgumentException",
-        "TimeoutException",
-    )
-    found = [getattr(tf2_ros, n, None) for n in names]
-    errors = tuple(e for e in found if isinstance(e, type) and issubclass(e, BaseException))
-    return errors or (Exception,)
-
-
 class PlanningFrameSource:
     """Per-frame ``planning_T_camera`` for the pipeline (see the module docstring).
 
@@ -109,7 +93,7 @@ class PlanningFrameSource:
     def __init__(self, node: Node, config: PipelineConfig) -> None:
         self._buffer: Any = None
         self._listener: Any = None
-        self._errors: tuple[type[BaseException], ...] = (Exception,)
+        self._error: type[BaseException] = Exception
         if not config.use_tf:
             node.get_logger().info(
                 "use_tf is false: camera poses in the planning frame come from the static "
@@ -123,7 +107,8 @@ class PlanningFrameSource:
                 f"from the static camera_to_planning_transform {config.camera_to_planning_transform!r}"
             )
             return
-        self._errors = _transform_errors(tf2_ros)
+        # the base of LookupException, ConnectivityException, ExtrapolationException, ...
+        self._error = getattr(tf2_ros, "TransformException", Exception)
         self._buffer = tf2_ros.Buffer()
         self._listener = tf2_ros.TransformListener(self._buffer, node)
         target = config.planning_frame or "<camera frame: no lookup>"
@@ -166,7 +151,7 @@ class PlanningFrameSource:
             msg = buffer.lookup_transform(
                 planning, frame_id, Time(nanoseconds=stamp_ns), timeout=Duration(seconds=timeout)
             )
-        except self._errors as err:
+        except self._error as err:
             raise TfUnavailableError(
                 f"no transform {planning!r} <- {frame_id!r} at stamp {stamp_ns} ns within "
                 f"tf_timeout={timeout} s: {type(err).__name__}: {err}"
