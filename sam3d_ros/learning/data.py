@@ -37,6 +37,7 @@ recipe and a summary; shards load in name order). Arrays per shard, N objects:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -236,6 +237,15 @@ def _constant(value: Any) -> Callable[[], Any]:
     return get
 
 
+@functools.lru_cache(maxsize=2)
+def _load_generated(path: Path, stamp: int) -> Any:
+    """A generated dataset's index, parsed once per process and version (``stamp``: the
+    index file's mtime in ns; dataset builds read it once per frame chunk)."""
+    from sam3d_ros.sim.dataset import load_dataset
+
+    return load_dataset(path)
+
+
 @dataclass
 class GeneratedDatasetSource:
     """Frames of datasets written by :mod:`sam3d_ros.sim.dataset` (pybullet + YCB +
@@ -248,10 +258,11 @@ class GeneratedDatasetSource:
 
     def frames(self, split: str, count: int, seed: int = 0, start: int = 0) -> Iterator[LabelledFrame]:
         """Frames ``start .. count - 1`` of the split's dataset (``seed`` is fixed at generation)."""
-        from sam3d_ros.sim.dataset import load_dataset as load_generated
-
         path = self.root / split if (self.root / split).is_dir() else self.root
-        ds = load_generated(path)
+        from sam3d_ros.sim.dataset import DATASET_FILE
+
+        index = path / DATASET_FILE
+        ds = _load_generated(path.resolve(), index.stat().st_mtime_ns if index.is_file() else 0)
         if ds.split and ds.split != split:
             raise DataError(f"{path} holds split {ds.split!r}, not {split!r}")
         for ft in ds.frames[start:count]:

@@ -318,34 +318,29 @@ def evaluate(
     return reports
 
 
+def check_specs(specs: Sequence[str]) -> None:
+    """Raise :class:`EvalError` for an unknown baseline or ``backend:<name>`` (creates nothing)."""
+    from sam3d_ros.backends.registry import available_backends
+
+    for spec in specs:
+        is_backend = spec.startswith("backend:")
+        name = spec.split(":", 1)[1] if is_backend else spec
+        valid = available_backends() if is_backend else sorted(BASELINES)
+        if name not in valid:
+            raise EvalError(f"unknown {'backend' if is_backend else 'baseline'} {name!r}; valid: {valid}")
+
+
 def make_methods(specs: Sequence[str], config: PipelineConfig) -> list[Method]:
     """Methods from names: a baseline of :data:`BASELINES` or ``backend:<name>``.
 
     Raises:
-        EvalError: an unknown baseline name.
+        EvalError: an unknown name (see :func:`check_specs`).
     """
-    methods: list[Method] = []
-    for spec in specs:
-        if spec.startswith("backend:"):
-            methods.append(BackendMethod(spec.split(":", 1)[1], config))
-        elif spec in BASELINES:
-            methods.append(BASELINES[spec]())
-        else:
-            raise EvalError(f"unknown baseline {spec!r}; expected one of {sorted(BASELINES)}")
-    return methods
-
-
-def _check_specs(specs: Sequence[str]) -> None:
-    """Raise :class:`EvalError` for an unknown baseline or backend name (creates nothing)."""
-    from sam3d_ros.backends.registry import available_backends
-
-    for spec in specs:
-        name = spec.split(":", 1)[1] if spec.startswith("backend:") else spec
-        valid = available_backends() if spec.startswith("backend:") else sorted(BASELINES)
-        if name not in valid:
-            raise EvalError(
-                f"unknown {'backend' if spec.startswith('backend:') else 'baseline'} {name!r}; valid: {valid}"
-            )
+    check_specs(specs)
+    return [
+        BackendMethod(spec.split(":", 1)[1], config) if spec.startswith("backend:") else BASELINES[spec]()
+        for spec in specs
+    ]
 
 
 def _evaluate_shard(
@@ -508,7 +503,7 @@ def run(args: Any) -> int:
         }
         t0 = time.perf_counter()
         if args.workers > 1 and args.results is None:
-            _check_specs(specs)  # fail early; backends are only created in the workers
+            check_specs(specs)  # fail early; backends are only created in the workers
             reports = evaluate_parallel(args.dataset, specs, config, args.workers, **options)
         else:
             methods = make_methods(specs, config)
