@@ -208,6 +208,7 @@ class SkipReason(str, Enum):
     SUPERSEDED = "superseded"
     SYNC_UNMATCHED = "sync_unmatched"
     TF_UNAVAILABLE = "tf_unavailable"
+    NOT_ACTIVE = "not_active"
     INTERNAL_ERROR = "internal_error"
     # object level
     TOO_FEW_MASK_PIXELS = "too_few_mask_pixels"

@@ -242,7 +242,8 @@ class Sam3dNode(LifecycleNode):
 
     def _on_synced(self, rgb: Image, depth: Image, mask: Image) -> None:
         """Executor thread: stamp checks, then hand the set to the worker (never blocks)."""
-        if not self._active or self._worker is None:
+        if not self._active or self._worker is None:  # a set completed while deactivating
+            self._skip_frame(SkipReason.NOT_ACTIVE, f"frame {header_stamp_ns(rgb)} arrived while not active")
             return
         if self._camera_info is None:  # checked before the gate: the stamp is not consumed
             self._skip_frame(
@@ -282,6 +283,9 @@ class Sam3dNode(LifecycleNode):
         to ``tf_timeout``), reconstruct, publish."""
         pipeline, cfg, planning_frames = self._pipeline, self._config, self._planning_frames
         if pipeline is None or cfg is None or not self._active:
+            self._skip_frame(
+                SkipReason.NOT_ACTIVE, f"frame {header_stamp_ns(job.rgb)} dequeued while not active"
+            )
             return
         if self._reset_pending.is_set():  # ~/reset: forget tracks on this thread
             self._reset_pending.clear()
