@@ -43,9 +43,7 @@ def _build_messages(result: object, alpha: float) -> None:
         from sam3d_ros.ros import builders
     except ImportError:
         return
-    builders.reconstruction_array_msg(result)  # type: ignore[arg-type]
-    builders.pose_array_msg(result)  # type: ignore[arg-type]
-    builders.marker_array_msg(result, set(), alpha)  # type: ignore[arg-type]
+    builders.frame_output_msgs(result, set(), alpha)  # type: ignore[arg-type]
 
 
 BATCH = 8

@@ -6,12 +6,14 @@ Callbacks convert, delegate and publish; the building of messages lives here.
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Pose, PoseArray, Quaternion, Vector3
+from numpy.typing import NDArray
 from shape_msgs.msg import Mesh, MeshTriangle, SolidPrimitive
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
@@ -46,18 +48,40 @@ def pose_msg(pose: CorePose) -> Pose:
     )
 
 
-def mesh_msg(mesh: TriangleMesh) -> Mesh:
-    """Core mesh -> shape_msgs/Mesh (same frame, metres)."""
-    verts = mesh.vertices.astype(np.float64).tolist()
-    faces = mesh.faces.astype(np.uint32)
+def point_msgs(points: NDArray[np.floating]) -> list[Point]:
+    """(N, 3) array -> N geometry_msgs/Point (same frame and units)."""
+    return [Point(x=x, y=y, z=z) for x, y, z in np.asarray(points, dtype=np.float64).tolist()]
+
+
+def mesh_msg(mesh: TriangleMesh, vertices: list[Point] | None = None) -> Mesh:
+    """Core mesh -> shape_msgs/Mesh (same frame, metres).
+
+    Args:
+        vertices: the mesh's vertices as messages, when already built (see
+            :func:`point_msgs`); they are shared, not copied.
+    """
     return Mesh(
-        vertices=[Point(x=v[0], y=v[1], z=v[2]) for v in verts],
-        triangles=[MeshTriangle(vertex_indices=f) for f in faces],
+        vertices=point_msgs(mesh.vertices) if vertices is None else vertices,
+        triangles=[MeshTriangle(vertex_indices=f) for f in mesh.faces.astype(np.uint32)],
     )
 
 
-def reconstruction_msg(obj: ObjectResult) -> ObjectReconstruction:
-    """One object -> sam3d_ros/ObjectReconstruction (poses in the camera frame)."""
+def triangle_list_points(mesh: TriangleMesh, vertices: list[Point] | None = None) -> list[Point]:
+    """The points of a TRIANGLE_LIST marker for ``mesh`` (three per face, in face order).
+
+    Vertex messages are built once per vertex and referenced by every face that uses
+    them (serialisation reads each entry; nothing mutates them after building).
+    """
+    verts = point_msgs(mesh.vertices) if vertices is None else vertices
+    return [verts[i] for i in mesh.faces.reshape(-1).tolist()]
+
+
+def reconstruction_msg(obj: ObjectResult, vertices: list[Point] | None = None) -> ObjectReconstruction:
+    """One object -> sam3d_ros/ObjectReconstruction (poses in the camera frame).
+
+    Args:
+        vertices: ``obj.mesh``'s vertices as messages, when already built.
+    """
     msg = ObjectReconstruction()
     msg.track_id = int(obj.track_id)
     msg.instance_id = int(obj.instance_id)
@@ -65,7 +89,7 @@ def reconstruction_msg(obj: ObjectResult) -> ObjectReconstruction:
     msg.score = float(obj.score)
     msg.pose = pose_msg(obj.pose)
     msg.extents = Vector3(x=obj.extents[0], y=obj.extents[1], z=obj.extents[2])
-    msg.mesh = mesh_msg(obj.mesh)
+    msg.mesh = mesh_msg(obj.mesh, vertices)
     camera_T_object = obj.pose.matrix()
     for prim in obj.collision.primitives:
         msg.collision_primitives.append(
@@ -80,11 +104,18 @@ def reconstruction_msg(obj: ObjectResult) -> ObjectReconstruction:
     return msg
 
 
-def reconstruction_array_msg(result: FrameResult) -> ObjectReconstructionArray:
-    """Frame result -> ObjectReconstructionArray with the input header."""
+def reconstruction_array_msg(
+    result: FrameResult, vertices: Sequence[list[Point]] | None = None
+) -> ObjectReconstructionArray:
+    """Frame result -> ObjectReconstructionArray with the input header.
+
+    Args:
+        vertices: per object of ``result.objects``, its mesh vertices as messages.
+    """
+    verts = vertices if vertices is not None else [None] * len(result.objects)
     return ObjectReconstructionArray(
         header=make_header(result.stamp_ns, result.frame_id),
-        objects=[reconstruction_msg(o) for o in result.objects],
+        objects=[reconstruction_msg(o, v) for o, v in zip(result.objects, verts, strict=True)],
     )
 
 
@@ -102,18 +133,27 @@ def track_color(track_id: int, alpha: float) -> ColorRGBA:
     return ColorRGBA(r=float(r), g=float(g), b=float(b), a=float(alpha))
 
 
-def marker_array_msg(result: FrameResult, previous_ids: Iterable[int], alpha: float) -> MarkerArray:
+def marker_array_msg(
+    result: FrameResult,
+    previous_ids: Iterable[int],
+    alpha: float,
+    vertices: Sequence[list[Point]] | None = None,
+) -> MarkerArray:
     """Mesh (TRIANGLE_LIST) and label (TEXT_VIEW_FACING) markers per object, and DELETE
-    markers for track ids of ``previous_ids`` that are not in this frame."""
+    markers for track ids of ``previous_ids`` that are not in this frame.
+
+    Args:
+        vertices: per object of ``result.objects``, its mesh vertices as messages.
+    """
+    verts = vertices if vertices is not None else [None] * len(result.objects)
     header = make_header(result.stamp_ns, result.frame_id)
     markers: list[Marker] = []
     current = {o.track_id for o in result.objects}
     for tid in sorted(set(previous_ids) - current):
         for ns in (MESH_NS, LABEL_NS):
             markers.append(Marker(header=header, ns=ns, id=int(tid), action=Marker.DELETE))
-    for obj in result.objects:
+    for obj, obj_verts in zip(result.objects, verts, strict=True):
         pose = pose_msg(obj.pose)
-        tri_points = obj.mesh.vertices[obj.mesh.faces.reshape(-1)].tolist()
         markers.append(
             Marker(
                 header=header,
@@ -124,7 +164,7 @@ def marker_array_msg(result: FrameResult, previous_ids: Iterable[int], alpha: fl
                 pose=pose,
                 scale=Vector3(x=1.0, y=1.0, z=1.0),
                 color=track_color(obj.track_id, alpha),
-                points=[Point(x=p[0], y=p[1], z=p[2]) for p in tri_points],
+                points=triangle_list_points(obj.mesh, obj_verts),
                 lifetime=Duration(sec=0, nanosec=0),
                 frame_locked=False,
             )
@@ -144,6 +184,34 @@ def marker_array_msg(result: FrameResult, previous_ids: Iterable[int], alpha: fl
             )
         )
     return MarkerArray(markers=markers)
+
+
+@dataclass(frozen=True)
+class FrameOutputs:
+    """The per-frame output messages of the node and the replay."""
+
+    objects: ObjectReconstructionArray
+    poses: PoseArray
+    markers: MarkerArray | None
+
+
+def frame_output_msgs(
+    result: FrameResult, previous_ids: Iterable[int], alpha: float, *, markers: bool = True
+) -> FrameOutputs:
+    """Objects, poses and (when ``markers``) RViz markers of a frame. Each mesh vertex
+    message is built once and shared by the object's mesh and its marker.
+
+    Args:
+        previous_ids: track ids with markers from the previous frame (DELETE markers for
+            those that are gone).
+        alpha: marker opacity.
+    """
+    vertices = [point_msgs(o.mesh.vertices) for o in result.objects]
+    return FrameOutputs(
+        objects=reconstruction_array_msg(result, vertices),
+        poses=pose_array_msg(result),
+        markers=marker_array_msg(result, previous_ids, alpha, vertices) if markers else None,
+    )
 
 
 def delete_all_markers(stamp_ns: int, frame_id: str) -> MarkerArray:

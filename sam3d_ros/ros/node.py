@@ -337,10 +337,11 @@ class Sam3dNode(LifecycleNode):
             self._last_frame_id = result.frame_id
         if not pubs:
             return
-        pubs["objects"].publish(builders.reconstruction_array_msg(result))
-        pubs["poses"].publish(builders.pose_array_msg(result))
-        if cfg.publish_markers:
-            pubs["markers"].publish(builders.marker_array_msg(result, previous, cfg.marker_alpha))
+        out = builders.frame_output_msgs(result, previous, cfg.marker_alpha, markers=cfg.publish_markers)
+        pubs["objects"].publish(out.objects)
+        pubs["poses"].publish(out.poses)
+        if out.markers is not None:
+            pubs["markers"].publish(out.markers)
 
     # ------------------------------------------------------------------ services, diagnostics
     def reset_state(self) -> None:

@@ -207,7 +207,7 @@ def replay_bag(
                 for k, v in result.timings_ms.items():
                     timings.setdefault(k, []).append(v)
                 if writer is not None:
-                    _write_outputs(writer, result, previous_ids)
+                    _write_outputs(writer, result, previous_ids, config.marker_alpha)
                     previous_ids.clear()
                     previous_ids.update(o.track_id for o in result.objects)
                 for obs in observers:
@@ -275,25 +275,14 @@ def replay_bag(
     return summary
 
 
-def _write_outputs(writer: BagWriter, result: FrameResult, previous_ids: set[int]) -> None:
+def _write_outputs(writer: BagWriter, result: FrameResult, previous_ids: set[int], alpha: float) -> None:
     """Serialise the node's outputs for this frame into the output bag (needs rclpy)."""
     from rclpy.serialization import serialize_message
 
     from sam3d_ros.ros import builders
 
     t = result.stamp_ns
-    writer.write(
-        OUT_OBJECTS,
-        "sam3d_ros/msg/ObjectReconstructionArray",
-        t,
-        serialize_message(builders.reconstruction_array_msg(result)),
-    )
-    writer.write(
-        OUT_MARKERS,
-        "visualization_msgs/msg/MarkerArray",
-        t,
-        serialize_message(builders.marker_array_msg(result, previous_ids, 0.8)),
-    )
-    writer.write(
-        OUT_POSES, "geometry_msgs/msg/PoseArray", t, serialize_message(builders.pose_array_msg(result))
-    )
+    out = builders.frame_output_msgs(result, previous_ids, alpha)
+    writer.write(OUT_OBJECTS, "sam3d_ros/msg/ObjectReconstructionArray", t, serialize_message(out.objects))
+    writer.write(OUT_MARKERS, "visualization_msgs/msg/MarkerArray", t, serialize_message(out.markers))
+    writer.write(OUT_POSES, "geometry_msgs/msg/PoseArray", t, serialize_message(out.poses))
