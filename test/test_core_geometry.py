@@ -20,7 +20,7 @@ from sam3d_ros.core.config import default_config
 from sam3d_ros.core.frames import invert_transform, transform_points
 from sam3d_ros.core.layout import estimate_object_frame, visible_fraction
 from sam3d_ros.core.meshing import MeshingError, is_watertight, mesh_from_voxels, mesh_volume
-from sam3d_ros.core.observation import extract_observations
+from sam3d_ros.core.observation import _grid_neighbour_inliers, extract_observations
 from sam3d_ros.core.support_plane import estimate_support_plane
 from sam3d_ros.core.types import (
     ObjectObservation,
@@ -182,6 +182,33 @@ def test_flying_pixels_and_outliers_are_removed() -> None:
     err = np.abs(BOX.sdf(scene.to_world(obs[0].points)))
     assert err.max() < 0.003, f"worst point {1000 * err.max():.1f} mm off the surface"
     assert len(obs[0].points) > 1000
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_grid_neighbour_outlier_removal(stride: int) -> None:
+    """Points pushed 2 cm off a plane (too little for the flying-pixel filter) and isolated
+    pixels are removed; the plane is kept."""
+    rng = np.random.default_rng(3)
+    rows, cols = np.mgrid[0:80, 0:90]
+    v, u = (rows.ravel() * stride + 40), (cols.ravel() * stride + 17)
+    z = np.full(v.shape, 0.8)
+    fx = 600.0
+    pts = np.stack([(u - 320) * z / fx, (v - 240) * z / fx, z], axis=1)
+    off = rng.choice(len(pts), size=25, replace=False)
+    pts[off, 2] += 0.02
+    # isolated pixels: beyond the grid, no kept 8-neighbour
+    iso_v = np.array([80, 90, 100]) * stride + 40 + 2 * stride
+    iso_u = np.array([10, 40, 70]) * stride + 17
+    iso = np.stack([(iso_u - 320) * 0.8 / fx, (iso_v - 240) * 0.8 / fx, np.full(3, 0.8)], axis=1)
+    keep = _grid_neighbour_inliers(
+        np.concatenate([pts, iso]), np.concatenate([v, iso_v]), np.concatenate([u, iso_u]), stride, 2.5
+    )
+    assert not keep[off].any()
+    assert not keep[len(pts) :].any()
+    clean = np.ones(len(pts), dtype=bool)
+    clean[off] = False
+    # only the 8-neighbours of displaced points may go with them
+    assert keep[: len(pts)][clean].mean() > 0.97
 
 
 def test_erosion_falls_back_for_thin_masks() -> None:

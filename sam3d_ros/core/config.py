@@ -124,7 +124,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "outlier_std_ratio",
         float,
         2.5,
-        "Statistical outlier removal: k-NN distance threshold in standard deviations.",
+        "Statistical outlier removal: threshold on the mean distance to the 8 pixel-grid neighbours, in standard deviations.",
         min=0.5,
         max=10.0,
     ),

@@ -52,8 +52,6 @@ EROSION_MIN_KEEP_FRACTION: Final[float] = 0.25
 #: At most this many points per object are kept (regular pixel-stride decimation).
 MAX_OBSERVATION_POINTS: Final[int] = 12_000
 
-#: Neighbours used by the statistical outlier removal.
-OUTLIER_KNN: Final[int] = 8
 
 #: Points further than this many robust standard deviations (1.4826 * MAD) from the
 #: object's median depth are dropped.
@@ -70,6 +68,10 @@ OCCLUDER_DEPTH_MARGIN: Final[float] = 0.01
 
 #: At most this many background points are used to fit the support plane.
 PLANE_MAX_SAMPLE_POINTS: Final[int] = 20_000
+
+#: RANSAC scores its hypotheses on at most this many of those points (evenly spread);
+#: the least-squares refits then use all of them.
+PLANE_RANSAC_SCORE_POINTS: Final[int] = 4_000
 
 #: Object points closer than this to the support plane are treated as the plane (m).
 PLANE_CONTACT_TOL: Final[float] = 0.004

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
-from scipy.spatial import cKDTree
 
 from sam3d_ros.core import constants as C
 from sam3d_ros.core.config import PipelineConfig
@@ -57,7 +56,8 @@ def extract_observations(
     flying-pixel removal (relative depth jump to a 4-neighbour above
     ``constants.FLYING_PIXEL_REL_JUMP``), back-projection, regular decimation to at most
     ``constants.MAX_OBSERVATION_POINTS``, robust depth-band filter around the median depth
-    (MAD) and statistical k-NN outlier removal (``outlier_std_ratio``).
+    (MAD) and statistical outlier removal on the mean distance to the 8 pixel-grid
+    neighbours (``outlier_std_ratio``; isolated pixels are removed).
 
     Args:
         frame: the input frame; depth (H, W) float metres (NaN invalid), labels (H, W) int.
@@ -167,6 +167,60 @@ def _flying_pixels(depth: NDArray[np.floating]) -> NDArray[np.bool_]:
     return flying
 
 
+def _grid_neighbour_inliers(
+    points: NDArray[np.float64],
+    v: NDArray[np.integer],
+    u: NDArray[np.integer],
+    stride: int,
+    std_ratio: float,
+) -> NDArray[np.bool_]:
+    """Statistical outlier removal on the organised point cloud.
+
+    Each point's statistic is its mean 3-D distance to the kept points among its 8
+    neighbours on the (decimated) pixel grid; a point is an outlier when that mean exceeds
+    the mean over all points by more than ``std_ratio`` standard deviations, or when none
+    of its 8 grid neighbours was kept (an isolated pixel). This is the image-space form of
+    the k-nearest-neighbour filter (k = 8): linear in the number of points, no search tree.
+
+    Args:
+        points: (N, 3) camera-frame points, metres.
+        v, u: (N,) pixel rows and columns of the points, all multiples of ``stride``.
+        stride: pixel spacing of the decimated grid.
+        std_ratio: threshold in standard deviations.
+
+    Returns:
+        (N,) bool, True for inliers.
+    """
+    n = len(points)
+    if n < 2:
+        return np.ones(n, dtype=bool)
+    gi = (v - v.min()) // stride
+    gj = (u - u.min()) // stride
+    gh, gw = int(gi.max()) + 3, int(gj.max()) + 3
+    grid = np.full((gh, gw, 3), np.nan)  # one empty ring around the points
+    grid[gi + 1, gj + 1] = points
+    centre = grid[1:-1, 1:-1]
+    total = np.zeros(centre.shape[:2])
+    count = np.zeros(centre.shape[:2], dtype=np.int32)
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            if di == 0 and dj == 0:
+                continue
+            nb = grid[1 + di : gh - 1 + di, 1 + dj : gw - 1 + dj]
+            d = np.sqrt(((nb - centre) ** 2).sum(axis=2))
+            ok = np.isfinite(d)
+            total += np.where(ok, d, 0.0)
+            count += ok
+    cnt = count[gi, gj]
+    mean_d = np.where(cnt > 0, total[gi, gj] / np.maximum(cnt, 1), np.inf)
+    connected = cnt > 0
+    if not connected.any():
+        return connected
+    stats = mean_d[connected]
+    thr = float(stats.mean() + std_ratio * stats.std())
+    return mean_d <= thr
+
+
 def _observe_one(
     frame: RGBDFrame,
     depth_full: NDArray[np.floating],
@@ -210,6 +264,7 @@ def _observe_one(
     n_valid_depth = int((work & valid).sum())
     vv, uu = np.nonzero(sel)
     n_sel = len(vv)
+    stride = 1
     if n_sel > C.MAX_OBSERVATION_POINTS:
         stride = math.ceil(math.sqrt(n_sel / C.MAX_OBSERVATION_POINTS))
         keep = ((vv + r0) % stride == 0) & ((uu + c0) % stride == 0)
@@ -239,15 +294,9 @@ def _observe_one(
     v_img = vv + r0
     points = frame.camera.backproject(u_img, v_img, z)
 
-    # statistical outlier removal on the k-NN mean distance
-    k = min(C.OUTLIER_KNN, len(z) - 1)
-    if k >= 1:
-        tree = cKDTree(points)
-        dist, _ = tree.query(points, k=k + 1, workers=-1)
-        mean_d = dist[:, 1:].mean(axis=1)
-        thr = float(mean_d.mean() + config.outlier_std_ratio * mean_d.std())
-        inlier = mean_d <= thr
-        points, u_img, v_img, z = points[inlier], u_img[inlier], v_img[inlier], z[inlier]
+    # statistical outlier removal on the mean distance to the pixel-grid neighbours
+    inlier = _grid_neighbour_inliers(points, v_img, u_img, stride, config.outlier_std_ratio)
+    points, u_img, v_img, z = points[inlier], u_img[inlier], v_img[inlier], z[inlier]
     if len(z) < config.min_depth_points:
         return _too_few("statistical outlier removal", len(z))
 

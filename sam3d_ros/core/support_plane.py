@@ -1,7 +1,8 @@
 """Support-plane (table) estimation from the background pixels of a frame.
 
-RANSAC on a deterministic random subsample of the valid background points, followed by
-two least-squares refits on the inliers. The plane is expressed in the camera optical
+RANSAC on a deterministic random subsample of the valid background points (hypotheses
+scored on an evenly spread subset of it), followed by two least-squares refits on the
+inliers among the whole subsample. The plane is expressed in the camera optical
 frame, metres, with the normal pointing towards the camera.
 """
 
@@ -69,7 +70,8 @@ def estimate_support_plane(frame: RGBDFrame, config: PipelineConfig, seed: int =
     pts = frame.camera.backproject(u, v, depth.ravel()[flat].astype(np.float64))
 
     thr = config.plane_distance_threshold
-    best = _ransac(pts, thr, config.plane_ransac_iterations, rng)
+    step = -(-len(pts) // C.PLANE_RANSAC_SCORE_POINTS)  # ceil: at most that many scored
+    best = _ransac(pts[::step], thr, config.plane_ransac_iterations, rng)
     if best is None:
         return None
     normal, offset = best
