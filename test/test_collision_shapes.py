@@ -21,7 +21,7 @@ from sam3d_ros.core.collision import (
     points_outside_convex,
     simplify_mesh,
 )
-from sam3d_ros.core.meshing import is_watertight, mesh_volume
+from sam3d_ros.core.meshing import is_watertight, mesh_volume, split_pinched_edges
 from sam3d_ros.core.pipeline import FramePipeline
 from sam3d_ros.core.types import PrimitiveType, TriangleMesh
 
@@ -84,6 +84,29 @@ def test_simplified_mesh_under_budget(
             s = simplify_mesh(mesh, budget)
             assert 4 <= len(s.faces) <= budget
             assert 0.6 < abs(mesh_volume(s)) / mesh_volume(mesh) < 1.3
+
+
+def test_pinched_edge_is_split_into_a_watertight_mesh() -> None:
+    """Two tetrahedra sharing one edge (4 faces on it): split, watertight, same volume."""
+    a = tm(trimesh.convex.convex_hull(np.array([[0, 0, 0], [0, 0, 1], [1, 0, 0.5], [0.5, 1, 0.5]], float)))
+    b = tm(trimesh.convex.convex_hull(np.array([[0, 0, 0], [0, 0, 1], [-1, 0, 0.5], [-0.5, -1, 0.5]], float)))
+    # merge: b's copies of (0,0,0) and (0,0,1) become a's vertices
+    idx_a = {tuple(v): i for i, v in enumerate(a.vertices.tolist())}
+    remap = [idx_a.get(tuple(v), -1) for v in b.vertices.tolist()]
+    extra = [i for i, r in enumerate(remap) if r < 0]
+    for k, i in enumerate(extra):
+        remap[i] = len(a.vertices) + k
+    joined = TriangleMesh(
+        np.concatenate([a.vertices, b.vertices[extra]]),
+        np.concatenate([a.faces, np.asarray(remap)[b.faces]]).astype(np.int32),
+    )
+    assert not is_watertight(joined)
+    fixed = split_pinched_edges(joined)
+    assert is_watertight(fixed)
+    assert len(fixed.vertices) == len(joined.vertices) + 2
+    np.testing.assert_array_equal(fixed.vertices[fixed.faces], joined.vertices[joined.faces])
+    assert mesh_volume(fixed) == pytest.approx(mesh_volume(a) + mesh_volume(b))
+    assert split_pinched_edges(a) is a
 
 
 def test_padding_grows_more_where_completed() -> None:

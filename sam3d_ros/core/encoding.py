@@ -220,7 +220,9 @@ def encode_object(
     xc, yc, zc = cam
     k = img.camera
     ui, vi, inside = k.pixel_indices(xc, yc, zc)
-    meas = depth[vi, ui].astype(np.float64)
+    # one flat pixel index, then 1-D gathers (cheaper than 2-D fancy indexing)
+    lin = vi * w + ui
+    meas = np.take(depth.reshape(-1), lin).astype(np.float64, copy=False)
     with np.errstate(invalid="ignore"):
         valid = inside & np.isfinite(meas) & (meas > 0)
     margin = max(C.CARVE_MIN_MARGIN, 0.5 * vs)
@@ -239,12 +241,14 @@ def encode_object(
     feats[2] = ~free & ~observed
     if gf.plane_used:
         feats[3] = (c[:, 2] < 0.0)[None, None, :]
-    feats[4] = inside & own[vi, ui]
-    feats[5] = inside & occl[vi, ui]
+    feats[4] = inside & np.take(own.reshape(-1), lin)
+    feats[5] = inside & np.take(occl.reshape(-1), lin)
     if rgb.ndim == 3 and rgb.shape[2] >= 3:
-        col = rgb[vi, ui, :3].astype(np.float32) * np.float32(1.0 / 255.0)
-        col[~inside] = 0.0
-        feats[6:9] = np.moveaxis(col, -1, 0)
+        cols = np.take(rgb.reshape(h * w, rgb.shape[2]), lin.reshape(-1), axis=0)  # (n^3, C) uint8
+        scale = np.float32(1.0 / 255.0)
+        for ch in range(3):
+            col = cols[:, ch].astype(np.float32).reshape(n, n, n) * scale
+            feats[6 + ch] = np.where(inside, col, np.float32(0.0))
     feats[9] = tsdf
     return feats, gf
 

@@ -148,6 +148,60 @@ def is_watertight(mesh: TriangleMesh) -> bool:
     return bool(np.all(np.isin(reverse, uniq)))
 
 
+def split_pinched_edges(mesh: TriangleMesh) -> TriangleMesh:
+    """Separate sheets that touch along an edge (an edge shared by 4, 6, ... faces, as
+    decimation can leave on thin parts of a closed mesh).
+
+    The faces around each vertex of such an edge are grouped into fans connected through
+    ordinary (two-face) edges; every fan beyond the first gets its own copy of the vertex.
+    The surface and its faces are unchanged; a closed mesh whose only defects are such
+    pinches becomes watertight. Meshes without pinched edges are returned as they are.
+    """
+    f = np.asarray(mesh.faces, dtype=np.int64)
+    if len(f) == 0:
+        return mesh
+    edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    n = int(f.max()) + 1
+    keys = edges[:, 0] * n + edges[:, 1]
+    uniq, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    pinched = counts > 2
+    if not pinched.any():
+        return mesh
+    edge_faces = np.tile(np.arange(len(f)), 3)
+    manifold_edge = counts[inverse] == 2
+    # face adjacency through two-face edges: pairs of faces sharing such an edge
+    order = np.argsort(inverse[manifold_edge], kind="stable")
+    paired = edge_faces[manifold_edge][order].reshape(-1, 2)
+    neighbours: dict[int, list[int]] = {}
+    for a, b in paired.tolist():
+        neighbours.setdefault(a, []).append(b)
+        neighbours.setdefault(b, []).append(a)
+    bad_vertices = np.unique(np.stack([uniq[pinched] // n, uniq[pinched] % n]))
+    vertices = [np.asarray(mesh.vertices, dtype=np.float64)]
+    faces = f.copy()
+    next_index = len(mesh.vertices)
+    for vtx in bad_vertices.tolist():
+        incident = set(np.nonzero((f == vtx).any(axis=1))[0].tolist())
+        fans: list[list[int]] = []
+        while incident:
+            stack = [incident.pop()]
+            fan = []
+            while stack:
+                face = stack.pop()
+                fan.append(face)
+                for nb in neighbours.get(face, ()):
+                    if nb in incident:
+                        incident.remove(nb)
+                        stack.append(nb)
+            fans.append(fan)
+        for fan in fans[1:]:
+            rows = np.asarray(fan)
+            faces[rows] = np.where(f[rows] == vtx, next_index, faces[rows])
+            vertices.append(vertices[0][vtx][None, :])
+            next_index += 1
+    return TriangleMesh(vertices=np.concatenate(vertices), faces=np.ascontiguousarray(faces, dtype=np.int32))
+
+
 def face_areas_and_centroids(mesh: TriangleMesh) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Per-face area (F,) in m^2 and centroid (F, 3) in the mesh's frame."""
     v = np.asarray(mesh.vertices, dtype=np.float64)
