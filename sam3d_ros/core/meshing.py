@@ -135,17 +135,17 @@ def is_watertight(mesh: TriangleMesh) -> bool:
     f = np.asarray(mesh.faces, dtype=np.int64)
     if len(f) == 0:
         return False
-    edges = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
-    if np.any(edges[:, 0] == edges[:, 1]):
+    a = f.reshape(-1)
+    b = f[:, [1, 2, 0]].reshape(-1)  # directed edges a -> b, three per face
+    if np.any(a == b):
         return False
-    # each directed edge must appear exactly once, and its reverse exactly once
+    # each directed edge exactly once and its reverse exactly once: the sorted directed
+    # keys have no repeats and equal the sorted reversed keys
     n = int(f.max()) + 1
-    directed = edges[:, 0] * n + edges[:, 1]
-    uniq, counts = np.unique(directed, return_counts=True)
-    if np.any(counts != 1):
+    directed = np.sort(a * n + b)
+    if np.any(directed[1:] == directed[:-1]):
         return False
-    reverse = edges[:, 1] * n + edges[:, 0]
-    return bool(np.all(np.isin(reverse, uniq)))
+    return bool(np.array_equal(directed, np.sort(b * n + a)))
 
 
 def split_pinched_edges(mesh: TriangleMesh) -> TriangleMesh:
