@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import trimesh
+from geometry_msgs.msg import Point
 from rclpy.serialization import deserialize_message, serialize_message
 from sam3d_ros.msg import ObjectReconstructionArray
+from shape_msgs.msg import Mesh, MeshTriangle
 from visualization_msgs.msg import Marker, MarkerArray
 
 from sam3d_ros.core.frames import Pose
@@ -79,3 +81,24 @@ def test_frame_outputs_without_markers_match_the_single_builders() -> None:
     assert out.objects == builders.reconstruction_array_msg(result)
     assert out.poses == builders.pose_array_msg(result)
     assert builders.frame_output_msgs(result, (), 0.8).markers == builders.marker_array_msg(result, (), 0.8)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_bulk_point_and_triangle_messages_equal_the_generated_constructors(
+    fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(builders, "_FAST_POINT", fast)
+    monkeypatch.setattr(builders, "_FAST_TRIANGLE", fast)
+    rng = np.random.default_rng(0)
+    verts = rng.normal(size=(50, 3))
+    faces = rng.integers(0, 50, size=(80, 3)).astype(np.int32)
+    msg = builders.mesh_msg(TriangleMesh(verts, faces))
+    ref = Mesh(
+        vertices=[Point(x=float(x), y=float(y), z=float(z)) for x, y, z in verts],
+        triangles=[MeshTriangle(vertex_indices=[int(i) for i in f]) for f in faces],
+    )
+    assert msg == ref
+    assert serialize_message(msg) == serialize_message(ref)
+    # the messages own their index arrays: changing the input afterwards changes nothing
+    faces[:] = 0
+    assert msg == ref

@@ -466,6 +466,13 @@ def test_meshing_cube_volume_frame_and_errors() -> None:
     mesh2 = mesh_from_voxels(VoxelShape(occ2, 0.01, np.zeros(3), np.eye(4), 1.0), 0.5)
     assert is_watertight(mesh2)
     assert mesh2.vertices[:, 0].max() < 0.06
+    # a hollow cube: one surface kept, the outer one (the cavity is filled)
+    occ3 = np.zeros((12, 12, 12), np.float32)
+    occ3[1:11, 1:11, 1:11] = 1.0
+    occ3[4:8, 4:8, 4:8] = 0.0
+    mesh3 = mesh_from_voxels(VoxelShape(occ3, 0.01, np.zeros(3), np.eye(4), 1.0), 0.5)
+    assert is_watertight(mesh3)
+    assert abs(mesh_volume(mesh3) - 0.1**3) / 0.1**3 < 0.05
     with pytest.raises(MeshingError, match="empty"):
         mesh_from_voxels(VoxelShape(np.zeros((4, 4, 4), np.float32), 0.01, np.zeros(3), np.eye(4), 1.0), 0.5)
     with pytest.raises(MeshingError, match="non-finite"):

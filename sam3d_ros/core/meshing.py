@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from skimage import measure
@@ -68,7 +69,9 @@ def mesh_from_voxels(shape: VoxelShape, level: float) -> TriangleMesh:
     origin = np.asarray(shape.origin, dtype=np.float64).reshape(3)
     # padded index p = i + 1; voxel i has its centre at origin + (i + 0.5) * vs
     verts_g = verts.astype(np.float64) + origin + (0.5 - 1.0) * vs
-    verts_g, faces64 = _largest_component(verts_g, faces.astype(np.int64))
+    faces64 = faces.astype(np.int64)
+    if not _single_surface(padded, level):
+        verts_g, faces64 = _largest_component(verts_g, faces64)
     if _signed_volume(verts_g, faces64) < 0.0:
         faces64 = faces64[:, ::-1]
     verts_cam = transform_points(np.asarray(shape.camera_T_grid, dtype=np.float64), verts_g)
@@ -76,6 +79,22 @@ def mesh_from_voxels(shape: VoxelShape, level: float) -> TriangleMesh:
         vertices=np.ascontiguousarray(verts_cam, dtype=np.float64),
         faces=np.ascontiguousarray(faces64, dtype=np.int32),
     )
+
+
+def _single_surface(padded: NDArray[np.float32], level: float) -> bool:
+    """Whether the iso-surface of ``padded`` (zero border) is certainly one connected
+    surface, checked on the voxels: the voxels above ``level`` form one 6-connected set and
+    so do those at or below it. Within a cell the trilinear interpolant's super- and
+    sub-level sets each reach a voxel centre of their side, and 6-neighbours on one side
+    are joined by a segment on that side; so both continuous sets are connected, and the
+    boundary between a connected solid and its connected complement is a single surface.
+    False means "maybe several" (the mesh's components are then computed)."""
+    inside = padded > level
+    _, n_in = ndimage.label(inside)
+    if n_in != 1:
+        return False
+    _, n_out = ndimage.label(~inside)
+    return bool(n_out == 1)
 
 
 def _signed_volume(v: NDArray[np.float64], f: NDArray[np.int64]) -> float:

@@ -48,9 +48,44 @@ def pose_msg(pose: CorePose) -> Pose:
     )
 
 
+def _has_slots(cls: type, fields: tuple[str, ...]) -> bool:
+    slots = set(getattr(cls, "__slots__", ()))
+    return "_check_fields" in slots and all(f"_{f}" in slots for f in fields)
+
+
+#: Bulk builders fill the generated classes' slots directly (rosidl_generator_py stores
+#: field ``f`` in slot ``_f``), skipping the per-field setters: meshes have thousands of
+#: points and triangles per frame. Used only when the classes have those slots.
+_FAST_POINT = _has_slots(Point, ("x", "y", "z"))
+_FAST_TRIANGLE = _has_slots(MeshTriangle, ("vertex_indices",))
+
+
 def point_msgs(points: NDArray[np.floating]) -> list[Point]:
     """(N, 3) array -> N geometry_msgs/Point (same frame and units)."""
-    return [Point(x=x, y=y, z=z) for x, y, z in np.asarray(points, dtype=np.float64).tolist()]
+    rows = np.asarray(points, dtype=np.float64).reshape(-1, 3).tolist()
+    if not _FAST_POINT:
+        return [Point(x=x, y=y, z=z) for x, y, z in rows]
+    new = Point.__new__
+    out = []
+    for x, y, z in rows:
+        p = new(Point)
+        p._x, p._y, p._z, p._check_fields = x, y, z, False
+        out.append(p)
+    return out
+
+
+def triangle_msgs(faces: NDArray[np.integer]) -> list[MeshTriangle]:
+    """(F, 3) vertex indices -> F shape_msgs/MeshTriangle."""
+    rows = np.array(faces, dtype=np.uint32).reshape(-1, 3)  # a copy: the messages keep row views
+    if not _FAST_TRIANGLE:
+        return [MeshTriangle(vertex_indices=r) for r in rows]
+    new = MeshTriangle.__new__
+    out = []
+    for r in rows:
+        t = new(MeshTriangle)
+        t._vertex_indices, t._check_fields = r, False
+        out.append(t)
+    return out
 
 
 def mesh_msg(mesh: TriangleMesh, vertices: list[Point] | None = None) -> Mesh:
@@ -62,7 +97,7 @@ def mesh_msg(mesh: TriangleMesh, vertices: list[Point] | None = None) -> Mesh:
     """
     return Mesh(
         vertices=point_msgs(mesh.vertices) if vertices is None else vertices,
-        triangles=[MeshTriangle(vertex_indices=f) for f in mesh.faces.astype(np.uint32)],
+        triangles=triangle_msgs(mesh.faces),
     )
 
 
