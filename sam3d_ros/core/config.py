@@ -64,6 +64,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         read_only=True,
     ),
     ParamSpec(
+        "blas_threads",
+        int,
+        1,
+        "Threads of numpy's BLAS in this process (0: leave as is). More than 1 lets idle BLAS threads spin on the cores the network runtime needs; the pipeline's matrices are small.",
+        min=0,
+        max=256,
+        read_only=True,
+    ),
+    ParamSpec(
         "ort_use_cuda",
         bool,
         True,
@@ -363,6 +372,7 @@ class PipelineConfig:
     backend: str
     model_dir: str
     ort_threads: int
+    blas_threads: int
     ort_use_cuda: bool
     trt_precision: str
     engine_cache_dir: str

@@ -47,6 +47,7 @@ from sam3d_ros.core.layout import estimate_object_frame, observed_in_frame, visi
 from sam3d_ros.core.meshing import mesh_from_voxels, mesh_volume
 from sam3d_ros.core.observation import extract_observations
 from sam3d_ros.core.support_plane import estimate_support_plane
+from sam3d_ros.core.threads import limit_blas_threads
 from sam3d_ros.core.tracking import (
     Detection,
     ObjectTracker,
@@ -98,6 +99,7 @@ class FramePipeline:
     ) -> None:
         self.config = config
         self.backend = backend
+        limit_blas_threads(config.blas_threads)  # process-wide; see core/threads.py
         self.tracker = ObjectTracker(
             config.track_max_distance, config.track_max_missed, config.track_use_labels
         )
