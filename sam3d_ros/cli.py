@@ -118,6 +118,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=learning_cli.run)
 
 
+def _add_gate(sub: argparse._SubParsersAction) -> None:
+    """``sam3d-ros gate``: the network's quality gate on a generated dataset (no torch needed)."""
+    from sam3d_ros.learning import cli as learning_cli
+
+    p = sub.add_parser("gate", help="measure the network's quality gate on a generated dataset")
+    learning_cli.add_gate_arguments(p)
+    p.set_defaults(func=learning_cli.run_gate)
+
+
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     """``sam3d-ros generate``: synthetic RGB-D dataset (see sam3d_ros.tools.generate)."""
     from sam3d_ros.tools import generate
@@ -143,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_replay(sub)
     _add_node(sub)
     _add_train(sub)
+    _add_gate(sub)
     _add_generate(sub)
     _add_eval(sub)
     return parser

@@ -21,6 +21,7 @@ import abc
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -106,6 +107,22 @@ def load_manifest(directory: Path) -> dict[str, Any]:
             f"this code's grid {GRID_SIZE} / channels {list(CHANNELS)}"
         )
     return manifest
+
+
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats become None (strict JSON has no NaN/Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest.json`` (indented, strict JSON: NaN as null, trailing newline)."""
+    (out_dir / MANIFEST_NAME).write_text(json.dumps(_json_safe(manifest), indent=2, allow_nan=False) + "\n")
 
 
 def verified_file(directory: Path, manifest: dict[str, Any], key: str) -> Path:

@@ -151,6 +151,36 @@ def export_and_evaluate(
     return 0
 
 
+def add_gate_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``sam3d-ros gate``."""
+    p.add_argument("dataset", type=Path, help="generated dataset (docs/dataset.md), e.g. the val split")
+    p.add_argument("--model-dir", type=Path, default=None, help="model directory (default: the shipped one)")
+    p.add_argument("--max-frames", type=int, default=0, help="first N frames (0: all)")
+    p.add_argument("--workers", type=int, default=1, help="processes, each scoring every N-th frame")
+    p.add_argument(
+        "--write-manifest", action="store_true", help="store the result as the manifest's 'validation'"
+    )
+
+
+def run_gate(args: argparse.Namespace) -> int:
+    """Entry point of ``sam3d-ros gate``: the quality gate of an exported model, measured with
+    the current pipeline (re-run it when the pipeline's pre- or post-processing changes);
+    exit status 0 when the gate is met."""
+    from sam3d_ros.backends.learned import load_manifest, model_dir, write_manifest
+
+    directory = args.model_dir or model_dir()
+    result = gate_on_dataset(directory, args.dataset, args.max_frames or None, args.workers)
+    print(
+        json.dumps({k: result[k] for k in ("frames", "wall_s", "quality_gate", "versus_geometric")}, indent=1)
+    )
+    if args.write_manifest:
+        manifest = load_manifest(directory)
+        manifest["validation"] = result
+        write_manifest(directory, manifest)
+        print(f"validation stored in {directory}/manifest.json")
+    return 0 if result["quality_gate"]["met"] else 1
+
+
 #: Metrics stored per method and bucket in the manifest.
 GATE_METRICS = ("chamfer_l1_mm", "fscore_5mm", "fscore_10mm", "volume_iou", "centre_error_mm")
 

@@ -10,9 +10,7 @@ inputs and records the largest absolute difference.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -20,7 +18,7 @@ from typing import Any, Final
 import numpy as np
 import torch
 
-from sam3d_ros.backends.learned import MANIFEST_NAME, ONNX_KEY, WEIGHTS_KEY, sha256_file
+from sam3d_ros.backends.learned import ONNX_KEY, WEIGHTS_KEY, sha256_file, write_manifest
 from sam3d_ros.core import encoding as E
 from sam3d_ros.learning.model import INPUT_NAME, OUTPUT_NAMES, GeometryLayoutNet, export_onnx
 
@@ -161,19 +159,3 @@ def export_model(
     }
     write_manifest(out_dir, manifest)
     return manifest
-
-
-def _json_safe(value: Any) -> Any:
-    """Non-finite floats become None (strict JSON has no NaN/Infinity)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
-    """Write ``manifest.json`` (indented, strict JSON: NaN as null, trailing newline)."""
-    (out_dir / MANIFEST_NAME).write_text(json.dumps(_json_safe(manifest), indent=2, allow_nan=False) + "\n")
