@@ -172,3 +172,26 @@ def test_parallel_evaluation_scores_the_same_objects(tiny: Path, reports: dict) 
         # two frames, one per worker: each object scored exactly as in the serial run
         np.testing.assert_allclose([c for _, c in merged], [c for _, c in serial], rtol=1e-9, atol=1e-9)
         assert par[name].predicted == reports[name].predicted
+
+
+def test_cli_gate_stores_validation_in_the_manifest(tiny: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from sam3d_ros.backends.learned import load_manifest, model_dir
+
+    models = tmp_path / "models"
+    shutil.copytree(model_dir(), models)
+    before = load_manifest(models)
+    rc = cli_main(["gate", str(tiny), "--model-dir", str(models), "--max-frames", "1", "--write-manifest"])
+    after = load_manifest(models)
+    validation = after["validation"]
+    assert rc == (0 if validation["quality_gate"]["met"] else 1)
+    assert validation["frames"] == 1 and validation["split"] == "val"
+    assert set(validation["metrics"]) == {"extruded_hull", "geometric", "onnxruntime"}
+    assert validation["metrics"]["onnxruntime"]["all"]["count"] > 0
+    # only the validation changed; the file is strict JSON
+    assert {k: v for k, v in after.items() if k != "validation"} == {
+        k: v for k, v in before.items() if k != "validation"
+    }
+    json.loads((models / "manifest.json").read_text(), parse_constant=lambda c: pytest.fail(c))
