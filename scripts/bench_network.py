@@ -10,7 +10,10 @@
    messages, skipped when not importable). Convex decomposition is excluded: the node runs
    it asynchronously. The geometric backend for comparison.
 
-Usage: python scripts/bench_network.py [--threads 2] [--frames 10] [--repeats 30] [--json OUT]
+Prints medians (and the 90th percentile per frame) as JSON, with the per-stage medians.
+
+Usage: python scripts/bench_network.py [--threads 2] [--frames 10] [--repeats 30] [--passes 3]
+       [--json OUT]
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--frames", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--passes", type=int, default=3, help="passes over the frames for the node timing")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     cfg = default_config()
@@ -92,16 +96,26 @@ def main() -> int:
 
     # --- end to end per frame, collision excluded
     e2e: dict[str, list[float]] = {}
+    stages: dict[str, dict[str, list[float]]] = {}
     for name, backend in (("onnxruntime", ort_backend), ("geometric", create_backend(cfg, "geometric"))):
         pipe = FramePipeline(cfg, backend)
         pipe.process(frames[0])
         vals = []
-        for fr in frames:
-            t0 = time.perf_counter()
-            r = pipe.process(fr)
-            _build_messages(r, cfg.marker_alpha)
-            vals.append((time.perf_counter() - t0) * 1000.0)
+        per_stage: dict[str, list[float]] = {}
+        for _ in range(args.passes):
+            for fr in frames:
+                t0 = time.perf_counter()
+                r = pipe.process(fr)
+                t1 = time.perf_counter()
+                _build_messages(r, cfg.marker_alpha)
+                t2 = time.perf_counter()
+                vals.append((t2 - t0) * 1000.0)
+                for k, v in r.timings_ms.items():
+                    if k != "total":
+                        per_stage.setdefault(k, []).append(v)
+                per_stage.setdefault("messages", []).append((t2 - t1) * 1000.0)
         e2e[name] = vals
+        stages[name] = per_stage
         pipe.close()
     result = {
         "machine": {
@@ -115,7 +129,14 @@ def main() -> int:
         "network_ms_per_object_batch8_median": round(statistics.median(net), 2),
         "encoding_ms_per_object_median": round(statistics.median(enc_ms), 2),
         "node_ms_per_frame_5_objects_median": {k: round(statistics.median(v), 1) for k, v in e2e.items()},
+        "node_ms_per_frame_5_objects_p90": {k: round(float(np.percentile(v, 90)), 1) for k, v in e2e.items()},
+        "stage_ms_per_frame_median": {
+            name: {k: round(statistics.median(v), 1) for k, v in st.items()} for name, st in stages.items()
+        },
+        "blas_threads": cfg.blas_threads,
+        "output_mesh_max_triangles": cfg.output_mesh_max_triangles,
         "frames": len(frames),
+        "passes": args.passes,
         "repeats": args.repeats,
     }
     print(json.dumps(result, indent=1))
