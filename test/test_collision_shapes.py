@@ -21,7 +21,7 @@ from sam3d_ros.core.collision import (
     points_outside_convex,
     simplify_mesh,
 )
-from sam3d_ros.core.meshing import is_watertight, mesh_volume, split_pinched_edges
+from sam3d_ros.core.meshing import drop_back_to_back_faces, is_watertight, mesh_volume, split_pinched_edges
 from sam3d_ros.core.pipeline import FramePipeline
 from sam3d_ros.core.types import PrimitiveType, TriangleMesh
 
@@ -107,6 +107,19 @@ def test_pinched_edge_is_split_into_a_watertight_mesh() -> None:
     np.testing.assert_array_equal(fixed.vertices[fixed.faces], joined.vertices[joined.faces])
     assert mesh_volume(fixed) == pytest.approx(mesh_volume(a) + mesh_volume(b))
     assert split_pinched_edges(a) is a
+
+
+def test_back_to_back_faces_are_dropped() -> None:
+    """A zero-volume flap (one triangle twice, opposite orientations) and a repeated face."""
+    cube = tm(trimesh.creation.box((0.1, 0.1, 0.1)))
+    flap = np.array([[0, 1, 2], [0, 2, 1]])
+    faces = np.concatenate([cube.faces, flap, cube.faces[:1]]).astype(np.int32)
+    dirty = TriangleMesh(cube.vertices, faces)
+    assert not is_watertight(dirty)
+    clean = drop_back_to_back_faces(dirty)
+    assert is_watertight(clean) and len(clean.faces) == len(cube.faces)
+    assert mesh_volume(clean) == pytest.approx(mesh_volume(cube))
+    assert drop_back_to_back_faces(cube) is cube
 
 
 def test_padding_grows_more_where_completed() -> None:

@@ -19,20 +19,26 @@ from numpy.typing import NDArray
 from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError, cKDTree
 
 from sam3d_ros.core.frames import make_transform
-from sam3d_ros.core.meshing import face_areas_and_centroids, is_watertight, split_pinched_edges
+from sam3d_ros.core.meshing import (
+    drop_back_to_back_faces,
+    face_areas_and_centroids,
+    is_watertight,
+    mesh_volume,
+    split_pinched_edges,
+)
 from sam3d_ros.core.types import CollisionPrimitive, CollisionShapes, PrimitiveType, TriangleMesh
 
 logger = logging.getLogger(__name__)
+
+#: A simplified mesh keeping less than this fraction of the volume is replaced by the
+#: capped convex hull (coarse vertex clustering collapses thin parts).
+_MIN_SIMPLIFIED_VOLUME_RATIO = 0.6
 
 #: Iterations of the Badoiu-Clarkson minimum-enclosing-ball approximation.
 _BALL_ITERATIONS = 100
 
 #: The enclosing-ball iterations use a regular subsample of at most this many hull points.
 _BALL_MAX_POINTS = 512
-
-#: Quadric decimation aims at these fractions of the triangle budget, in turn, until the
-#: result is watertight (see :func:`simplify_mesh`).
-_DECIMATION_TARGETS = (0.95, 0.85, 0.7)
 
 
 class CollisionError(ValueError):
@@ -412,56 +418,46 @@ def simplify_mesh(mesh: TriangleMesh, max_triangles: int) -> TriangleMesh:
 
     Uses quadric decimation (``fast_simplification``) when installed, else vertex
     clustering on a grid whose cell grows until the budget is met (logged once). Meshes
-    already under budget are returned unchanged. A watertight input gives a watertight
-    output: decimation can pinch two sheets of a thin part into one edge, which
-    :func:`~sam3d_ros.core.meshing.split_pinched_edges` separates again; a result that is
-    still not watertight is redone with a lower target (``_DECIMATION_TARGETS``), then by
-    clustering; when nothing meets the budget watertight, the convex hull is returned
-    (capped to ``max_triangles // 2 + 2`` vertices).
+    already under budget are returned unchanged. Decimating a closed mesh can leave
+    back-to-back face pairs and sheets pinched into one edge; both are repaired
+    (:func:`~sam3d_ros.core.meshing.drop_back_to_back_faces`,
+    :func:`~sam3d_ros.core.meshing.split_pinched_edges`), which closes most results; the
+    rest are kept as they are (a few open edges). When no reduction meets the budget the
+    convex hull is returned (capped to ``max_triangles // 2 + 2`` vertices).
     """
     n_faces = len(mesh.faces)
     if n_faces <= max_triangles:
         return mesh
-    need_closed = is_watertight(mesh)
-
-    def acceptable(out: TriangleMesh | None) -> bool:
-        return (
-            out is not None
-            and 4 <= len(out.faces) <= max_triangles
-            and (not need_closed or is_watertight(out))
-        )
-
-    out: TriangleMesh | None = None
     try:
         import fast_simplification  # type: ignore[import-untyped]
     except ImportError:
         _warn_once("fast_simplification", "fast_simplification not installed: vertex clustering is used")
+        out = _cluster_simplify(mesh, max_triangles)
     else:
-        verts32 = np.asarray(mesh.vertices, dtype=np.float32)
-        faces32 = np.asarray(mesh.faces, dtype=np.int32)
-        for target in _DECIMATION_TARGETS:  # a little below the budget: it may stop short
-            reduction = float(np.clip(1.0 - target * max_triangles / n_faces, 0.0, 0.999))
-            try:
-                pts, tri = fast_simplification.simplify(verts32, faces32, target_reduction=reduction)
-            except Exception as err:  # noqa: BLE001 - a library failure falls back, never raises
-                logger.debug("fast_simplification failed (%s); vertex clustering", err)
-                break
-            out = TriangleMesh(np.asarray(pts, dtype=np.float64), np.asarray(tri, dtype=np.int32))
-            if need_closed and not is_watertight(out):
-                out = split_pinched_edges(out)
-            if acceptable(out):
-                return out
-            logger.debug(
-                "decimation to %d of %d faces is not usable (%d faces, watertight %s)",
-                max_triangles,
-                n_faces,
-                len(out.faces),
-                is_watertight(out),
+        # aim a little below the budget: decimation may stop a few faces short of it
+        reduction = float(np.clip(1.0 - 0.95 * max_triangles / n_faces, 0.0, 0.999))
+        try:
+            pts, tri = fast_simplification.simplify(
+                np.asarray(mesh.vertices, dtype=np.float32),
+                np.asarray(mesh.faces, dtype=np.int32),
+                target_reduction=reduction,
             )
-    out = _cluster_simplify(mesh, max_triangles)
-    if acceptable(out):
-        return out
-    return cap_convex_vertices(mesh.vertices, max(4, max_triangles // 2 + 2))
+            out = TriangleMesh(np.asarray(pts, dtype=np.float64), np.asarray(tri, dtype=np.int32))
+        except Exception as err:  # noqa: BLE001 - a library failure falls back, never raises
+            logger.debug("fast_simplification failed (%s); vertex clustering", err)
+            out = _cluster_simplify(mesh, max_triangles)
+    if not is_watertight(out) and is_watertight(mesh):
+        out = split_pinched_edges(drop_back_to_back_faces(out))
+    hull_cap = max(4, max_triangles // 2 + 2)
+    if len(out.faces) > max_triangles or len(out.faces) < 4:
+        return cap_convex_vertices(mesh.vertices, hull_cap)
+    if abs(mesh_volume(out)) < _MIN_SIMPLIFIED_VOLUME_RATIO * abs(mesh_volume(mesh)):
+        # a coarse clustering can collapse thin parts: the capped hull keeps the volume
+        hull = cap_convex_vertices(mesh.vertices, hull_cap)
+        if len(hull.faces) <= max_triangles:
+            logger.debug("simplified mesh lost too much volume; capped convex hull instead")
+            return hull
+    return out
 
 
 def _cluster_simplify(mesh: TriangleMesh, max_triangles: int) -> TriangleMesh:

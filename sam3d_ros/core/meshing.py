@@ -167,6 +167,34 @@ def is_watertight(mesh: TriangleMesh) -> bool:
     return bool(np.array_equal(directed, np.sort(b * n + a)))
 
 
+def drop_back_to_back_faces(mesh: TriangleMesh) -> TriangleMesh:
+    """Remove pairs of faces on the same three vertices with opposite orientations (a flap
+    of zero volume, as decimation can leave) and repeats of a face with the same
+    orientation (one is kept). Vertices are kept as they are."""
+    f = np.asarray(mesh.faces, dtype=np.int64)
+    if len(f) < 2:
+        return mesh
+    # rotate each face so its smallest index comes first: the cyclic order (orientation) stays
+    first = np.argmin(f, axis=1)
+    rows = np.arange(len(f))[:, None]
+    rolled = f[rows, (first[:, None] + np.arange(3)) % 3]
+    _, inv, counts = np.unique(np.sort(f, axis=1), axis=0, return_inverse=True, return_counts=True)
+    inv = inv.reshape(-1)
+    if counts.max() == 1:
+        return mesh
+    keep = np.ones(len(f), dtype=bool)
+    for group in np.nonzero(counts > 1)[0].tolist():
+        members = np.nonzero(inv == group)[0]
+        forward = members[rolled[members, 1] < rolled[members, 2]]
+        backward = members[rolled[members, 1] > rolled[members, 2]]
+        pairs = min(len(forward), len(backward))
+        keep[forward[:pairs]] = False  # opposite pairs cancel
+        keep[backward[:pairs]] = False
+        rest = np.concatenate([forward[pairs:], backward[pairs:]])
+        keep[rest[1:]] = False  # same-orientation repeats: one stays
+    return TriangleMesh(vertices=mesh.vertices, faces=np.ascontiguousarray(f[keep], dtype=np.int32))
+
+
 def split_pinched_edges(mesh: TriangleMesh) -> TriangleMesh:
     """Separate sheets that touch along an edge (an edge shared by 4, 6, ... faces, as
     decimation can leave on thin parts of a closed mesh).
