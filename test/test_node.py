@@ -242,6 +242,10 @@ def test_reset_service(live: NodeUnderTest, rendered: Any) -> None:
     assert wait_for(lambda: live.processed() == 2)
 
 
+#: Seconds SlowBackend sleeps per frame (on top of the geometric reconstruction).
+SLOW_BACKEND_DELAY_S = 1.0
+
+
 class SlowBackend(Backend):
     name = "slow"
 
@@ -250,7 +254,7 @@ class SlowBackend(Backend):
         self.inner = create_backend(config, "geometric")
 
     def reconstruct(self, scene: Any, observations: Any) -> Any:
-        time.sleep(0.3)
+        time.sleep(SLOW_BACKEND_DELAY_S)
         return self.inner.reconstruct(scene, observations)
 
 
@@ -270,9 +274,9 @@ def test_latest_frame_wins_when_processing_is_slow(rendered: Any) -> None:
             publish_frame(nut.pubs, frame_msgs(rendered, T0 + i * 33_000_000), info=False)
             assert wait_for(lambda i=i: node.stats.snapshot().frames_in == i + 1, 5.0)
         accept_time = time.monotonic() - t_publish
-        # every frame was accepted while reconstructions (0.3 s each) were still running:
-        # the executor never blocked on reconstruction
-        assert accept_time < 8 * 0.3
+        # every frame was accepted while reconstructions were still running: an executor
+        # that blocked on reconstruction would need at least 7 backend delays for this
+        assert accept_time < 7 * SLOW_BACKEND_DELAY_S, accept_time
         assert node.wait_idle(20.0)
         snap = node.stats.snapshot()
         superseded = snap.frames_skipped.get("superseded", 0)
