@@ -47,6 +47,39 @@ def input_topic_params(ns: str) -> list[Parameter]:
     return [Parameter(f"{k}_topic", value=v) for k, v in input_topics(ns).items()]
 
 
+def input_publishers(node: Node, ns: str) -> dict[str, Any]:
+    """Sensor-data QoS publishers on the node inputs of ``ns`` (keys rgb, depth, info, mask)."""
+    types = {"rgb": Image, "depth": Image, "info": CameraInfo, "mask": Image}
+    return {
+        k: node.create_publisher(types[k], name, qos_profile_sensor_data)
+        for k, name in input_topics(ns).items()
+    }
+
+
+def namespaced_node(
+    harness: Harness,
+    ns: str,
+    params: dict[str, Any],
+    *,
+    remap_topics: tuple[str, ...] = (),
+    backend_factory: Any = None,
+) -> Any:
+    """A ``Sam3dNode`` (unconfigured) in namespace ``ns``, reading :func:`input_topics` of
+    ``ns``, with parameter overrides ``params`` and the absolute ``remap_topics`` moved under
+    ``ns``; added to the harness's executor."""
+    from sam3d_ros.ros.node import Sam3dNode
+
+    remaps = [arg for topic in remap_topics for arg in ("-r", f"{topic}:={ns}{topic}")]
+    node = Sam3dNode(
+        context=harness.context,
+        parameter_overrides=input_topic_params(ns) + [Parameter(k, value=v) for k, v in params.items()],
+        backend_factory=backend_factory,
+        cli_args=["--ros-args", "-r", f"__ns:={ns}", *remaps],
+    )
+    harness.add_node(node)
+    return node
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, period: float = 0.01) -> bool:
     """Poll ``predicate`` until true or the deadline passes; returns the last value."""
     deadline = time.monotonic() + timeout
@@ -118,11 +151,7 @@ class Harness:
         self.executor.add_node(node)
 
     def publishers(self, ns: str) -> dict[str, Any]:
-        types = {"rgb": Image, "depth": Image, "info": CameraInfo, "mask": Image}
-        return {
-            k: self.peer.create_publisher(types[k], name, qos_profile_sensor_data)
-            for k, name in input_topics(ns).items()
-        }
+        return input_publishers(self.peer, ns)
 
     def subscribe(self, msg_type: Any, topic: str, key: str | None = None, qos: Any = 10) -> list[Any]:
         store = self.received.setdefault(key or topic, [])

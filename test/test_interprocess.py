@@ -18,11 +18,9 @@ import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
-from ros_helpers import frame_msgs, input_topics, publish_frame, wait_for
+from ros_helpers import frame_msgs, input_publishers, publish_frame, wait_for
 from sam3d_ros.msg import ObjectReconstructionArray
 from scipy.spatial import cKDTree
-from sensor_msgs.msg import CameraInfo, Image
 
 from sam3d_ros.core.frames import Pose, transform_points
 from sam3d_ros.sim.bag import read_ground_truth, write_bag
@@ -55,11 +53,7 @@ def test_node_in_another_process(tmp_path: Path) -> None:
     listener = Node("ipc_listener", context=context)
     received: list[ObjectReconstructionArray] = []
     listener.create_subscription(ObjectReconstructionArray, "/sam3d_node/objects", received.append, 10)
-    types = {"rgb": Image, "depth": Image, "info": CameraInfo, "mask": Image}
-    pubs = {
-        k: listener.create_publisher(types[k], topic, qos_profile_sensor_data)
-        for k, topic in input_topics("").items()
-    }
+    pubs = input_publishers(listener, "")
     resent = 0
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(listener)

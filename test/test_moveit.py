@@ -8,9 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from ros_helpers import Harness, frame_msgs, input_topic_params, publish_frame, unique_ns, wait_for
+from ros_helpers import Harness, frame_msgs, namespaced_node, publish_frame, unique_ns, wait_for
 from scene_helpers import DT, T0, box, camera, cylinder, rendered
 from std_srvs.srv import Trigger
 
@@ -27,21 +26,12 @@ def pose7(t: np.ndarray) -> str:
 
 
 def start(harness: Harness, ns: str, topic: str, **params: Any) -> Sam3dNode:
-    overrides = (
-        input_topic_params(ns)
-        + [
-            Parameter("planning_frame", value="world"),
-            Parameter("camera_to_planning_transform", value=pose7(camera().world_T_camera)),
-            Parameter("mesh_resolution", value=32),
-        ]
-        + [Parameter(k, value=v) for k, v in params.items()]
-    )
-    node = Sam3dNode(
-        context=harness.context,
-        parameter_overrides=overrides,
-        cli_args=["--ros-args", "-r", f"__ns:={ns}", "-r", f"{topic}:={ns}{topic}"],
-    )
-    harness.add_node(node)
+    base = {
+        "planning_frame": "world",
+        "camera_to_planning_transform": pose7(camera().world_T_camera),
+        "mesh_resolution": 32,
+    }
+    node: Sam3dNode = namespaced_node(harness, ns, {**base, **params}, remap_topics=(topic,))
     node.trigger_configure()
     node.trigger_activate()
     return node

@@ -17,7 +17,7 @@ from ros_helpers import (
     frame_msgs,
     image_msg,
     info_msg,
-    input_topic_params,
+    namespaced_node,
     publish_frame,
     unique_ns,
     wait_for,
@@ -75,20 +75,9 @@ class NodeUnderTest:
 
 
 def start_node(harness: Harness, ns: str, backend_factory: Any = None, **params: Any) -> Sam3dNode:
-    overrides = (
-        input_topic_params(ns)
-        + [
-            Parameter("diagnostics_period", value=0.2),
-        ]
-        + [Parameter(k, value=v) for k, v in params.items()]
+    node: Sam3dNode = namespaced_node(
+        harness, ns, {"diagnostics_period": 0.2, **params}, backend_factory=backend_factory
     )
-    node = Sam3dNode(
-        context=harness.context,
-        parameter_overrides=overrides,
-        backend_factory=backend_factory,
-        cli_args=["--ros-args", "-r", f"__ns:={ns}"],
-    )
-    harness.add_node(node)
     return node
 
 

@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 from geometry_msgs.msg import TransformStamped
 from rclpy.lifecycle import TransitionCallbackReturn
-from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from ros_helpers import Harness, frame_msgs, input_topic_params, publish_frame, unique_ns, wait_for
+from ros_helpers import Harness, frame_msgs, namespaced_node, publish_frame, unique_ns, wait_for
 from scene_helpers import DT, T0, box, camera, cylinder, rendered
 
 from sam3d_ros.core.config import default_config
@@ -234,22 +233,13 @@ class SceneSpy:
 
 
 def start(harness: Harness, ns: str, **params: Any) -> tuple[Sam3dNode, SceneSpy]:
-    overrides = (
-        input_topic_params(ns)
-        + [
-            Parameter("planning_frame", value="world"),
-            Parameter("mesh_resolution", value=32),
-            Parameter("collision_shapes", value="hull"),
-            Parameter("moveit_resend_period", value=0.0),
-        ]
-        + [Parameter(k, value=v) for k, v in params.items()]
-    )
-    node = Sam3dNode(
-        context=harness.context,
-        parameter_overrides=overrides,
-        cli_args=["--ros-args", "-r", f"__ns:={ns}", "-r", f"/collision_object:={ns}/collision_object"],
-    )
-    harness.add_node(node)
+    base = {
+        "planning_frame": "world",
+        "mesh_resolution": 32,
+        "collision_shapes": "hull",
+        "moveit_resend_period": 0.0,
+    }
+    node: Sam3dNode = namespaced_node(harness, ns, {**base, **params}, remap_topics=("/collision_object",))
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     spy = SceneSpy(node)
     assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
