@@ -127,3 +127,12 @@ def test_huge_8000x8000_image_is_rejected_without_crash() -> None:
         frame_from_messages(rgb, depth, info, huge, default_config())
     assert err.value.reason is SkipReason.IMAGE_TOO_LARGE
     assert "8000x8000" in err.value.detail
+
+
+@pytest.mark.parametrize("frame_id", ["", "   "])
+def test_empty_frame_id_is_rejected(frame_id: str) -> None:
+    rgb, depth, info, mask = scene()
+    rgb.header = Header(frame_id=frame_id)
+    with pytest.raises(InputError) as err:
+        frame_from_messages(rgb, depth, info, mask, default_config())
+    assert err.value.reason is SkipReason.EMPTY_FRAME_ID

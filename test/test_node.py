@@ -175,6 +175,16 @@ def test_bad_frames_are_skipped_counted_and_node_keeps_serving(live: NodeUnderTe
     )
 
 
+def test_empty_frame_id_is_skipped_counted_and_not_published(live: NodeUnderTest, rendered: Any) -> None:
+    rgb, depth, info, mask = frame_msgs(rendered, T0 + 50)
+    rgb.header.frame_id = ""
+    publish_frame(live.pubs, (rgb, depth, info, mask), info=False)
+    assert wait_for(lambda: live.skipped(SkipReason.EMPTY_FRAME_ID) == 1)
+    publish_frame(live.pubs, frame_msgs(rendered, T0 + 60), info=False)
+    assert wait_for(lambda: live.processed() == 1 and len(live.objects) == 1)
+    assert live.objects[0].header.frame_id == "camera_color_optical_frame"
+
+
 def test_invalid_camera_info_is_skipped(live: NodeUnderTest, rendered: Any) -> None:
     bad = info_msg(rendered.camera.intrinsics, T0)
     bad.k = [0.0] * 9

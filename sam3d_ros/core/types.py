@@ -203,6 +203,7 @@ class SkipReason(str, Enum):
     INVALID_CAMERA_INFO = "invalid_camera_info"
     MISSING_CAMERA_INFO = "missing_camera_info"
     NO_VALID_DEPTH = "no_valid_depth"
+    EMPTY_FRAME_ID = "empty_frame_id"
     STALE_STAMP = "stale_stamp"
     DUPLICATE_STAMP = "duplicate_stamp"
     SUPERSEDED = "superseded"

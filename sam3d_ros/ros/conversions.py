@@ -76,8 +76,15 @@ def frame_from_messages(
     The frame keeps the colour image's header (stamp and frame_id).
 
     Raises:
-        InputError: the reason names what is wrong (encoding, data length, sizes, K, ...).
+        InputError: the reason names what is wrong (encoding, data length, sizes, K, an
+            empty ``frame_id``, ...).
     """
+    frame_id = str(rgb_msg.header.frame_id)
+    if not frame_id.strip():  # nothing downstream (tf2, RViz, MoveIt) can place such a frame
+        raise InputError(
+            SkipReason.EMPTY_FRAME_ID,
+            f"rgb image {header_stamp_ns(rgb_msg)} has an empty header.frame_id {frame_id!r}",
+        )
     if info_msg is None:
         raise InputError(SkipReason.MISSING_CAMERA_INFO, "no CameraInfo received yet on the info topic")
     camera = camera_from_info(info_msg)
@@ -87,7 +94,7 @@ def frame_from_messages(
     mask_raw, mask_enc = _decode(mask_msg, LABEL_ENCODINGS, max_px, "mask")
     return assemble_frame(
         stamp_ns=header_stamp_ns(rgb_msg),
-        frame_id=str(rgb_msg.header.frame_id),
+        frame_id=frame_id,
         rgb=to_rgb(rgb_raw, rgb_enc),
         depth=to_depth_m(depth_raw, depth_enc),
         labels=to_labels(mask_raw, mask_enc),
