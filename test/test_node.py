@@ -288,6 +288,31 @@ def test_latest_frame_wins_when_processing_is_slow(rendered: Any) -> None:
         harness.close()
 
 
+def test_frame_pending_at_deactivation_is_counted_not_active(rendered: Any) -> None:
+    harness = Harness()
+    ns = unique_ns()
+    node = start_node(harness, ns, backend_factory=SlowBackend)
+    harness.start()
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        nut = NodeUnderTest(harness, ns, node)
+        nut.wait_connected()
+        nut.send_info(rendered)
+        publish_frame(nut.pubs, frame_msgs(rendered, T0 + 1), info=False)
+        assert wait_for(lambda: node.stats.snapshot().frames_in == 1, 5.0)
+        assert wait_for(lambda: not node._worker.idle() and node._worker._pending is None, 5.0)
+        publish_frame(nut.pubs, frame_msgs(rendered, T0 + 2), info=False)  # pending behind it
+        assert wait_for(lambda: node.stats.snapshot().frames_in == 2, 5.0)
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        snap = node.stats.snapshot()
+        assert snap.frames_skipped.get("superseded", 0) == 0, snap.frames_skipped
+        assert snap.frames_skipped.get("not_active", 0) == 1, snap.frames_skipped
+        assert snap.frames_out == 1  # the frame in flight was finished
+    finally:
+        harness.close()
+
+
 def test_configure_fails_cleanly_on_unknown_backend() -> None:
     harness = Harness()
     try:

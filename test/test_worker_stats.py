@@ -56,6 +56,26 @@ def test_submit_after_stop_is_reported_as_dropped() -> None:
     assert dropped == [7]
 
 
+def test_items_cancelled_by_stop_are_not_reported_as_dropped() -> None:
+    gate = threading.Event()
+    started = threading.Event()
+    dropped: list[int] = []
+    cancelled: list[int] = []
+
+    def process(item: int) -> None:
+        started.set()
+        gate.wait(5.0)
+
+    worker = LatestWinsWorker(process, dropped.append, on_cancelled=cancelled.append)
+    worker.submit(0)
+    assert started.wait(5.0)
+    worker.submit(1)  # pending while 0 runs: cancelled by stop, not replaced by a newer item
+    threading.Timer(0.2, gate.set).start()
+    worker.stop()
+    worker.submit(2)  # after stop
+    assert dropped == [] and cancelled == [1, 2]
+
+
 def test_stats_counts_and_medians() -> None:
     stats = RuntimeStats(window=3)
     for i in range(4):

@@ -2,7 +2,10 @@
 
 The ROS executor thread only submits; reconstruction runs here. When processing is slower
 than the input, a pending item that was never started is replaced by the newer one and
-reported through ``on_dropped`` (so it can be counted), never silently lost.
+reported through ``on_dropped`` (so it can be counted), never silently lost. Items that never
+run because the worker stopped (pending at :meth:`LatestWinsWorker.stop`, or submitted
+after it) are reported through ``on_cancelled`` instead: they were not replaced by a newer
+item.
 """
 
 from __future__ import annotations
@@ -23,15 +26,24 @@ class LatestWinsWorker(Generic[T]):
     Args:
         process: called on the worker thread; exceptions are logged and swallowed so the
             worker keeps serving (callers should handle their own errors).
-        on_dropped: called (on the submitting thread) with an item replaced before it ran.
+        on_dropped: called (on the submitting thread) with an item replaced by a newer one
+            before it ran.
         name: thread name.
+        on_cancelled: called (on the thread that calls :meth:`stop` or :meth:`submit`) with an
+            item that never runs because the worker stopped; default ``on_dropped``.
     """
 
     def __init__(
-        self, process: Callable[[T], None], on_dropped: Callable[[T], None], name: str = "sam3d-worker"
+        self,
+        process: Callable[[T], None],
+        on_dropped: Callable[[T], None],
+        name: str = "sam3d-worker",
+        *,
+        on_cancelled: Callable[[T], None] | None = None,
     ) -> None:
         self._process = process
         self._on_dropped = on_dropped
+        self._on_cancelled = on_cancelled or on_dropped
         self._cond = threading.Condition()
         self._pending: T | None = None
         self._busy = False
@@ -43,12 +55,13 @@ class LatestWinsWorker(Generic[T]):
         """Queue ``item``; a pending, not yet started item is dropped."""
         dropped: T | None = None
         with self._cond:
-            if self._stop:
-                dropped = item
-            else:
+            stopped = self._stop
+            if not stopped:
                 dropped, self._pending = self._pending, item
                 self._cond.notify()
-        if dropped is not None:
+        if stopped:
+            self._on_cancelled(item)
+        elif dropped is not None:
             self._on_dropped(dropped)
 
     def idle(self) -> bool:
@@ -62,13 +75,14 @@ class LatestWinsWorker(Generic[T]):
             return self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout=timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread after the running item (a pending one is dropped and reported)."""
+        """Stop the thread after the running item; a pending one never runs and is reported
+        through ``on_cancelled``."""
         with self._cond:
             self._stop = True
-            dropped, self._pending = self._pending, None
+            cancelled, self._pending = self._pending, None
             self._cond.notify_all()
-        if dropped is not None:
-            self._on_dropped(dropped)
+        if cancelled is not None:
+            self._on_cancelled(cancelled)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 

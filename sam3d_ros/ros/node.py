@@ -141,7 +141,12 @@ class Sam3dNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         cfg = self._require_config()
-        self._worker = LatestWinsWorker(self._process_job, self._on_job_dropped, name="sam3d-reconstruct")
+        self._worker = LatestWinsWorker(
+            self._process_job,
+            self._on_job_dropped,
+            name="sam3d-reconstruct",
+            on_cancelled=self._on_job_cancelled,
+        )
         self._sync = self._make_sync(cfg)
         self._subs.append(
             self.create_subscription(
@@ -267,6 +272,12 @@ class Sam3dNode(LifecycleNode):
         self._skip_frame(
             SkipReason.SUPERSEDED,
             f"frame {header_stamp_ns(job.rgb)} replaced by a newer one before processing",
+        )
+
+    def _on_job_cancelled(self, job: _FrameJob) -> None:
+        self._skip_frame(
+            SkipReason.NOT_ACTIVE,
+            f"frame {header_stamp_ns(job.rgb)} was pending when the node was deactivated",
         )
 
     def _skip_frame(self, reason: SkipReason, detail: str) -> None:
