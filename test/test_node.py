@@ -214,6 +214,37 @@ def test_duplicate_and_out_of_order_stamps(live: NodeUnderTest, rendered: Any) -
     assert wait_for(lambda: live.processed() == 2)
 
 
+def test_stamps_far_from_the_stream_are_skipped_and_do_not_move_the_gate(
+    live: NodeUnderTest, rendered: Any
+) -> None:
+    def deleteall() -> int:
+        return sum(m.action == Marker.DELETEALL for a in live.markers for m in a.markers)
+
+    base = T0 + 1_000_000_000
+    publish_frame(live.pubs, frame_msgs(rendered, base))
+    assert wait_for(lambda: live.processed() == 1)
+    publish_frame(live.pubs, frame_msgs(rendered, base + 4_000_000_000))  # one frame 4 s ahead
+    assert wait_for(lambda: live.skipped(SkipReason.STAMP_JUMP) == 1)
+    publish_frame(live.pubs, frame_msgs(rendered, base + 33_000_000))  # the stream goes on
+    assert wait_for(lambda: live.processed() == 2)
+    publish_frame(live.pubs, frame_msgs(rendered, 0))  # an unset stamp: not a restart
+    assert wait_for(lambda: live.skipped(SkipReason.INVALID_STAMP) == 1)
+    ahead = time.time_ns() + 4_000_000_000  # ahead of the node's clock
+    publish_frame(live.pubs, frame_msgs(rendered, ahead))
+    assert wait_for(lambda: live.skipped(SkipReason.FUTURE_STAMP) == 1)
+    publish_frame(live.pubs, frame_msgs(rendered, base + 66_000_000))
+    assert wait_for(lambda: live.processed() == 3)
+    assert deleteall() == 0  # nothing above reset the tracks
+    assert all(m.header.stamp.sec != 0 for m in live.objects)
+    # a real restart (time back by 60 s) is recognised by its second frame
+    publish_frame(live.pubs, frame_msgs(rendered, base - 60_000_000_000))
+    assert wait_for(lambda: live.skipped(SkipReason.STAMP_JUMP) == 2)
+    publish_frame(live.pubs, frame_msgs(rendered, base - 60_000_000_000 + 33_000_000))
+    assert wait_for(lambda: live.processed() == 4)
+    assert wait_for(lambda: deleteall() == 1)
+    assert live.skipped(SkipReason.STALE_STAMP) == 0
+
+
 def test_empty_mask_and_tiny_objects(live: NodeUnderTest, rendered: Any) -> None:
     rgb, depth, info, _ = frame_msgs(rendered, T0 + 7)
     empty = image_msg(np.zeros(rendered.labels.shape, np.uint16), "16UC1", T0 + 7)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sam3d_ros.ros.sync import ApproximateTimeSync, SyncError
+from sam3d_ros.ros.sync import ApproximateTimeSync, StampGate, SyncError
 
 
 @dataclass
@@ -130,3 +130,59 @@ def test_zero_slop_needs_identical_stamps() -> None:
 def test_invalid_arguments(n: int, q: int, s: float) -> None:
     with pytest.raises(SyncError):
         ApproximateTimeSync(n, q, s, lambda *m: None)
+
+
+# --- stamp gate ----------------------------------------------------------------------------
+S = 1_000_000_000  # ns per second
+T = 1_700_000_000 * S
+
+
+def _feed(gate: StampGate, stamps: list[int], now_ns: int | None = None) -> list[str]:
+    """The verdict of each stamp: 'ok', 'restart' or the skip reason."""
+    out = []
+    for s in stamps:
+        v = gate.check(s, now_ns)
+        out.append(v.reason.value if v.reason is not None else ("restart" if v.restarted else "ok"))
+    return out
+
+
+def test_gate_one_frame_far_ahead_is_skipped_and_does_not_block_the_stream() -> None:
+    gate = StampGate(jump_threshold_s=2.0)
+    dt = 33_000_000
+    verdicts = _feed(gate, [T, T + dt, T + 4 * S, T + 2 * dt, T + 3 * dt])
+    assert verdicts == ["ok", "ok", "stamp_jump", "ok", "ok"]
+    assert gate.last_ns == T + 3 * dt and gate.resets == 0
+
+
+def test_gate_zero_stamp_is_skipped_not_a_restart() -> None:
+    gate = StampGate()
+    assert _feed(gate, [T, 0, 0, T + 1]) == ["ok", "invalid_stamp", "invalid_stamp", "ok"]
+    assert gate.resets == 0 and gate.last_ns == T + 1
+
+
+def test_gate_stamp_ahead_of_the_clock_is_skipped() -> None:
+    gate = StampGate(max_ahead_s=1.0)
+    now = T + 10 * S
+    assert _feed(gate, [T, T + 12 * S, T + 1], now_ns=now) == ["ok", "future_stamp", "ok"]
+    assert _feed(StampGate(max_ahead_s=1.0), [now + 4 * S], now_ns=now) == ["future_stamp"]
+    # no clock yet (sim time before /clock): not checked; 0 disables the check
+    assert _feed(StampGate(max_ahead_s=1.0), [now + 4 * S], now_ns=0) == ["ok"]
+    assert _feed(StampGate(max_ahead_s=0.0), [now + 4 * S], now_ns=now) == ["ok"]
+
+
+def test_gate_restart_is_recognised_by_a_second_frame() -> None:
+    gate = StampGate(jump_threshold_s=2.0)
+    verdicts = _feed(gate, [T + 60 * S, T + 60 * S + 1, T, T + 33_000_000, T + 66_000_000])
+    assert verdicts == ["ok", "ok", "stamp_jump", "restart", "ok"]
+    assert gate.resets == 1
+    # a forward gap (the source paused) is confirmed the same way, without a restart
+    gate = StampGate(jump_threshold_s=2.0)
+    assert _feed(gate, [T, T + 10 * S, T + 10 * S + 1]) == ["ok", "stamp_jump", "ok"]
+    assert gate.resets == 0
+
+
+def test_gate_duplicate_and_stale() -> None:
+    gate = StampGate()
+    assert _feed(gate, [T, T, T - 1]) == ["ok", "duplicate_stamp", "stale_stamp"]
+    gate.reset()
+    assert _feed(gate, [T - 1]) == ["ok"]

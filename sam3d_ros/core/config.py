@@ -107,6 +107,27 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "sync_slop", float, 0.05, "Approximate-time sync: max stamp spread of a set (s).", min=0.0, max=5.0
     ),
     ParamSpec("sync_queue_size", int, 10, "Approximate-time sync: messages kept per topic.", min=1, max=1000),
+    ParamSpec(
+        "stamp_jump_threshold",
+        float,
+        C.STAMP_JUMP_THRESHOLD_S,
+        "A frame stamped further than this from the last accepted one (either way) is skipped "
+        "(stamp_jump) until a second frame confirms the jump (a restart when time went back); "
+        "set it above the longest expected gap between frames (s).",
+        min=0.001,
+        max=86400.0,
+        read_only=True,
+    ),
+    ParamSpec(
+        "max_stamp_ahead",
+        float,
+        C.STAMP_MAX_AHEAD_OF_CLOCK_S,
+        "A frame stamped further than this ahead of the node's clock is skipped (future_stamp); "
+        "0: no check (s).",
+        min=0.0,
+        max=86400.0,
+        read_only=True,
+    ),
     # --- input validation ------------------------------------------------------------------
     ParamSpec("depth_min", float, 0.1, "Depths below this are invalid (m).", min=0.0, max=100.0),
     ParamSpec("depth_max", float, 5.0, "Depths above this are invalid (m).", min=0.01, max=100.0),
@@ -382,6 +403,8 @@ class PipelineConfig:
     mask_topic: str
     sync_slop: float
     sync_queue_size: int
+    stamp_jump_threshold: float
+    max_stamp_ahead: float
     depth_min: float
     depth_max: float
     max_image_pixels: int

@@ -16,6 +16,13 @@ DEFAULT_DEPTH_TOPIC: Final[str] = "/camera/aligned_depth_to_color/image_raw"
 DEFAULT_INFO_TOPIC: Final[str] = "/camera/color/camera_info"
 DEFAULT_MASK_TOPIC: Final[str] = "/camera/instance_masks"
 
+#: Defaults of the stamp gate (parameters stamp_jump_threshold, max_stamp_ahead): a frame
+#: further than this from the last accepted stamp is a jump, held until a second frame
+#: confirms it (s) ...
+STAMP_JUMP_THRESHOLD_S: Final[float] = 2.0
+#: ... and a frame stamped further than this ahead of the receiver's clock is skipped (s).
+STAMP_MAX_AHEAD_OF_CLOCK_S: Final[float] = 1.0
+
 #: Millimetres per metre, for 16UC1 depth (REP 118).
 MM_PER_M: Final[float] = 1000.0
 

@@ -50,8 +50,6 @@ from sam3d_ros.ros.tf import PlanningFrameSource
 
 logger = logging.getLogger(__name__)
 
-#: A stamp this far behind the last accepted one means the source restarted (bag loop).
-TIME_JUMP_RESET_S = 5.0
 #: Minimum seconds between two log lines for the same skip reason.
 SKIP_LOG_PERIOD_S = 5.0
 
@@ -97,7 +95,7 @@ class Sam3dNode(LifecycleNode):
         self._state_lock = threading.Lock()
         self._active = False
         self._camera_info: Any | None = None
-        self._gate = StampGate(TIME_JUMP_RESET_S)
+        self._gate = StampGate()
         self._published_ids: set[int] = set()
         self._moveit: PlanningSceneSync | None = None
         self._planning_frames: PlanningFrameSource | None = None
@@ -121,6 +119,7 @@ class Sam3dNode(LifecycleNode):
             self.get_logger().error(f"configure failed: backend {config.backend!r}: {err}")
             return TransitionCallbackReturn.FAILURE
         self._config = config
+        self._gate = StampGate(config.stamp_jump_threshold, config.max_stamp_ahead)
         self.stats = RuntimeStats(window=config.stats_window)
         self._backend = backend
         self._pipeline = FramePipeline(config, backend)
@@ -256,12 +255,13 @@ class Sam3dNode(LifecycleNode):
                 f"no CameraInfo received yet on {self._require_config().info_topic}",
             )
             return
-        reason, detail = self._gate.check(header_stamp_ns(rgb))
-        if reason is not None:
-            self._skip_frame(reason, detail)
+        verdict = self._gate.check(header_stamp_ns(rgb), self.get_clock().now().nanoseconds)
+        if verdict.reason is not None:
+            self._skip_frame(verdict.reason, verdict.detail)
             return
-        if detail:  # the source restarted: forget tracks, markers and buffered transforms
-            self.get_logger().warning(f"input {detail}")
+        if verdict.detail:
+            self.get_logger().warning(f"input {verdict.detail}")
+        if verdict.restarted:  # the source restarted: forget tracks, markers and buffered transforms
             self._reset_tracks()
             if self._planning_frames is not None:
                 self._planning_frames.clear()

@@ -17,8 +17,10 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from sam3d_ros.core import constants as C
 from sam3d_ros.core.types import SkipReason
 from sam3d_ros.ros.conversions import header_stamp_ns
 
@@ -108,36 +110,101 @@ class ApproximateTimeSync:
                 q.clear()
 
 
-class StampGate:
-    """Accepts synchronized frames only with increasing stamps (node and replay alike).
+@dataclass(frozen=True)
+class StampVerdict:
+    """What :meth:`StampGate.check` decided about one frame's stamp.
 
-    A stamp equal to the last accepted one is a duplicate, an older one is stale; both are
-    rejected. A stamp more than ``jump_reset_s`` behind the last one means the source
-    restarted (a bag looping, a camera driver restarting): the gate resets and accepts it.
+    Attributes:
+        reason: why the frame is skipped, or None when it is accepted.
+        detail: a human-readable explanation (empty for an ordinary accepted frame).
+        restarted: the frame is accepted as the first of a restarted source (time went
+            back, confirmed by a second frame): tracks and buffered state should be reset.
     """
 
-    def __init__(self, jump_reset_s: float = 5.0) -> None:
-        self._jump_ns = round(jump_reset_s * 1e9)
+    reason: SkipReason | None
+    detail: str = ""
+    restarted: bool = False
+
+
+class StampGate:
+    """Accepts synchronized frames only with stamps that continue the stream (node and
+    replay alike). Skipped frames never move the gate.
+
+    * stamp 0 (or negative): ``invalid_stamp`` (an unset header, never a restart);
+    * more than ``max_ahead_s`` ahead of the clock (when a clock is given and running):
+      ``future_stamp``;
+    * equal to / older than the last accepted one (within ``jump_threshold_s``):
+      ``duplicate_stamp`` / ``stale_stamp``;
+    * more than ``jump_threshold_s`` away from the last accepted one, either way:
+      ``stamp_jump``. Such a frame is held as a candidate: when the next far frame comes
+      after it within ``jump_threshold_s``, the source has really jumped and that second
+      frame is accepted; a jump back is reported as a restart (a bag looping, a driver
+      restarting), a jump ahead (a pause) is not. A frame that continues the old stream
+      drops the candidate, so a single outlier never moves or blocks the stream.
+    """
+
+    def __init__(
+        self,
+        jump_threshold_s: float = C.STAMP_JUMP_THRESHOLD_S,
+        max_ahead_s: float = C.STAMP_MAX_AHEAD_OF_CLOCK_S,
+    ) -> None:
+        self._jump_ns = round(jump_threshold_s * 1e9)
+        self._ahead_ns = round(max_ahead_s * 1e9)
         self.last_ns: int | None = None
+        self._candidate_ns: int | None = None
         self.resets = 0
 
-    def check(self, stamp_ns: int) -> tuple[SkipReason | None, str]:
-        """Returns (None, "") to accept (and remembers the stamp), else (reason, detail).
-        A detail without a reason reports a reset."""
+    def check(self, stamp_ns: int, now_ns: int | None = None) -> StampVerdict:
+        """Decide about one stamp; an accepted one is remembered.
+
+        Args:
+            stamp_ns: the frame's header stamp.
+            now_ns: the receiver's clock (None or 0: no clock, e.g. offline or sim time
+                before the first /clock).
+        """
+        if stamp_ns <= 0:
+            return StampVerdict(SkipReason.INVALID_STAMP, f"stamp {stamp_ns} ns is not set (header stamp 0)")
+        if now_ns and self._ahead_ns > 0 and stamp_ns > now_ns + self._ahead_ns:
+            return StampVerdict(
+                SkipReason.FUTURE_STAMP,
+                f"stamp {stamp_ns} ns is {(stamp_ns - now_ns) / 1e9:.3f} s ahead of the clock "
+                f"({now_ns} ns; at most {self._ahead_ns / 1e9:g} s allowed)",
+            )
         last = self.last_ns
-        if last is not None and stamp_ns <= last:
-            if last - stamp_ns > self._jump_ns:
-                self.last_ns = stamp_ns
-                self.resets += 1
-                return (
-                    None,
-                    f"time jumped back {(last - stamp_ns) / 1e9:.1f} s: source restarted, state reset",
+        if last is None:
+            return self._accept(stamp_ns, "")
+        if abs(stamp_ns - last) <= self._jump_ns:
+            if stamp_ns == last:
+                return StampVerdict(SkipReason.DUPLICATE_STAMP, f"stamp {stamp_ns} ns == last accepted stamp")
+            if stamp_ns < last:
+                return StampVerdict(
+                    SkipReason.STALE_STAMP, f"stamp {stamp_ns} ns < last accepted stamp {last} ns"
                 )
-            reason = SkipReason.DUPLICATE_STAMP if stamp_ns == last else SkipReason.STALE_STAMP
-            return reason, f"stamp {stamp_ns} ns <= last accepted stamp {last} ns"
+            return self._accept(stamp_ns, "")
+        cand = self._candidate_ns
+        if cand is not None and 0 < stamp_ns - cand <= self._jump_ns:
+            jump_s = (stamp_ns - last) / 1e9
+            if stamp_ns < last:
+                self.resets += 1
+                return self._accept(
+                    stamp_ns,
+                    f"time jumped back {-jump_s:.1f} s (confirmed by 2 frames): source restarted, state reset",
+                    restarted=True,
+                )
+            return self._accept(stamp_ns, f"time jumped ahead {jump_s:.1f} s (confirmed by 2 frames)")
+        self._candidate_ns = stamp_ns
+        return StampVerdict(
+            SkipReason.STAMP_JUMP,
+            f"stamp {stamp_ns} ns is {(stamp_ns - last) / 1e9:+.3f} s from the last accepted stamp "
+            f"{last} ns (more than {self._jump_ns / 1e9:g} s): skipped until a second frame confirms it",
+        )
+
+    def _accept(self, stamp_ns: int, detail: str, restarted: bool = False) -> StampVerdict:
         self.last_ns = stamp_ns
-        return None, ""
+        self._candidate_ns = None
+        return StampVerdict(None, detail, restarted)
 
     def reset(self) -> None:
-        """Forget the last stamp."""
+        """Forget the last stamp (and a pending jump candidate)."""
         self.last_ns = None
+        self._candidate_ns = None

@@ -163,7 +163,7 @@ def replay_bag(
     skip_examples: list[dict[str, Any]] = []
     timings: dict[str, list[float]] = {}
     counters = {"messages": 0, "synced": 0, "processed": 0, "objects": 0}
-    gate = StampGate()
+    gate = StampGate(config.stamp_jump_threshold, config.max_stamp_ahead)
     camera_info: list[Any] = [None]
     writer = BagWriter(out_bag, out_bag_storage) if out_bag is not None else None
     results_path = out_dir / "results.jsonl"
@@ -185,10 +185,13 @@ def replay_bag(
             def on_synced(rgb: Any, depth: Any, mask: Any) -> None:
                 counters["synced"] += 1
                 stamp = header_stamp_ns(rgb)
-                reason, detail = gate.check(stamp)
-                if reason is not None:
-                    skip(reason, detail, stamp)
+                verdict = gate.check(stamp)  # offline: no clock to compare with
+                if verdict.reason is not None:
+                    skip(verdict.reason, verdict.detail, stamp)
                     return
+                if verdict.restarted:  # as the node: a restarted source starts new tracks
+                    logger.warning("frame %d: %s", stamp, verdict.detail)
+                    pipeline.reset()
                 try:
                     frame = frame_from_messages(rgb, depth, camera_info[0], mask, config)
                     result = pipeline.process(frame)
