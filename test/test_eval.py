@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -100,7 +101,8 @@ def test_eval_of_replay_results(tiny: Path, tmp_path: Path) -> None:
     results = ResultsMethod(out / "results.jsonl")
     direct = evaluate(ds, [results, BackendMethod("geometric")], **FAST)
     rep = direct[results.name]
-    assert rep.coverage > 0.9
+    # clutter: some objects are skipped (too few depth points), by both paths alike
+    assert rep.coverage == direct["geometric"].coverage and rep.coverage > 0.6
     a = rep.buckets()["all"].mean
     b = direct["geometric"].buckets()["all"].mean
     # the replay runs the same pipeline on the same messages as the backend row
@@ -195,3 +197,42 @@ def test_cli_gate_stores_validation_in_the_manifest(tiny: Path, tmp_path: Path) 
         k: v for k, v in before.items() if k != "validation"
     }
     json.loads((models / "manifest.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+
+
+def test_buckets_by_visibility_support_border_and_sensor(reports: dict) -> None:
+    from sam3d_ros.tools.eval import MethodReport, ObjectTags, format_bucket_table
+
+    base = reports["ground_truth"].objects[0]
+    rep = MethodReport("m")
+    tags = [
+        ObjectTags(0.9, True, False, "kinect_v1", "pile"),
+        ObjectTags(0.5, False, False, "kinect_v1", "pile"),
+        ObjectTags(0.2, True, True, "azure_kinect", "bin"),
+        ObjectTags(0.6, True, False, "azure_kinect", "bin"),
+    ]
+    for i, t in enumerate(tags):
+        rep.objects.append(
+            dataclasses.replace(base, chamfer_l1_mm=float(i + 1), visible_fraction=t.visible_fraction)
+        )
+        rep.tags.append(t)
+    b = rep.buckets()
+    counts = {k: v.count for k, v in b.items()}
+    assert counts == {
+        "all": 4,
+        "visible>=0.6": 2,
+        "visible 0.35-0.6": 1,
+        "visible<0.35": 1,
+        "visible<0.6": 2,
+        "on_table": 3,
+        "stacked": 1,
+        "cut_by_border": 1,
+        "sensor:azure_kinect": 2,
+        "sensor:kinect_v1": 2,
+        "scene:bin": 2,
+        "scene:pile": 2,
+    }
+    assert b["stacked"].mean["chamfer_l1_mm"] == 2.0 and b["visible>=0.6"].mean["chamfer_l1_mm"] == 2.5
+    table = format_bucket_table({"m": rep})
+    assert "| stacked | 1 | 2.00 / " in table
+    # every scored object of a generated dataset carries its tags
+    assert len(reports["geometric"].tags) == len(reports["geometric"].objects) > 0

@@ -20,17 +20,21 @@ from sam3d_ros.core.frames import transform_points
 from sam3d_ros.core.metrics import render_mesh_depth
 from sam3d_ros.sim import mesh_sources as ms
 from sam3d_ros.sim import procedural
-from sam3d_ros.sim.dataset import DatasetError, export_bag, generate_dataset, load_dataset
-from sam3d_ros.sim.generator import GeneratorConfig, GeneratorError, generate_frame
+from sam3d_ros.sim.dataset import DatasetError, export_bag, generate_dataset, load_dataset, split_statistics
+from sam3d_ros.sim.generator import TARGET_SHARES, GeneratorConfig, GeneratorError, generate_frame
 from sam3d_ros.sim.noise import DepthNoiseConfig
+from sam3d_ros.sim.sensors import SENSOR_PROFILES
 from sam3d_ros.sim.splits import SPLITS, SplitError, filter_split, split_of
 
 pytest.importorskip("pybullet")
 
-SMALL = GeneratorConfig(width=160, height=120, min_objects=3, max_objects=6)
+SMALL = GeneratorConfig(width=160, height=120, min_objects=3, max_objects=6, hd_fraction=0.0)
 CLEAN = GeneratorConfig(
-    width=160, height=120, min_objects=3, max_objects=6, noise=DepthNoiseConfig.disabled()
+    width=160, height=120, min_objects=3, max_objects=6, noise=DepthNoiseConfig.disabled(), sensors=()
 )
+LEGACY = GeneratorConfig(width=160, height=120, min_objects=3, max_objects=6, sensors=())
+#: Clutter tests render at 320x240 (sensor models need a few pixels per object).
+CLUTTER = dict(width=320, height=240, hd_fraction=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +103,7 @@ def test_depth_matches_posed_meshes_and_masks_are_consistent(frames: list) -> No
 
 
 def test_noise_model_applied() -> None:
-    f = generate_frame(3, 0, "val", SMALL)
+    f = generate_frame(3, 0, "val", LEGACY)
     ok = np.isfinite(f.depth) & np.isfinite(f.depth_clean)
     diff = np.abs(f.depth[ok] - f.depth_clean[ok])
     assert 0.0005 < float(np.median(diff)) < 0.01
@@ -161,7 +165,9 @@ def test_dataset_round_trip(dataset_dir: Path) -> None:
     ds = load_dataset(dataset_dir)
     assert len(ds) == 3 and ds.split == "test"
     doc = json.loads((dataset_dir / "dataset.json").read_text())
-    assert doc["format"] == "sam3d_ros/dataset" and doc["version"] == 1
+    assert doc["format"] == "sam3d_ros/dataset" and doc["version"] == 2
+    stats = doc["statistics"]
+    assert stats["objects"] == doc["num_objects"] and set(stats["shares"]) == set(TARGET_SHARES)
     again = generate_frame(4, 1, "test", SMALL)  # frame 1, regenerated in this process
     truth = ds.frames[1]
     rgbd = ds.rgbd(truth)
@@ -242,3 +248,111 @@ def test_unusable_pybullet_mesh_is_redrawn() -> None:
         ms.load_source(broken)
     assert not generator._usable_mesh(broken)
     assert generator._usable_mesh("pybullet:random_urdfs/000/000.obj")
+
+
+def _world_vertices(o) -> np.ndarray:  # type: ignore[no-untyped-def]
+    return transform_points(o.world_T_object, np.asarray(ms.resolve_mesh(o.mesh_ref, o.scale).vertices))
+
+
+def test_stacked_objects_rest_on_their_supporters() -> None:
+    cfg = GeneratorConfig(scene_weights={"stack": 1.0}, border_fraction=0.0, **CLUTTER)  # type: ignore[arg-type]
+    stacked = 0
+    for i in range(4):
+        f = generate_frame(5, i, "val", cfg)
+        assert f.scene_kind == "stack" and f.sensor in SENSOR_PROFILES
+        by_label = {o.label: o for o in f.objects}
+        for o in f.objects:
+            low = float(_world_vertices(o)[:, 2].min())
+            assert o.on_table == (low < 0.004), (o.mesh_ref, low)
+            if o.on_table:
+                continue
+            stacked += 1
+            # it rests on something: the top of one of its supporters reaches its bottom
+            assert o.supported_by, o.mesh_ref
+            tops = [float(_world_vertices(by_label[s])[:, 2].max()) for s in o.supported_by]
+            assert max(tops) > low - 0.01
+    assert stacked >= 2
+
+
+def test_border_cut_objects_count_their_hidden_silhouette() -> None:
+    cfg = GeneratorConfig(border_fraction=1.0, **CLUTTER)  # type: ignore[arg-type]
+    cut = 0
+    for i in range(4):
+        f = generate_frame(6, i, "val", cfg)
+        for o in f.objects:
+            assert o.amodal_pixels_full >= o.amodal_pixels == int(o.amodal_mask.sum())
+            m = o.amodal_mask
+            on_edge = bool(m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any())
+            if o.cut_by_border:
+                cut += 1
+                assert on_edge and o.amodal_pixels_full > o.amodal_pixels
+                assert o.visible_fraction <= o.amodal_pixels / o.amodal_pixels_full + 1e-9
+            elif not on_edge:
+                assert o.amodal_pixels_full == o.amodal_pixels
+    assert cut >= 2
+
+
+def test_bin_walls_hold_the_objects() -> None:
+    from sam3d_ros.sim.generator import BIN_HALF_X_RANGE, BIN_HALF_Y_RANGE
+
+    cfg = GeneratorConfig(scene_weights={"bin": 1.0}, border_fraction=0.0, **CLUTTER)  # type: ignore[arg-type]
+    inside, total = 0, 0
+    for i in range(3):
+        f = generate_frame(7, i, "val", cfg)
+        assert f.scene_kind == "bin"
+        for o in f.objects:
+            c = o.world_T_object[:3, 3]
+            total += 1
+            inside += int(abs(c[0]) < BIN_HALF_X_RANGE[1] and abs(c[1]) < BIN_HALF_Y_RANGE[1])
+    # a few fall over the walls from the top of the heap, as in a real bin
+    assert inside >= 0.75 * total
+
+
+def test_sensor_profiles_and_hd_frames() -> None:
+    for name in ("realsense_d435", "azure_kinect"):
+        cfg = GeneratorConfig(
+            sensors=(name,), hd_fraction=1.0, min_objects=1, max_objects=2, border_fraction=0.0
+        )
+        f = generate_frame(8, 0, "val", cfg)
+        assert f.sensor == name and (f.intrinsics.width, f.intrinsics.height) == (1280, 720)
+        assert 500.0 < f.intrinsics.fx < 1100.0
+        ok = np.isfinite(f.depth) & np.isfinite(f.depth_clean)
+        assert ok.sum() > 0.3 * np.isfinite(f.depth_clean).sum()
+    with pytest.raises(GeneratorError, match="sensors"):
+        GeneratorConfig(sensors=("lidar",))
+    with pytest.raises(GeneratorError, match="scene_weights"):
+        GeneratorConfig(scene_weights={"shelf": 1.0})
+
+
+def test_split_statistics_shares() -> None:
+    def obj(label: int, vis: int, amodal: int, on_table: bool = True, cut: bool = False) -> dict:
+        return {
+            "label": label,
+            "mesh": "procedural:box_00000.ply",
+            "scale": 1.0,
+            "camera_T_object": np.eye(4).tolist(),
+            "world_T_object": np.eye(4).tolist(),
+            "visible_pixels": vis,
+            "amodal_pixels": amodal,
+            "amodal_pixels_full": amodal,
+            "cut_by_border": cut,
+            "on_table": on_table,
+        }
+
+    frames = [
+        {
+            "scene": "pile",
+            "sensor": "kinect_v1",
+            "objects": [obj(1, 100, 100), obj(2, 50, 200, on_table=False)],
+        },
+        {"scene": "bin", "sensor": "azure_kinect", "objects": [obj(1, 80, 160, cut=True), obj(2, 10, 100)]},
+    ]
+    st = split_statistics(frames, min_visible_pixels=50)
+    assert st["objects"] == 4 and st["scored_objects"] == 3
+    assert st["shares"] == {
+        "visible<0.6": round(2 / 3, 4),
+        "visible<0.35": round(1 / 3, 4),
+        "not_on_table": round(1 / 3, 4),
+        "cut_by_border": round(1 / 3, 4),
+    }
+    assert st["targets_met"] and st["scored_by_scene"] == {"bin": 1, "pile": 2}

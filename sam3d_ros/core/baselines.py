@@ -126,6 +126,9 @@ def score_point_set(
         centre_error_mm=1000.0 * float(np.linalg.norm(p.mean(axis=0) - volume_centroid(gt))),
         diameter_m=dia,
         visible_fraction=float(visible_fraction),
+        accuracy_mm=1000.0 * float(pred_to_gt.mean()),
+        completeness_mm=1000.0 * adds,
+        recall_5mm=float((gt_to_pred <= FSCORE_THRESHOLDS_M[0]).mean()),
     )
 
 
@@ -145,4 +148,5 @@ def missing_metrics(instance_id: int, gt: MeshLike, visible_fraction: float) -> 
         centre_error_mm=math.nan,
         diameter_m=diameter(gt),
         visible_fraction=float(visible_fraction),
+        recall_5mm=0.0,
     )

@@ -613,6 +613,11 @@ class ObjectMetrics:
         diameter_m: diameter of the true mesh (m).
         visible_fraction: visible fraction of the object in [0, 1] (NaN when unknown).
         silhouette_iou, depth_residual_mm: reprojection consistency (median |residual|, mm).
+        accuracy_mm: mean distance of the output surface to the true one (mm): the
+            accuracy half of Chamfer-L1 (too much or misplaced surface).
+        completeness_mm: mean distance of the true surface to the output (mm): the
+            completeness half (missing surface, e.g. an uncompleted hidden back).
+        recall_5mm: share of the true surface within 5 mm of the output.
     """
 
     instance_id: int
@@ -629,6 +634,9 @@ class ObjectMetrics:
     visible_fraction: float = math.nan
     silhouette_iou: float = math.nan
     depth_residual_mm: float = math.nan
+    accuracy_mm: float = math.nan
+    completeness_mm: float = math.nan
+    recall_5mm: float = math.nan
 
 
 def evaluate_object(
@@ -683,6 +691,9 @@ def evaluate_object(
         visible_fraction=float(visible_fraction),
         silhouette_iou=reprojection.silhouette_iou if reprojection else math.nan,
         depth_residual_mm=1000.0 * reprojection.depth_residual_median_m if reprojection else math.nan,
+        accuracy_mm=1000.0 * float(dists.pred_to_gt.mean()),
+        completeness_mm=1000.0 * float(dists.gt_to_pred.mean()),
+        recall_5mm=float((dists.gt_to_pred <= FSCORE_THRESHOLDS_M[0]).mean()),
     )
 
 

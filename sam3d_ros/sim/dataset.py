@@ -41,14 +41,22 @@ from sam3d_ros.core.frames import transform_points
 from sam3d_ros.core.types import RGBDFrame
 from sam3d_ros.sim import mesh_sources as ms
 from sam3d_ros.sim.bag import Storage, depth_to_mm, mm_to_depth, read_frames, write_rgbd_frames
-from sam3d_ros.sim.generator import GeneratedFrame, GeneratorConfig, generate_frame, reset_worker_state
+from sam3d_ros.sim.generator import (
+    TARGET_SHARES,
+    GeneratedFrame,
+    GeneratorConfig,
+    generate_frame,
+    reset_worker_state,
+)
 from sam3d_ros.sim.raycast import SIM_FRAME_ID
 from sam3d_ros.sim.splits import check_split
 
 logger = logging.getLogger(__name__)
 
 DATASET_FORMAT = "sam3d_ros/dataset"
-DATASET_VERSION = 1
+DATASET_VERSION = 2
+#: Versions :func:`load_dataset` reads (1: before the clutter fields of ObjectTruth).
+SUPPORTED_VERSIONS = (1, 2)
 DATASET_FILE = "dataset.json"
 FRAME_FILE = "frame.json"
 MESHES_DIR = "meshes"
@@ -77,8 +85,13 @@ class ObjectTruth:
         scale: uniform scale of the canonical mesh.
         camera_T_object: 4x4 float64 object -> camera optical frame.
         world_T_object: 4x4 float64 object -> world (table top z = 0, z up).
-        visible_pixels, amodal_pixels: modal / amodal pixel counts.
+        visible_pixels, amodal_pixels: modal / amodal pixel counts in the image.
         amodal_mask: file name of the amodal mask inside the frame directory ("" if none).
+        amodal_pixels_full: amodal pixels on an unbounded image plane (>= amodal_pixels;
+            0 when not recorded, as in datasets of format version 1).
+        cut_by_border: part of the object's silhouette lies outside the image.
+        on_table: the object touches the table (else it rests only on other objects).
+        supported_by: labels of the objects it rests on.
     """
 
     label: int
@@ -89,11 +102,17 @@ class ObjectTruth:
     visible_pixels: int
     amodal_pixels: int
     amodal_mask: str = ""
+    amodal_pixels_full: int = 0
+    cut_by_border: bool = False
+    on_table: bool = True
+    supported_by: tuple[int, ...] = ()
 
     @property
     def visible_fraction(self) -> float:
-        """``visible_pixels / amodal_pixels`` (0 when the object is outside the image)."""
-        return self.visible_pixels / self.amodal_pixels if self.amodal_pixels else 0.0
+        """``visible_pixels / amodal_pixels_full``: the part outside the image counts as
+        unseen (0 when the object is outside the image)."""
+        full = max(self.amodal_pixels_full, self.amodal_pixels)
+        return self.visible_pixels / full if full else 0.0
 
     @property
     def object_id(self) -> str:
@@ -112,6 +131,10 @@ class ObjectTruth:
             "amodal_pixels": int(self.amodal_pixels),
             "visible_fraction": round(self.visible_fraction, 6),
             "amodal_mask": self.amodal_mask,
+            "amodal_pixels_full": int(self.amodal_pixels_full),
+            "cut_by_border": bool(self.cut_by_border),
+            "on_table": bool(self.on_table),
+            "supported_by": [int(v) for v in self.supported_by],
         }
 
     @classmethod
@@ -125,6 +148,10 @@ class ObjectTruth:
             visible_pixels=int(d["visible_pixels"]),
             amodal_pixels=int(d["amodal_pixels"]),
             amodal_mask=str(d.get("amodal_mask", "")),
+            amodal_pixels_full=int(d.get("amodal_pixels_full", 0)),
+            cut_by_border=bool(d.get("cut_by_border", False)),
+            on_table=bool(d.get("on_table", True)),
+            supported_by=tuple(int(v) for v in d.get("supported_by", ())),
         )
 
 
@@ -235,6 +262,10 @@ def write_frame(root: Path, frame: GeneratedFrame) -> FrameTruth:
                 visible_pixels=o.visible_pixels,
                 amodal_pixels=o.amodal_pixels,
                 amodal_mask=mask_name,
+                amodal_pixels_full=o.amodal_pixels_full,
+                cut_by_border=o.cut_by_border,
+                on_table=o.on_table,
+                supported_by=o.supported_by,
             )
         )
     truth = FrameTruth(
@@ -244,7 +275,13 @@ def write_frame(root: Path, frame: GeneratedFrame) -> FrameTruth:
         world_T_camera=frame.world_T_camera,
         objects=tuple(objects),
         directory=rel,
-        extra={"seed": frame.seed, "split": frame.split, "lighting": frame.lighting},
+        extra={
+            "seed": frame.seed,
+            "split": frame.split,
+            "lighting": frame.lighting,
+            "scene": frame.scene_kind,
+            "sensor": frame.sensor,
+        },
     )
     (d / FRAME_FILE).write_text(json.dumps(truth.to_json(), indent=1))
     return truth
@@ -328,6 +365,7 @@ def generate_dataset(
         "ycb_available": bool(ms.ycb_names()),
         "num_frames": len(frames),
         "num_objects": sum(len(f["objects"]) for f in frames),
+        "statistics": split_statistics(frames),
         "frames": frames,
     }
     (root / DATASET_FILE).write_text(json.dumps(doc, indent=1))
@@ -339,9 +377,54 @@ def generate_dataset(
         "workers": workers,
         "per_frame_s_median": round(float(np.nanmedian(secs)), 3) if np.isfinite(secs).any() else None,
         "reused_frames": int(np.isnan(secs).sum()),
+        "statistics": doc["statistics"],
     }
     logger.info("generated %s", summary)
     return summary
+
+
+#: Objects with fewer visible pixels are not scored (the node's default min_mask_pixels).
+SCORED_MIN_VISIBLE_PIXELS = 50
+
+
+def split_statistics(
+    frames: Sequence[dict[str, Any]], min_visible_pixels: int = SCORED_MIN_VISIBLE_PIXELS
+) -> dict[str, Any]:
+    """Clutter statistics of a split from its ``frame.json`` records: of the objects with at
+    least ``min_visible_pixels`` visible pixels (those evaluation scores), the shares under
+    0.6 and 0.35 visible, not touching the table and cut by the border, each compared with
+    :data:`~sam3d_ros.sim.generator.TARGET_SHARES`; counts per scene layout and sensor."""
+    scored = []
+    for f in frames:
+        for o in f["objects"]:
+            if int(o["visible_pixels"]) >= min_visible_pixels:
+                scored.append((f, ObjectTruth.from_json(o)))
+    n = len(scored)
+
+    def share(pred: Any) -> float:
+        return round(sum(1 for f, o in scored if pred(f, o)) / n, 4) if n else 0.0
+
+    shares = {
+        "visible<0.6": share(lambda f, o: o.visible_fraction < 0.6),
+        "visible<0.35": share(lambda f, o: o.visible_fraction < 0.35),
+        "not_on_table": share(lambda f, o: not o.on_table),
+        "cut_by_border": share(lambda f, o: o.cut_by_border),
+    }
+    by: dict[str, dict[str, int]] = {"scene": {}, "sensor": {}}
+    for f, _ in scored:
+        for key in by:
+            name = str(f.get(key, "")) or "legacy"
+            by[key][name] = by[key].get(name, 0) + 1
+    return {
+        "objects": sum(len(f["objects"]) for f in frames),
+        "scored_objects": n,
+        "min_visible_pixels": int(min_visible_pixels),
+        "shares": shares,
+        "targets": dict(TARGET_SHARES),
+        "targets_met": all(shares[k] >= v for k, v in TARGET_SHARES.items()),
+        "scored_by_scene": dict(sorted(by["scene"].items())),
+        "scored_by_sensor": dict(sorted(by["sensor"].items())),
+    }
 
 
 def _collect(it: Iterable[dict[str, Any]], total: int, progress: bool, t0: float) -> list[dict[str, Any]]:
@@ -458,7 +541,7 @@ def load_dataset(path: str | Path) -> Dataset:
                 raise DatasetError(f"cannot read {f}: {err}") from err
             if doc.get("format") != fmt:
                 raise DatasetError(f"{f}: format {doc.get('format')!r} is not {fmt!r}")
-            if int(doc.get("version", -1)) != DATASET_VERSION:
+            if int(doc.get("version", -1)) not in SUPPORTED_VERSIONS:
                 raise DatasetError(f"{f}: unsupported version {doc.get('version')!r}")
             return Dataset(root, doc, is_bag)
     raise DatasetError(f"{root} holds neither {DATASET_FILE} nor {BAG_GROUND_TRUTH_FILE}")

@@ -3,17 +3,26 @@
 One frame = one independent scene:
 
 1. draw 1-8 objects of the requested split from the mesh sources
-   (:mod:`sam3d_ros.sim.mesh_sources`: YCB scans, pybullet_data meshes, procedural shapes);
+   (:mod:`sam3d_ros.sim.mesh_sources`: YCB scans, pybullet_data meshes, procedural shapes)
+   and a scene layout (:data:`SCENE_KINDS`): ``scatter`` (objects far apart on the table),
+   ``cluster`` (dropped a few cm apart), ``pile`` (poured onto each other), ``bin`` (dropped
+   into a tray or bin whose walls occlude) or ``stack`` (a wide object lying flat with
+   others dropped onto its top);
 2. drop them with pybullet (DIRECT mode, convex-hull collision shapes, 240 Hz) onto the
    table plane ``z = 0`` of the world until they rest (objects that roll off the table are
-   removed);
-3. place a camera 0.4-1.5 m from the objects' centre at 20-80 deg elevation, with
-   intrinsics drawn around a RealSense D435 / D455 or Azure Kinect colour camera;
-4. render RGB (random light direction, colour, ambient/diffuse/specular, textures), the
-   z-buffer and the segmentation with pybullet's TinyRenderer (pure CPU), convert the
+   removed); record for each object whether it touches the table and which objects it
+   rests on (contact points whose normal supports it from below);
+3. draw a depth sensor (:mod:`sam3d_ros.sim.sensors`: active stereo, time of flight,
+   structured light) and its colour intrinsics at 640x480 or 1280x720, and place the camera
+   0.35-1.5 m from the objects' centre at 10-88 deg elevation (low cameras see piles from
+   the side, high ones look into bins); with ``border_fraction`` the camera is turned so
+   that one object lies across the image border;
+4. render RGB (random light direction, colour, ambient/diffuse/specular, shadows, textures),
+   the z-buffer and the segmentation with pybullet's TinyRenderer (pure CPU), convert the
    z-buffer to metric depth, rasterise each posed mesh alone for the amodal masks
-   (:func:`sam3d_ros.core.metrics.render_mesh_depth`), then apply the depth-sensor noise
-   model (:mod:`sam3d_ros.sim.noise`).
+   (:func:`sam3d_ros.core.metrics.render_mesh_depth`; objects whose mask reaches the border
+   are rasterised again on a canvas padded beyond the image to count the pixels outside
+   it), then apply the sensor's depth and colour models.
 
 Frames: world z up, table top at z = 0; camera poses in the OPTICAL frame (x right, y down,
 z forward); ``camera_T_object`` maps object-frame points (the mesh of
@@ -43,7 +52,7 @@ from sam3d_ros.core.camera import CameraIntrinsics
 from sam3d_ros.core.frames import invert_transform, make_transform, matrix_from_quaternion, transform_points
 from sam3d_ros.core.metrics import render_mesh_depth
 from sam3d_ros.sim import mesh_sources as ms
-from sam3d_ros.sim import procedural
+from sam3d_ros.sim import procedural, sensors
 from sam3d_ros.sim.noise import DepthNoiseConfig, apply_depth_noise
 from sam3d_ros.sim.raycast import look_at_transform
 from sam3d_ros.sim.splits import check_split, split_of
@@ -85,6 +94,85 @@ MASS_RANGE = (0.01, 2.0)
 MAX_HULL_VERTICES = 255
 #: Attempts to build a scene with at least one object left on the table.
 SCENE_ATTEMPTS = 5
+#: Scene layouts (see the module docstring) and their default frequencies.
+SCENE_KINDS: tuple[str, ...] = ("scatter", "cluster", "pile", "bin", "stack")
+DEFAULT_SCENE_WEIGHTS: Final[dict[str, float]] = {
+    "scatter": 0.05,
+    "cluster": 0.25,
+    "pile": 0.25,
+    "bin": 0.3,
+    "stack": 0.15,
+}
+#: An object whose lowest point is within this of the table touches it (m).
+TABLE_TOUCH_M = 0.004
+#: A contact supports an object from below when its normal (from the other body to the
+#: object) has at least this z component; contacts farther apart than CONTACT_M are ignored.
+SUPPORT_NORMAL_Z = 0.3
+CONTACT_M = 0.003
+#: Bin / tray: inner half extents (m), wall height (m) and wall thickness (m).
+BIN_HALF_X_RANGE = (0.09, 0.2)
+BIN_HALF_Y_RANGE = (0.07, 0.15)
+BIN_WALL_HEIGHT_RANGE = (0.04, 0.14)
+BIN_WALL_THICKNESS = 0.008
+#: Pile: inner half extent (m) and height (m) of the funnel the objects are poured into.
+PILE_FUNNEL_HALF_RANGE = (0.05, 0.1)
+#: Rolling / spinning friction of the objects of a clutter layout (scatter: 0.0005): real
+#: piles hold together (the default lets round objects roll apart).
+CLUTTER_ROLLING_FRICTION = 0.01
+PILE_FUNNEL_HEIGHT = 0.3
+#: Share of frames with a low camera (elevation in LOW_ELEVATION_DEG), else uniform in
+#: ``elevation_deg_range``; camera distance = fit distance times a factor in DISTANCE_FACTOR.
+LOW_CAMERA_FRACTION = 0.75
+LOW_ELEVATION_DEG = (10.0, 35.0)
+DISTANCE_FACTOR = (1.0, 1.6)
+#: Fewest objects per scene of each layout (capped by ``max_objects``).
+MIN_CLUTTER_OBJECTS: Final[dict[str, int]] = {"cluster": 5, "pile": 5, "bin": 5, "stack": 4}
+#: Most objects per scene.
+MAX_OBJECTS = 12
+#: Clutter layouts: in this share of frames the camera is the one of CLUTTER_VIEW_CANDIDATES
+#: random views under which the objects hide each other most (:func:`_occlusion_score`),
+#: as a robot looks at a pile or bin from where it is, not from where it sees everything.
+CLUTTER_VIEW_FRACTION = 0.85
+CLUTTER_VIEW_CANDIDATES = 8
+#: Coverage of one object by nearer ones counts up to this share in the score (views that
+#: hide objects completely gain nothing: those objects are not scored).
+OCCLUSION_SCORE_CAP = 0.6
+#: Clutter layouts: share of frames with a robot-link-like occluder between the camera and
+#: the objects, where along the ray it sits (fraction of the distance to the object) and its
+#: half length and half width (m).
+OCCLUDER_FRACTION = 0.35
+OCCLUDER_DEPTH_FRACTION = (0.3, 0.8)
+OCCLUDER_HALF_LENGTH_M = 0.25
+OCCLUDER_HALF_WIDTH_M = (0.02, 0.05)
+#: The camera is at least this multiple of its sensor's minimum range from the objects.
+SENSOR_RANGE_MARGIN = 1.6
+#: Objects dropped onto a stack's base: at most this many, within this fraction of the base's
+#: half footprint from its centre.
+STACK_MAX_ON_TOP = 3
+STACK_FOOTPRINT_FRACTION = 0.35
+#: Border cut: the chosen object's centre is put this many of its projected radii from
+#: the image edge (negative: outside).
+BORDER_OFFSET_RADII = (-0.35, 0.5)
+#: Canvas padding (fraction of the image size on each side) and downscale used to count the
+#: amodal pixels of an object that reaches the image border.
+BORDER_PAD_FRACTION = 0.75
+BORDER_CANVAS_SCALE = 0.5
+#: Pixels within this of the image edge make an amodal mask "reach the border".
+BORDER_MARGIN_PX = 1
+#: An object is cut by the border when at least this fraction of its amodal silhouette lies
+#: outside the image.
+BORDER_CUT_FRACTION = 0.02
+#: Chance that a frame uses 1280x720 instead of the configured size (when the sensor
+#: offers it).
+HD_SIZE = (1280, 720)
+#: Shares every generated split is built to reach (of objects with >= min_mask_pixels
+#: visible pixels); :func:`split_statistics` reports them.
+TARGET_SHARES: Final[dict[str, float]] = {
+    "visible<0.6": 0.30,
+    "visible<0.35": 0.10,
+    "not_on_table": 0.15,
+    "cut_by_border": 0.05,
+}
 
 
 class GeneratorError(RuntimeError):
@@ -97,7 +185,8 @@ class GeneratorConfig:
 
     Attributes:
         width, height: image size in pixels (intrinsics presets are scaled to it).
-        min_objects, max_objects: objects per scene (uniform, 1..8).
+        min_objects, max_objects: objects per scene (uniform; clutter layouts draw at least
+            :data:`MIN_CLUTTER_OBJECTS`), at most :data:`MAX_OBJECTS`.
         source_weights: relative frequency of each mesh source (YCB is dropped, and the
             rest renormalised, when the YCB directory is missing).
         named_pybullet_fraction: chance that a pybullet object is a named mesh (duck,
@@ -106,34 +195,59 @@ class GeneratorConfig:
         elevation_deg_range: camera elevation above the table (deg).
         upright_fraction: chance that an object is dropped in its canonical orientation
             (random yaw) instead of a uniformly random one.
-        noise: the depth noise model (``DepthNoiseConfig.disabled()`` for clean depth).
+        noise: the legacy depth noise model, used when ``sensors`` is empty
+            (``DepthNoiseConfig.disabled()`` for clean depth).
+        scene_weights: relative frequency of each layout of :data:`SCENE_KINDS`.
+        sensors: sensor profiles (:data:`sam3d_ros.sim.sensors.SENSOR_PROFILES`) drawn
+            uniformly per frame for intrinsics, depth and colour models; empty: the legacy
+            presets and ``noise``.
+        hd_fraction: chance that a frame is 1280x720 instead of ``width`` x ``height``
+            (when the drawn sensor offers that size).
+        border_fraction: chance that the camera is turned so one object lies across the
+            image border.
     """
 
     width: int = 640
     height: int = 480
     min_objects: int = 1
-    max_objects: int = 8
+    max_objects: int = 10
     source_weights: dict[str, float] = field(
         default_factory=lambda: {"ycb": 0.4, "pybullet": 0.25, "procedural": 0.35}
     )
     named_pybullet_fraction: float = 0.3
-    distance_range: tuple[float, float] = (0.4, 1.5)
-    elevation_deg_range: tuple[float, float] = (20.0, 80.0)
+    distance_range: tuple[float, float] = (0.35, 1.5)
+    elevation_deg_range: tuple[float, float] = (10.0, 88.0)
     upright_fraction: float = 0.6
     noise: DepthNoiseConfig = field(default_factory=DepthNoiseConfig)
+    scene_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SCENE_WEIGHTS))
+    sensors: tuple[str, ...] = sensors.SENSOR_PROFILES
+    hd_fraction: float = 0.2
+    border_fraction: float = 0.2
 
     def __post_init__(self) -> None:
         if self.width < 16 or self.height < 16:
             raise GeneratorError(f"image size must be >= 16x16, got {self.width}x{self.height}")
-        if not 1 <= self.min_objects <= self.max_objects <= 8:
+        if not 1 <= self.min_objects <= self.max_objects <= MAX_OBJECTS:
             raise GeneratorError(
-                f"need 1 <= min_objects <= max_objects <= 8, got {self.min_objects}, {self.max_objects}"
+                f"need 1 <= min_objects <= max_objects <= {MAX_OBJECTS}, got {self.min_objects}, {self.max_objects}"
             )
         unknown = set(self.source_weights) - set(ms.SOURCES)
         if unknown or not any(w > 0 for w in self.source_weights.values()):
             raise GeneratorError(f"bad source_weights {self.source_weights!r}; sources are {ms.SOURCES}")
         if not 0.0 < self.distance_range[0] <= self.distance_range[1]:
             raise GeneratorError(f"bad distance_range {self.distance_range!r}")
+        bad_kinds = set(self.scene_weights) - set(SCENE_KINDS)
+        if bad_kinds or not any(w > 0 for w in self.scene_weights.values()):
+            raise GeneratorError(f"bad scene_weights {self.scene_weights!r}; layouts are {SCENE_KINDS}")
+        for name in self.sensors:
+            try:
+                sensors.sensor_profile(name)
+            except sensors.SensorError as err:
+                raise GeneratorError(f"bad sensors {self.sensors!r}: {err}") from err
+        for name in ("hd_fraction", "border_fraction"):
+            v = float(getattr(self, name))
+            if not 0.0 <= v <= 1.0:
+                raise GeneratorError(f"{name} must be in [0, 1], got {v!r}")
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly description (stored in dataset.json)."""
@@ -148,6 +262,10 @@ class GeneratorConfig:
             "elevation_deg_range": list(self.elevation_deg_range),
             "upright_fraction": self.upright_fraction,
             "noise_enabled": self.noise.enabled,
+            "scene_weights": dict(self.scene_weights),
+            "sensors": list(self.sensors),
+            "hd_fraction": self.hd_fraction,
+            "border_fraction": self.border_fraction,
         }
 
 
@@ -162,9 +280,15 @@ class GeneratedObject:
         camera_T_object: 4x4 float64 object -> camera (optical) transform.
         world_T_object: 4x4 float64 object -> world transform (table top z = 0).
         visible_pixels: pixels carrying ``label`` in the label image.
-        amodal_pixels: pixels the object covers when rendered alone (>= visible).
+        amodal_pixels: pixels of the image the object covers when rendered alone (>= visible).
         amodal_mask: (H, W) bool amodal mask.
         color: base RGB colour (0..255) used for rendering.
+        amodal_pixels_full: pixels the object would cover on an unbounded image plane
+            (>= ``amodal_pixels``; larger when the image border cuts it).
+        cut_by_border: at least :data:`BORDER_CUT_FRACTION` of the silhouette lies outside
+            the image.
+        on_table: the object's lowest point is within :data:`TABLE_TOUCH_M` of the table.
+        supported_by: labels of the objects it rests on (contacts from below).
     """
 
     label: int
@@ -176,11 +300,17 @@ class GeneratedObject:
     amodal_pixels: int
     amodal_mask: NDArray[np.bool_]
     color: tuple[int, int, int]
+    amodal_pixels_full: int = 0
+    cut_by_border: bool = False
+    on_table: bool = True
+    supported_by: tuple[int, ...] = ()
 
     @property
     def visible_fraction(self) -> float:
-        """``visible_pixels / amodal_pixels`` (0 when outside the image)."""
-        return self.visible_pixels / self.amodal_pixels if self.amodal_pixels else 0.0
+        """``visible_pixels / amodal_pixels_full`` (the part outside the image counts as
+        unseen; 0 when outside the image)."""
+        full = max(self.amodal_pixels_full, self.amodal_pixels)
+        return self.visible_pixels / full if full else 0.0
 
 
 @dataclass(frozen=True)
@@ -198,6 +328,8 @@ class GeneratedFrame:
         labels: (H, W) uint16 visible instance labels (0 = table/background).
         objects: ground truth per object, by label.
         lighting: the random lighting parameters (JSON-friendly).
+        scene_kind: the layout (one of :data:`SCENE_KINDS`).
+        sensor: the sensor profile name ("" for the legacy noise model).
     """
 
     index: int
@@ -212,6 +344,8 @@ class GeneratedFrame:
     labels: NDArray[np.uint16]
     objects: tuple[GeneratedObject, ...]
     lighting: dict[str, Any]
+    scene_kind: str = "scatter"
+    sensor: str = ""
 
 
 # --------------------------------------------------------------------------- object draw
@@ -476,48 +610,36 @@ class _Body:
     color: NDArray[np.float64]
 
 
-def _drop(
-    sim: _Simulator, rng: np.random.Generator, picks: list[_Pick], cfg: GeneratorConfig
-) -> list[tuple[_Pick, NDArray[np.float64], NDArray[np.float64]]]:
-    """Drop the objects; returns (pick, world_T_object, colour) of those left on the table."""
+@dataclass(frozen=True)
+class _Wall:
+    """A static box of the scene (bin or tray wall, or a robot-link occluder): half
+    extents, centre (world, m) and orientation (x, y, z, w)."""
+
+    half_extents: tuple[float, float, float]
+    centre: tuple[float, float, float]
+    orientation_xyzw: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class _Resting:
+    """An object at rest: its pick, world_T_object, colour and support."""
+
+    pick: _Pick
+    world_T_object: NDArray[np.float64]
+    color: NDArray[np.float64]
+    on_table: bool
+    supported_by: tuple[int, ...]  # indices into the resting list
+
+
+def _draw_scene_kind(rng: np.random.Generator, cfg: GeneratorConfig) -> str:
+    kinds = [k for k in SCENE_KINDS if cfg.scene_weights.get(k, 0.0) > 0.0]
+    w = np.array([cfg.scene_weights[k] for k in kinds], dtype=np.float64)
+    return str(rng.choice(kinds, p=w / w.sum()))
+
+
+def _settle(sim: _Simulator, bodies: list[_Body]) -> None:
+    """Step the physics until every body rests (or :data:`MAX_SETTLE_STEPS`)."""
     p, cid = sim.p, sim.client
-    sim.reset()
-    plane = p.createCollisionShape(p.GEOM_PLANE, physicsClientId=cid)
-    p.createMultiBody(0.0, plane, -1, [0.0, 0.0, 0.0], physicsClientId=cid)
-    n = len(picks)
-    spread = 0.05 + 0.03 * n
-    placed: list[tuple[NDArray[np.float64], float]] = []
-    bodies: list[_Body] = []
-    for pick in picks:
-        mesh = ms.load_source(pick.ref).mesh
-        v = np.asarray(mesh.vertices) * pick.scale
-        hull = _hull_vertices(v)
-        rot = _random_rotation(rng, bool(rng.random() < cfg.upright_fraction))
-        rv = hull @ rot.T
-        radius = float(np.linalg.norm(rv, axis=1).max())
-        lo_z = float(-rv[:, 2].min())
-        xy = rng.uniform(-spread, spread, 2)
-        z = lo_z + 0.002
-        for cx, r in placed:  # stack above anything overlapping in the bounding-sphere sense
-            if np.linalg.norm(cx[:2] - xy) < r + radius and abs(cx[2] - z) < r + radius:
-                z = max(z, float(cx[2]) + r + radius + 0.005)
-        pos = np.array([xy[0], xy[1], z])
-        placed.append((pos, radius))
-        col = p.createCollisionShape(p.GEOM_MESH, vertices=hull.tolist(), physicsClientId=cid)
-        volume = float(abs(mesh.volume)) * pick.scale**3 if mesh.is_volume else (radius**3)
-        mass = float(np.clip(DENSITY * volume, *MASS_RANGE))
-        body = p.createMultiBody(mass, col, -1, pos.tolist(), _quat_xyzw(rot), physicsClientId=cid)
-        p.changeDynamics(
-            body,
-            -1,
-            lateralFriction=0.8,
-            rollingFriction=0.0005,
-            spinningFriction=0.0005,
-            linearDamping=0.2,
-            angularDamping=0.2,
-            physicsClientId=cid,
-        )
-        bodies.append(_Body(pick, body, _random_color(rng)))
     for step in range(0, MAX_SETTLE_STEPS, 24):
         for _ in range(24):
             p.stepSimulation(physicsClientId=cid)
@@ -531,7 +653,148 @@ def _drop(
                 break
         if rest:
             break
-    out = []
+
+
+def _bin_walls(
+    rng: np.random.Generator,
+    half_range: tuple[float, float] | None = None,
+    height: float | None = None,
+) -> tuple[list[_Wall], tuple[float, float]]:
+    """Four walls of an axis-aligned bin around the origin and its inner half extents
+    (both drawn from ``half_range`` when given, else the bin ranges)."""
+    hx = float(rng.uniform(*(half_range or BIN_HALF_X_RANGE)))
+    hy = float(rng.uniform(*(half_range or BIN_HALF_Y_RANGE)))
+    h = float(height) if height is not None else float(rng.uniform(*BIN_WALL_HEIGHT_RANGE))
+    t = BIN_WALL_THICKNESS / 2.0
+    walls = [
+        _Wall((hx + 2 * t, t, h / 2), (0.0, hy + t, h / 2)),
+        _Wall((hx + 2 * t, t, h / 2), (0.0, -hy - t, h / 2)),
+        _Wall((t, hy, h / 2), (hx + t, 0.0, h / 2)),
+        _Wall((t, hy, h / 2), (-hx - t, 0.0, h / 2)),
+    ]
+    return walls, (hx, hy)
+
+
+def _lying_flat(rng: np.random.Generator, v: NDArray[np.float64]) -> NDArray[np.float64]:
+    """A rotation that puts the mesh's thinnest principal axis along z, with a random yaw."""
+    c = v - v.mean(axis=0)
+    _, vec = np.linalg.eigh(c.T @ c)
+    r = np.stack([vec[:, 2], vec[:, 1], vec[:, 0]], axis=0)  # largest axis -> x, thinnest -> z
+    if np.linalg.det(r) < 0:
+        r[1] *= -1.0
+    yaw = float(rng.uniform(-math.pi, math.pi))
+    cy, sy = math.cos(yaw), math.sin(yaw)
+    return np.array([[cy, -sy, 0.0], [sy, cy, 0.0], [0.0, 0.0, 1.0]]) @ r
+
+
+def _initial_xy(
+    rng: np.random.Generator,
+    kind: str,
+    index: int,
+    n: int,
+    radius: float,
+    bin_inner: tuple[float, float] | None,
+    base: tuple[NDArray[np.float64], float] | None,
+) -> NDArray[np.float64]:
+    """Drop position (x, y) of object ``index`` of ``n`` for the layout ``kind``."""
+    if kind in ("bin", "pile") and bin_inner is not None:
+        mx = max(bin_inner[0] - 0.6 * radius, 0.005)
+        my = max(bin_inner[1] - 0.6 * radius, 0.005)
+        return np.array([rng.uniform(-mx, mx), rng.uniform(-my, my)])
+    if kind == "stack" and base is not None and 1 <= index <= STACK_MAX_ON_TOP:
+        centre, half = base
+        return centre[:2] + rng.uniform(-1.0, 1.0, 2) * STACK_FOOTPRINT_FRACTION * half
+    spread = {
+        "scatter": 0.05 + 0.03 * n,
+        "cluster": 0.01 + 0.008 * n,
+        "pile": 0.01 + 0.006 * n,
+        "bin": 0.05 + 0.03 * n,
+        "stack": 0.06 + 0.02 * n,
+    }[kind]
+    return rng.uniform(-spread, spread, 2)
+
+
+def _drop(
+    sim: _Simulator, rng: np.random.Generator, picks: list[_Pick], cfg: GeneratorConfig, kind: str
+) -> tuple[list[_Resting], list[_Wall]]:
+    """Drop the objects in the layout ``kind``; returns those left on the table (with their
+    support) and the scene's static walls."""
+    p, cid = sim.p, sim.client
+    sim.reset()
+    plane = p.createCollisionShape(p.GEOM_PLANE, physicsClientId=cid)
+    plane_body = p.createMultiBody(0.0, plane, -1, [0.0, 0.0, 0.0], physicsClientId=cid)
+    walls: list[_Wall] = []
+    bin_inner: tuple[float, float] | None = None
+    funnel: list[int] = []
+    if kind in ("bin", "pile"):
+        if kind == "bin":
+            walls, bin_inner = _bin_walls(rng)
+            static = walls
+        else:  # objects are poured through a narrow funnel that is lifted after they settle
+            widest = max(
+                float(np.linalg.norm(ms.load_source(pk.ref).mesh.extents)) * pk.scale / 2 for pk in picks
+            )
+            lo_half = max(PILE_FUNNEL_HALF_RANGE[0], 1.1 * widest)
+            static, bin_inner = _bin_walls(
+                rng, (lo_half, max(lo_half, PILE_FUNNEL_HALF_RANGE[1])), PILE_FUNNEL_HEIGHT
+            )
+        for wall in static:
+            shape = p.createCollisionShape(
+                p.GEOM_BOX, halfExtents=list(wall.half_extents), physicsClientId=cid
+            )
+            wall_body = p.createMultiBody(0.0, shape, -1, list(wall.centre), physicsClientId=cid)
+            if kind == "pile":
+                funnel.append(wall_body)
+    n = len(picks)
+    upright_p = cfg.upright_fraction * (0.5 if kind == "pile" else 1.0)
+    placed: list[tuple[NDArray[np.float64], float]] = []
+    bodies: list[_Body] = []
+    base: tuple[NDArray[np.float64], float] | None = None
+    for i, pick in enumerate(picks):
+        mesh = ms.load_source(pick.ref).mesh
+        v = np.asarray(mesh.vertices) * pick.scale
+        hull = _hull_vertices(v)
+        if kind == "stack" and i == 0:
+            rot = _lying_flat(rng, hull)
+        elif kind == "stack" and i <= STACK_MAX_ON_TOP:
+            rot = _random_rotation(rng, True)
+        else:
+            rot = _random_rotation(rng, bool(rng.random() < upright_p))
+        rv = hull @ rot.T
+        radius = float(np.linalg.norm(rv, axis=1).max())
+        lo_z = float(-rv[:, 2].min())
+        xy = _initial_xy(rng, kind, i, n, radius, bin_inner, base)
+        z = lo_z + 0.002
+        for cx, r in placed:  # stack above anything overlapping in the bounding-sphere sense
+            if np.linalg.norm(cx[:2] - xy) < r + radius and abs(cx[2] - z) < r + radius:
+                z = max(z, float(cx[2]) + r + radius + 0.005)
+        pos = np.array([xy[0], xy[1], z])
+        if kind == "stack" and i == 0:
+            half = 0.5 * float(min(np.ptp(rv[:, 0]), np.ptp(rv[:, 1])))
+            base = (pos, half)
+        placed.append((pos, radius))
+        col = p.createCollisionShape(p.GEOM_MESH, vertices=hull.tolist(), physicsClientId=cid)
+        volume = float(abs(mesh.volume)) * pick.scale**3 if mesh.is_volume else (radius**3)
+        mass = float(np.clip(DENSITY * volume, *MASS_RANGE))
+        body = p.createMultiBody(mass, col, -1, pos.tolist(), _quat_xyzw(rot), physicsClientId=cid)
+        rolling = CLUTTER_ROLLING_FRICTION if kind != "scatter" else 0.0005
+        p.changeDynamics(
+            body,
+            -1,
+            lateralFriction=0.8,
+            rollingFriction=rolling,
+            spinningFriction=rolling,
+            linearDamping=0.2,
+            angularDamping=0.2,
+            physicsClientId=cid,
+        )
+        bodies.append(_Body(pick, body, _random_color(rng)))
+    _settle(sim, bodies)
+    if funnel:  # a poured pile: lift the funnel and let the pile slump
+        for wall_body in funnel:
+            p.removeBody(wall_body, physicsClientId=cid)
+        _settle(sim, bodies)
+    kept: list[tuple[_Body, NDArray[np.float64], bool]] = []
     for b in bodies:
         pos, quat = p.getBasePositionAndOrientation(b.body, physicsClientId=cid)
         t = make_transform(np.asarray(p.getMatrixFromQuaternion(quat)).reshape(3, 3), np.asarray(pos))
@@ -546,8 +809,19 @@ def _drop(
         )
         if 0.0 < low < TABLE_SNAP_M:
             t[2, 3] -= low
-        out.append((b.pick, t, b.color))
-    return out
+        kept.append((b, t, low < TABLE_TOUCH_M))
+    index_of = {b.body: i for i, (b, _, _) in enumerate(kept)}
+    out: list[_Resting] = []
+    for b, t, on_table in kept:
+        support: set[int] = set()
+        for c in p.getContactPoints(bodyA=b.body, physicsClientId=cid):
+            other, normal_on_b, distance = int(c[2]), c[7], float(c[8])
+            if other == plane_body or other not in index_of or distance > CONTACT_M:
+                continue
+            if float(normal_on_b[2]) >= SUPPORT_NORMAL_Z:  # B pushes A upwards: B supports A
+                support.add(index_of[other])
+        out.append(_Resting(b.pick, t, b.color, on_table, tuple(sorted(support))))
+    return out, walls
 
 
 # --------------------------------------------------------------------------- rendering
@@ -556,14 +830,16 @@ def _drop(
 def _render(
     sim: _Simulator,
     rng: np.random.Generator,
-    objects: list[tuple[_Pick, NDArray[np.float64], NDArray[np.float64]]],
+    objects: list[_Resting],
+    walls: list[_Wall],
     k: CameraIntrinsics,
     world_T_camera: NDArray[np.float64],
 ) -> tuple[NDArray[np.uint8], NDArray[np.float32], NDArray[np.int32], dict[str, Any]]:
-    """Render the resting objects with TinyRenderer in a fresh world holding only visuals.
+    """Render the resting objects (and the static walls) with TinyRenderer in a fresh world
+    holding only visuals.
 
     Returns rgb (H, W, 3) uint8, clean depth (H, W) float32 m, labels (H, W) int32 (0 for
-    table/background, i + 1 for ``objects[i]``) and the lighting parameters.
+    table/walls/background, i + 1 for ``objects[i]``) and the lighting parameters.
     """
     p, cid = sim.p, sim.client
     sim.reset()
@@ -582,8 +858,22 @@ def _render(
     p.changeVisualShape(
         table, -1, textureUniqueId=sim.texture_id(_texture(rng, table_rgb)), physicsClientId=cid
     )
+    wall_rgb = _random_color(rng)
+    wall_tex = sim.texture_id(_texture(rng, wall_rgb)) if walls else -1
+    for wall in walls:
+        wvis = p.createVisualShape(
+            p.GEOM_BOX,
+            halfExtents=list(wall.half_extents),
+            rgbaColor=[1.0, 1.0, 1.0, 1.0],
+            physicsClientId=cid,
+        )
+        wbody = p.createMultiBody(
+            0.0, -1, wvis, list(wall.centre), list(wall.orientation_xyzw), physicsClientId=cid
+        )
+        p.changeVisualShape(wbody, -1, textureUniqueId=wall_tex, physicsClientId=cid)
     body_label: dict[int, int] = {}
-    for i, (pick, t, color) in enumerate(objects):
+    for i, rest in enumerate(objects):
+        pick, t, color = rest.pick, rest.world_T_object, rest.color
         src = ms.load_source(pick.ref)
         verts = (src.render_vertices * pick.scale).tolist()
         textured = src.texture is not None and src.uv is not None
@@ -637,15 +927,157 @@ def _render(
         physicsClientId=cid,
     )
     rgb = np.asarray(rgba_img, dtype=np.uint8).reshape(k.height, k.width, 4)[..., :3]
-    gain = float(rng.uniform(0.85, 1.15))
-    rgb = np.clip(rgb.astype(np.float64) * gain + rng.normal(0.0, 2.0, rgb.shape), 0, 255).astype(np.uint8)
     depth = zbuffer_to_depth(np.asarray(zbuf, dtype=np.float64).reshape(k.height, k.width))
     seg_arr = np.asarray(seg, dtype=np.int64).reshape(k.height, k.width)
     labels = np.zeros(seg_arr.shape, dtype=np.int32)
     for body, label in body_label.items():
         labels[seg_arr == body] = label
-    light["gain"] = gain
     return rgb, depth, labels, light
+
+
+def _footprint(pick: _Pick) -> float:
+    """Area of the two largest bounding-box extents (m^2): how well an object serves as a base."""
+    e = np.sort(np.asarray(ms.load_source(pick.ref).mesh.extents) * pick.scale)
+    return float(e[1] * e[2])
+
+
+def _frame_camera(
+    rng: np.random.Generator, cfg: GeneratorConfig
+) -> tuple[str, CameraIntrinsics, sensors.SensorProfile | None]:
+    """The frame's sensor profile (None: legacy presets) and its colour intrinsics."""
+    if not cfg.sensors:
+        name, k = random_intrinsics(rng, cfg.width, cfg.height)
+        return name, k, None
+    profile = sensors.sensor_profile(str(rng.choice(list(cfg.sensors))))
+    size = (cfg.width, cfg.height)
+    if HD_SIZE in profile.resolutions and rng.random() < cfg.hd_fraction:
+        size = HD_SIZE
+    return profile.name, sensors.draw_intrinsics(profile, rng, size[0], size[1]), profile
+
+
+def _turn_to_border(
+    rng: np.random.Generator,
+    world_T_camera: NDArray[np.float64],
+    k: CameraIntrinsics,
+    centre_world: NDArray[np.float64],
+    radius_m: float,
+) -> NDArray[np.float64]:
+    """Rotate the camera about its centre so that ``centre_world`` projects next to a random
+    image edge, :data:`BORDER_OFFSET_RADII` of its projected radius inside or outside."""
+    eye = world_T_camera[:3, 3]
+    d = centre_world - eye
+    dist = float(np.linalg.norm(d))
+    r_px = k.fx * radius_m / max(dist, 1e-6)
+    off = float(rng.uniform(*BORDER_OFFSET_RADII)) * r_px
+    edge = int(rng.integers(0, 4))
+    u = float(rng.uniform(0.2, 0.8)) * k.width
+    v = float(rng.uniform(0.2, 0.8)) * k.height
+    if edge == 0:
+        u = off
+    elif edge == 1:
+        u = k.width - 1 - off
+    elif edge == 2:
+        v = off
+    else:
+        v = k.height - 1 - off
+    want = np.array([(u - k.cx) / k.fx, (v - k.cy) / k.fy, 1.0])
+    want /= np.linalg.norm(want)
+    # camera whose optical axis points at the object, then Q maps its axis onto ``want``
+    r0 = look_at_transform(eye, centre_world)[:3, :3]
+    z = np.array([0.0, 0.0, 1.0])
+    axis = np.cross(z, want)
+    s, c = float(np.linalg.norm(axis)), float(want @ z)
+    if s < 1e-9:
+        return look_at_transform(eye, centre_world)
+    axis /= s
+    kx = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
+    q = np.eye(3) + s * kx + (1.0 - c) * (kx @ kx)
+    return make_transform(r0 @ q.T, eye)
+
+
+def _amodal(
+    v_cam: NDArray[np.float64], faces: NDArray[np.int64], k: CameraIntrinsics, visible: NDArray[np.bool_]
+) -> tuple[NDArray[np.bool_], int]:
+    """The amodal mask in the image and the amodal pixel count on an unbounded image plane
+    (estimated on a padded, downscaled canvas when the mask reaches the border)."""
+    amodal = np.isfinite(render_mesh_depth((v_cam, faces), k)) | visible
+    inside = int(np.count_nonzero(amodal))
+    m = BORDER_MARGIN_PX
+    reaches = bool(amodal[:m].any() or amodal[-m:].any() or amodal[:, :m].any() or amodal[:, -m:].any())
+    if not reaches:
+        return amodal, inside
+    s = BORDER_CANVAS_SCALE
+    px, py = BORDER_PAD_FRACTION * k.width, BORDER_PAD_FRACTION * k.height
+    big = CameraIntrinsics(
+        width=round((k.width + 2 * px) * s),
+        height=round((k.height + 2 * py) * s),
+        fx=k.fx * s,
+        fy=k.fy * s,
+        cx=(k.cx + px + 0.5) * s - 0.5,
+        cy=(k.cy + py + 0.5) * s - 0.5,
+    )
+    canvas = np.isfinite(render_mesh_depth((v_cam, faces), big))
+    x0, y0 = round(px * s), round(py * s)
+    in_image = int(np.count_nonzero(canvas[y0 : y0 + round(k.height * s), x0 : x0 + round(k.width * s)]))
+    total = int(np.count_nonzero(canvas))
+    if in_image == 0:
+        return amodal, inside
+    return amodal, max(inside, round(inside * total / in_image))
+
+
+def _link_occluder(
+    rng: np.random.Generator, world_T_camera: NDArray[np.float64], centres: NDArray[np.float64]
+) -> _Wall:
+    """A box the size of a robot arm link or gripper between the camera and one object,
+    crossing the view at a random angle (rendered only; it occludes but is no object)."""
+    eye = world_T_camera[:3, 3]
+    c = centres[int(rng.integers(0, len(centres)))]
+    at = eye + float(rng.uniform(*OCCLUDER_DEPTH_FRACTION)) * (c - eye)
+    half_w = float(rng.uniform(*OCCLUDER_HALF_WIDTH_M))
+    roll = float(rng.uniform(-math.pi, math.pi))
+    axis = world_T_camera[:3, 0] * math.cos(roll) + world_T_camera[:3, 1] * math.sin(roll)
+    side = np.cross(world_T_camera[:3, 2], axis)
+    rot = np.stack([axis, side, world_T_camera[:3, 2]], axis=1)
+    shift = float(rng.uniform(-1.0, 1.0)) * half_w * side  # off the object's centre, so it is cut
+    q = _quat_xyzw(rot)
+    centre = at + shift
+    return _Wall(
+        (OCCLUDER_HALF_LENGTH_M, half_w, half_w),
+        (float(centre[0]), float(centre[1]), float(centre[2])),
+        (q[0], q[1], q[2], q[3]),
+    )
+
+
+def _occlusion_score(
+    world_T_camera: NDArray[np.float64], centres: NDArray[np.float64], radii: list[float]
+) -> float:
+    """How much the objects hide each other seen from ``world_T_camera``: the summed share
+    of each object's bounding disc (in normalised image coordinates) covered by the disc of
+    a nearer object (discs approximate silhouettes; cheap, no rendering)."""
+    c = transform_points(invert_transform(world_T_camera), centres)
+    z = np.maximum(c[:, 2], 1e-3)
+    uv = c[:, :2] / z[:, None]
+    r = np.asarray(radii) / z
+    score = 0.0
+    for i in range(len(c)):
+        for j in range(len(c)):
+            if z[j] >= z[i]:
+                continue
+            d = float(np.linalg.norm(uv[i] - uv[j]))
+            ri, rj = float(r[i]), float(r[j])
+            if d >= ri + rj:
+                continue
+            if d <= abs(ri - rj):
+                inter = math.pi * min(ri, rj) ** 2
+            else:
+                a1 = ri * ri * math.acos(np.clip((d * d + ri * ri - rj * rj) / (2 * d * ri), -1, 1))
+                a2 = rj * rj * math.acos(np.clip((d * d + rj * rj - ri * ri) / (2 * d * rj), -1, 1))
+                tri = 0.5 * math.sqrt(
+                    max((-d + ri + rj) * (d + ri - rj) * (d - ri + rj) * (d + ri + rj), 0.0)
+                )
+                inter = a1 + a2 - tri
+            score += min(inter / (math.pi * ri * ri), OCCLUSION_SCORE_CAP)
+    return score
 
 
 def generate_frame(
@@ -660,11 +1092,16 @@ def generate_frame(
     check_split(split)
     rng = np.random.default_rng([int(seed), int(index)])
     sim = _simulator()
-    resting: list[tuple[_Pick, NDArray[np.float64], NDArray[np.float64]]] = []
+    resting: list[_Resting] = []
+    walls: list[_Wall] = []
+    kind = _draw_scene_kind(rng, cfg)
     for attempt in range(SCENE_ATTEMPTS):
-        n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+        lo_n = max(cfg.min_objects, min(MIN_CLUTTER_OBJECTS.get(kind, 1), cfg.max_objects))
+        n = int(rng.integers(lo_n, cfg.max_objects + 1))
         picks = [_pick_object(rng, split, cfg) for _ in range(n)]
-        resting = _drop(sim, rng, picks, cfg)
+        if kind == "stack":
+            picks.sort(key=_footprint, reverse=True)
+        resting, walls = _drop(sim, rng, picks, cfg, kind)
         if resting:
             break
         logger.debug("frame %d attempt %d: every object left the table", index, attempt)
@@ -672,55 +1109,81 @@ def generate_frame(
         raise GeneratorError(f"frame {index} of seed {seed}: no object stayed on the table")
 
     # camera
-    cam_name, k = random_intrinsics(rng, cfg.width, cfg.height)
-    centres = np.array([t[:3, 3] for _, t, _ in resting])
+    cam_name, k, profile = _frame_camera(rng, cfg)
+    centres = np.array([r.world_T_object[:3, 3] for r in resting])
+    radii = [
+        float(np.linalg.norm(ms.load_source(r.pick.ref).mesh.extents)) * r.pick.scale / 2 for r in resting
+    ]
     target = centres.mean(axis=0) + np.append(rng.normal(0.0, 0.01, 2), 0.0)
-    radius = max(
-        float(np.linalg.norm(c - target))
-        + float(np.linalg.norm(ms.load_source(pk.ref).mesh.extents)) * pk.scale / 2
-        for c, (pk, _, _) in zip(centres, resting, strict=True)
-    )
+    radius = max(float(np.linalg.norm(c - target)) + rr for c, rr in zip(centres, radii, strict=True))
     half_fov = min(math.atan2(k.width / 2, k.fx), math.atan2(k.height / 2, k.fy))
     fit = 1.05 * radius / math.sin(half_fov)
     lo, hi = cfg.distance_range
-    distance = float(rng.uniform(min(max(lo, fit), hi), hi))
-    az = float(rng.uniform(-math.pi, math.pi))
-    el = math.radians(float(rng.uniform(*cfg.elevation_deg_range)))
-    eye = target + distance * np.array(
-        [math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)]
-    )
-    world_T_camera = look_at_transform(eye, target)
+    if profile is not None:  # a camera is mounted where its sensor sees the objects
+        lo = min(max(lo, SENSOR_RANGE_MARGIN * profile.min_range_m), hi)
+    candidates = []
+    n_views = CLUTTER_VIEW_CANDIDATES if kind != "scatter" and rng.random() < CLUTTER_VIEW_FRACTION else 1
+    for _ in range(n_views):
+        distance = float(np.clip(fit * rng.uniform(*DISTANCE_FACTOR), lo, hi))
+        az = float(rng.uniform(-math.pi, math.pi))
+        el_range = LOW_ELEVATION_DEG if rng.random() < LOW_CAMERA_FRACTION else cfg.elevation_deg_range
+        el = math.radians(float(rng.uniform(*el_range)))
+        eye = target + distance * np.array(
+            [math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)]
+        )
+        candidates.append(look_at_transform(eye, target))
+    world_T_camera = max(candidates, key=lambda c: _occlusion_score(c, centres, radii))
+    if rng.random() < cfg.border_fraction:
+        j = int(rng.integers(0, len(resting)))
+        world_T_camera = _turn_to_border(rng, world_T_camera, k, centres[j], radii[j])
     camera_T_world = invert_transform(world_T_camera)
+    visuals = list(walls)
+    if kind != "scatter" and rng.random() < OCCLUDER_FRACTION:
+        visuals.append(_link_occluder(rng, world_T_camera, centres))
 
-    rgb, depth_clean, labels, light = _render(sim, rng, resting, k, world_T_camera)
+    rgb, depth_clean, labels, light = _render(sim, rng, resting, visuals, k, world_T_camera)
     light["camera_model"] = cam_name
     objects = []
-    for i, (pick, world_T_object, color) in enumerate(resting):
+    for i, rest in enumerate(resting):
         label = i + 1
-        camera_T_object = camera_T_world @ world_T_object
-        mesh = ms.load_source(pick.ref).mesh
-        v_cam = transform_points(camera_T_object, np.asarray(mesh.vertices) * pick.scale)
-        amodal = np.isfinite(render_mesh_depth((v_cam, np.asarray(mesh.faces)), k))
+        camera_T_object = camera_T_world @ rest.world_T_object
+        mesh = ms.load_source(rest.pick.ref).mesh
+        v_cam = transform_points(camera_T_object, np.asarray(mesh.vertices) * rest.pick.scale)
         visible = labels == label
-        amodal |= visible
+        amodal, full = _amodal(v_cam, np.asarray(mesh.faces), k, visible)
+        inside = int(np.count_nonzero(amodal))
+        color = rest.color
         objects.append(
             GeneratedObject(
                 label=label,
-                mesh_ref=pick.ref,
-                scale=float(pick.scale),
+                mesh_ref=rest.pick.ref,
+                scale=float(rest.pick.scale),
                 camera_T_object=camera_T_object,
-                world_T_object=world_T_object,
+                world_T_object=rest.world_T_object,
                 visible_pixels=int(np.count_nonzero(visible)),
-                amodal_pixels=int(np.count_nonzero(amodal)),
+                amodal_pixels=inside,
                 amodal_mask=amodal,
                 color=(round(float(color[0])), round(float(color[1])), round(float(color[2]))),
+                amodal_pixels_full=full,
+                cut_by_border=full > 0 and (full - inside) >= BORDER_CUT_FRACTION * full,
+                on_table=rest.on_table,
+                supported_by=tuple(s + 1 for s in rest.supported_by),
             )
         )
-    depth = (
-        apply_depth_noise(depth_clean, rng, cfg.noise)
-        if cfg.noise.enabled
-        else depth_clean.astype(np.float32)
-    )
+    if profile is not None:
+        depth = sensors.simulate_depth(depth_clean, rgb, k, rng, profile)
+        rgb = sensors.simulate_color(rgb, rng, profile)
+    else:
+        depth = (
+            apply_depth_noise(depth_clean, rng, cfg.noise)
+            if cfg.noise.enabled
+            else depth_clean.astype(np.float32)
+        )
+        gain = float(rng.uniform(0.85, 1.15))
+        light["gain"] = gain
+        rgb = np.clip(rgb.astype(np.float64) * gain + rng.normal(0.0, 2.0, rgb.shape), 0, 255).astype(
+            np.uint8
+        )
     return GeneratedFrame(
         index=int(index),
         seed=int(seed),
@@ -734,4 +1197,6 @@ def generate_frame(
         labels=labels.astype(np.uint16),
         objects=tuple(objects),
         lighting=light,
+        scene_kind=kind,
+        sensor=profile.name if profile is not None else "",
     )

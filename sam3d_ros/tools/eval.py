@@ -12,8 +12,9 @@ prediction with the true posed mesh (ADD-S without poses, i.e. ``add_s_surface``
 methods choose their own object frames). Point sets use
 :func:`sam3d_ros.core.baselines.score_point_set`. An object a method does not return is
 scored by :func:`~sam3d_ros.core.baselines.missing_metrics` (F = IoU = 0, failure; distances
-left out) and counted in ``coverage``. Aggregates: mean and median overall and by visible
-fraction (< 0.6, >= 0.6) of :func:`~sam3d_ros.core.metrics.aggregate_by_visibility`.
+left out) and counted in ``coverage``. Aggregates: mean and median overall and per bucket
+(:meth:`MethodReport.buckets`): visible fraction (>= 0.6, 0.35-0.6, < 0.35), stacked on
+another object vs on the table, cut by the image border, sensor profile and scene layout.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from sam3d_ros.core.metrics import (
     AggregateMetrics,
     MetricsError,
     ObjectMetrics,
+    aggregate,
     aggregate_by_visibility,
     evaluate_object,
 )
@@ -229,15 +231,58 @@ BASELINES: dict[str, Callable[[], Method]] = {
 }
 
 
+@dataclass(frozen=True)
+class ObjectTags:
+    """What a scored object's bucket depends on (from the dataset's ground truth).
+
+    Attributes:
+        visible_fraction: visible / amodal pixels on an unbounded image plane.
+        on_table: it touches the table (False: it rests only on other objects).
+        cut_by_border: part of its silhouette lies outside the image.
+        sensor: the frame's sensor profile ("" when unknown).
+        scene: the frame's scene layout ("" when unknown).
+    """
+
+    visible_fraction: float
+    on_table: bool = True
+    cut_by_border: bool = False
+    sensor: str = ""
+    scene: str = ""
+
+
+#: Visible-fraction bucket edges: >= 0.6, 0.35-0.6, < 0.35.
+VISIBLE_BUCKETS: tuple[tuple[str, float, float], ...] = (
+    ("visible>=0.6", 0.6, math.inf),
+    ("visible 0.35-0.6", 0.35, 0.6),
+    ("visible<0.35", -math.inf, 0.35),
+)
+
+
+def bucket_names(tags: ObjectTags) -> list[str]:
+    """The buckets an object counts in besides "all" (see :meth:`MethodReport.buckets`)."""
+    out = [n for n, lo, hi in VISIBLE_BUCKETS if lo <= tags.visible_fraction < hi]
+    if tags.visible_fraction < 0.6:
+        out.append("visible<0.6")
+    out.append("on_table" if tags.on_table else "stacked")
+    if tags.cut_by_border:
+        out.append("cut_by_border")
+    if tags.sensor:
+        out.append(f"sensor:{tags.sensor}")
+    if tags.scene:
+        out.append(f"scene:{tags.scene}")
+    return out
+
+
 @dataclass
 class MethodReport:
-    """Scores of one method: per-object metrics, coverage and timing."""
+    """Scores of one method: per-object metrics (with their bucket tags), coverage and timing."""
 
     name: str
     objects: list[ObjectMetrics] = field(default_factory=list)
     predicted: int = 0
     predict_s: float = 0.0
     score_s: float = 0.0
+    tags: list[ObjectTags] = field(default_factory=list)
 
     @property
     def coverage(self) -> float:
@@ -245,7 +290,31 @@ class MethodReport:
         return self.predicted / len(self.objects) if self.objects else math.nan
 
     def buckets(self) -> dict[str, AggregateMetrics]:
-        return aggregate_by_visibility(self.objects)
+        """Aggregates over "all" objects and each bucket: visible fraction (>= 0.6,
+        0.35-0.6, < 0.35, and < 0.6), on the table vs stacked on other objects, cut by the
+        image border, per sensor profile and per scene layout (buckets without objects are
+        left out). Without tags (reports built by hand) only the visible-fraction split of
+        :func:`~sam3d_ros.core.metrics.aggregate_by_visibility` is given."""
+        if len(self.tags) != len(self.objects):
+            return aggregate_by_visibility(self.objects)
+        members: dict[str, list[ObjectMetrics]] = {"all": list(self.objects)}
+        for name, _, _ in VISIBLE_BUCKETS:
+            members[name] = []
+        members["visible<0.6"] = []
+        for name in ("on_table", "stacked", "cut_by_border"):
+            members[name] = []
+        for m, t in zip(self.objects, self.tags, strict=True):
+            for name in bucket_names(t):
+                members.setdefault(name, []).append(m)
+        return {k: aggregate(v) for k, v in sorted(members.items(), key=lambda kv: _bucket_order(kv[0])) if v}
+
+
+def _bucket_order(name: str) -> tuple[int, str]:
+    fixed = ["all", "visible>=0.6", "visible 0.35-0.6", "visible<0.35", "visible<0.6", "on_table", "stacked"]
+    fixed.append("cut_by_border")
+    if name in fixed:
+        return (fixed.index(name), "")
+    return (len(fixed) + (0 if name.startswith("sensor:") else 1), name)
 
 
 def evaluate(
@@ -312,6 +381,15 @@ def evaluate(
                 else:
                     rep.predicted += 1
                 rep.objects.append(metrics)
+                rep.tags.append(
+                    ObjectTags(
+                        visible_fraction=o.visible_fraction,
+                        on_table=o.on_table,
+                        cut_by_border=o.cut_by_border,
+                        sensor=str(truth.extra.get("sensor", "")),
+                        scene=str(truth.extra.get("scene", "")),
+                    )
+                )
             rep.predict_s += t1 - t0
             rep.score_s += time.perf_counter() - t1
         logger.info("frame %d/%d evaluated", fi + 1, len(frames))
@@ -372,6 +450,7 @@ def evaluate_parallel(
         for name, rep in part.items():
             m = merged.setdefault(name, MethodReport(name))
             m.objects.extend(rep.objects)
+            m.tags.extend(rep.tags)
             m.predicted += rep.predicted
             m.predict_s += rep.predict_s
             m.score_s += rep.score_s
@@ -387,6 +466,8 @@ _COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("F@10mm", "fscore_10mm", "{:.3f}"),
     ("IoU", "volume_iou", "{:.3f}"),
     ("centre mm", "centre_error_mm", "{:.1f}"),
+    ("acc mm", "accuracy_mm", "{:.1f}"),
+    ("compl mm", "completeness_mm", "{:.1f}"),
 )
 
 
@@ -415,6 +496,30 @@ def format_table(reports: dict[str, MethodReport]) -> str:
     return "\n".join(lines)
 
 
+def format_bucket_table(reports: dict[str, MethodReport], key: str = "chamfer_l1_mm") -> str:
+    """A compact Markdown table: one row per bucket, one column per method, each cell the
+    mean of ``key`` and the mean F-score@10 mm (``objects`` is the bucket's object count)."""
+    names = list(reports)
+    per = {n: reports[n].buckets() for n in names}
+    buckets: list[str] = []
+    for n in names:
+        buckets += [b for b in per[n] if b not in buckets]
+    head = ["bucket", "objects"] + [f"{n} CD-L1 / F@10" for n in names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for b in buckets:
+        count = next((per[n][b].count for n in names if b in per[n]), 0)
+        cells = [b, str(count)]
+        for n in names:
+            agg = per[n].get(b)
+            cells.append(
+                ""
+                if agg is None
+                else f"{_fmt(agg.mean[key], '{:.2f}')} / {_fmt(agg.mean['fscore_10mm'], '{:.3f}')}"
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _clean(v: Any) -> Any:
     if isinstance(v, float):
         return v if math.isfinite(v) else None
@@ -436,7 +541,11 @@ def reports_json(reports: dict[str, MethodReport], meta: dict[str, Any]) -> dict
             "predict_s": round(rep.predict_s, 3),
             "score_s": round(rep.score_s, 3),
             "buckets": {k: asdict(a) for k, a in rep.buckets().items()},
-            "per_object": [asdict(m) for m in rep.objects],
+            "per_object": [
+                {**asdict(m), "tags": asdict(t)} for m, t in zip(rep.objects, rep.tags, strict=True)
+            ]
+            if len(rep.tags) == len(rep.objects)
+            else [asdict(m) for m in rep.objects],
         }
     return _clean({"format": "sam3d_ros/eval", "version": 1, **meta, "methods": methods})
 
@@ -515,6 +624,8 @@ def run(args: Any) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(reports))
+    print()
+    print(format_bucket_table(reports))
     print(f"\n{len(next(iter(reports.values())).objects)} objects per method, {wall:.1f} s")
     if args.json is not None:
         meta = {
