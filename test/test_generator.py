@@ -62,6 +62,15 @@ def test_frame_is_deterministic_per_seed() -> None:
     assert not np.array_equal(a.rgb, c.rgb)
 
 
+def test_frame_does_not_depend_on_what_the_process_rendered_before() -> None:
+    first = generate_frame(3, 2, "val", SMALL)
+    for i in range(12):  # well over 64 textures (the old file-name cycle)
+        generate_frame(9, i, "val", SMALL)
+    again = generate_frame(3, 2, "val", SMALL)
+    assert np.array_equal(first.rgb, again.rgb)
+    assert np.array_equal(first.depth, again.depth, equal_nan=True)
+
+
 def test_objects_rest_on_table_without_interpenetration(frames: list) -> None:
     for f in frames:
         hulls = []

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=1,
         help="objects less than 60%% visible appear this many times per epoch",
     )
+    p.add_argument(
+        "--init-weights",
+        type=Path,
+        default=None,
+        help="fine-tune from these weights (a shipped .pt, e.g. models/v3/geometry_layout.pt) instead of random ones",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint.pt")
     p.add_argument("--export-dir", type=Path, default=None, help="write the ONNX, weights and manifest here")
@@ -58,12 +65,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--gate-dataset (0: all of them)",
     )
     p.add_argument(
+        "--no-gate", action="store_true", help="export only; measure with 'sam3d-ros gate' afterwards"
+    )
+    p.add_argument(
         "--gate-dataset",
         type=Path,
         default=None,
         help="generated dataset (docs/dataset.md) on which the quality gate is measured "
         "(default for 'dataset:<root>' sources: <root>/val)",
     )
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as err:
+        raise SystemExit(f"error: cannot read --init-weights {path}: {err}") from err
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         data_workers=args.data_workers,
         low_visibility_repeat=args.low_visibility_repeat,
         stop_after_epochs=args.stop_after_epochs,
+        init_weights=str(args.init_weights) if args.init_weights else "",
+        init_weights_sha256=_sha256(args.init_weights) if args.init_weights else "",
     )
     try:
         record = train(cfg, run_dir, cache, resume=not args.no_resume)
@@ -98,6 +119,12 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({k: record[k] for k in ("epochs_done", "complete", "train_s", "final_val")}, indent=1))
     if args.export_dir is not None:
         gate = args.gate_dataset
+        if args.no_gate:
+            from sam3d_ros.learning.export import export_model
+            from sam3d_ros.learning.train import load_weights
+
+            export_model(load_weights(run_dir / "final.pt"), args.export_dir, record)
+            return 0
         if gate is None and args.source.startswith("dataset:"):
             gate = Path(args.source.split(":", 1)[1]).expanduser() / "val"
         return export_and_evaluate(
@@ -160,6 +187,14 @@ def add_gate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--write-manifest", action="store_true", help="store the result as the manifest's 'validation'"
     )
+    p.add_argument(
+        "--compare",
+        type=Path,
+        action="append",
+        default=[],
+        help="also score the weights in this model directory (repeatable), e.g. models/v3",
+    )
+    p.add_argument("--json", type=Path, default=None, help="write the full per-object report here")
 
 
 def run_gate(args: argparse.Namespace) -> int:
@@ -169,7 +204,9 @@ def run_gate(args: argparse.Namespace) -> int:
     from sam3d_ros.backends.learned import load_manifest, model_dir, write_manifest
 
     directory = args.model_dir or model_dir()
-    result = gate_on_dataset(directory, args.dataset, args.max_frames or None, args.workers)
+    result = gate_on_dataset(
+        directory, args.dataset, args.max_frames or None, args.workers, args.compare, args.json
+    )
     print(
         json.dumps({k: result[k] for k in ("frames", "wall_s", "quality_gate", "versus_geometric")}, indent=1)
     )
@@ -185,24 +222,40 @@ def run_gate(args: argparse.Namespace) -> int:
 GATE_METRICS = ("chamfer_l1_mm", "fscore_5mm", "fscore_10mm", "volume_iou", "centre_error_mm")
 
 
-def gate_on_dataset(model_dir: Path, dataset_dir: Path, max_frames: int | None, workers: int = 1) -> dict:
-    """Score the exported model (onnxruntime), the geometric backend and the extruded-hull
-    baseline on a generated dataset with ``sam3d-ros eval``'s code; the quality gate is the
-    issue's (better than the extruded hull in mean Chamfer and F@10 in both visible-fraction
-    buckets), ``versus_geometric`` the same test against the geometric backend."""
+def gate_on_dataset(
+    model_dir: Path,
+    dataset_dir: Path,
+    max_frames: int | None,
+    workers: int = 1,
+    compare: Sequence[Path] = (),
+    json_path: Path | None = None,
+) -> dict:
+    """Score the exported model (onnxruntime), the geometric backend, the extruded-hull
+    baseline and the models in ``compare`` (``onnxruntime@<dir name>``) on a generated
+    dataset with ``sam3d-ros eval``'s code, per bucket (:meth:`MethodReport.buckets`); the
+    quality gate: better than the extruded hull in mean Chamfer and F@10 in every bucket;
+    ``versus_geometric`` the same test against the geometric backend. Prints the bucket
+    table; ``json_path`` receives the full per-object report."""
     import time
 
     from sam3d_ros.core.config import default_config
     from sam3d_ros.learning.evaluate import quality_gate
     from sam3d_ros.sim.dataset import load_dataset
-    from sam3d_ros.tools.eval import evaluate_parallel
+    from sam3d_ros.tools.eval import evaluate_parallel, format_bucket_table, reports_json
 
     logging.getLogger("sam3d_ros.core.metrics").setLevel(logging.ERROR)
     cfg = default_config().replace(model_dir=str(model_dir))
     ds = load_dataset(dataset_dir)
     specs = ["extruded_hull", "backend:geometric", "backend:onnxruntime"]
+    specs += [f"backend:onnxruntime@{d}" for d in compare]
     t0 = time.perf_counter()
     reports = evaluate_parallel(dataset_dir, specs, cfg, workers, max_frames=max_frames)
+    print(format_bucket_table(reports))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(
+            json.dumps(reports_json(reports, {"dataset": dataset_dir.name}), indent=1) + "\n"
+        )
     frames = len(ds.frames) if max_frames is None else min(max_frames, len(ds.frames))
     metrics = {
         name: {
@@ -212,9 +265,10 @@ def gate_on_dataset(model_dir: Path, dataset_dir: Path, max_frames: int | None, 
         for name, rep in reports.items()
     }
     result: dict = {
-        "command": f"sam3d-ros eval {dataset_dir} --max-frames {frames} --backend geometric "
-        f"--backend onnxruntime --baselines extruded_hull --workers {workers} --params <model_dir={model_dir}>",
-        "dataset": str(dataset_dir),
+        "command": f"sam3d-ros gate <{dataset_dir.name}> --max-frames {frames} --workers {workers}"
+        + "".join(f" --compare {d}" for d in compare),
+        "dataset": dataset_dir.name,
+        "dataset_statistics": ds.doc.get("statistics", {}),
         "split": ds.split,
         "frames": frames,
         "coverage": {name: rep.coverage for name, rep in reports.items()},

@@ -76,6 +76,11 @@ class TrainConfig:
     threads: int = 1
     data_workers: int = 1
     model: dict[str, Any] = field(default_factory=lambda: ModelConfig().to_dict())
+    #: start from these weights (a shipped ``.pt`` or a run's ``final.pt``; "" = random
+    #: initialisation); the path as given (relative to the repository) and its sha256
+    #: are part of the recipe
+    init_weights: str = ""
+    init_weights_sha256: str = ""
 
 
 #: TrainConfig fields that may change between a run and its resumption.
@@ -290,6 +295,12 @@ def train(
 
     gen = _set_seed(cfg.seed)
     model = build_model(cfg.model)
+    if cfg.init_weights:
+        init = load_weights(Path(cfg.init_weights))
+        if init.cfg != model.cfg:
+            raise TrainError(f"--init-weights {cfg.init_weights}: model config {init.cfg} is not {model.cfg}")
+        model.load_state_dict(init.state_dict())
+        logger.info("initialised from %s", cfg.init_weights)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     epoch_index = epoch_rows(train_ds, cfg.low_visibility_repeat)
     steps_per_epoch = math.ceil(len(epoch_index) / cfg.batch_size)

@@ -544,10 +544,14 @@ class _Simulator:
 
     def texture_id(self, image: NDArray[np.uint8]) -> int:
         """Load an RGB image as a pybullet texture (through a temporary PNG)."""
+        # a new file name for every texture: pybullet caches loaded images by file name, so
+        # reusing names made a frame's colours depend on what the process rendered before
         self._tex_count += 1
-        path = self.tmp / f"tex_{self._tex_count % 64}.png"
+        path = self.tmp / f"tex_{self._tex_count}.png"
         Image.fromarray(image).save(path)
-        return int(self.p.loadTexture(str(path), physicsClientId=self.client))
+        tex = int(self.p.loadTexture(str(path), physicsClientId=self.client))
+        path.unlink()
+        return tex
 
     def reset(self) -> None:
         p = self.p

@@ -166,7 +166,9 @@ class ExtrudedHullMethod(_HullMethod):
 class BackendMethod:
     """A reconstruction backend run through the full :class:`FramePipeline`."""
 
-    def __init__(self, backend: str, config: PipelineConfig | None = None) -> None:
+    def __init__(
+        self, backend: str, config: PipelineConfig | None = None, model_dir: str | None = None
+    ) -> None:
         from dataclasses import replace
 
         from sam3d_ros.backends.registry import create_backend
@@ -174,6 +176,9 @@ class BackendMethod:
 
         cfg = replace(config or default_config(), backend=backend)
         self.name = backend
+        if model_dir is not None:  # another set of weights, e.g. the previous model
+            cfg = replace(cfg, model_dir=str(model_dir))
+            self.name = f"{backend}@{Path(model_dir).name}"
         self.pipeline = FramePipeline(cfg, create_backend(cfg))
 
     def predict(self, inputs: FrameInputs) -> dict[int, Prediction]:
@@ -402,23 +407,29 @@ def check_specs(specs: Sequence[str]) -> None:
 
     for spec in specs:
         is_backend = spec.startswith("backend:")
-        name = spec.split(":", 1)[1] if is_backend else spec
+        name = spec.split(":", 1)[1].split("@", 1)[0] if is_backend else spec
         valid = available_backends() if is_backend else sorted(BASELINES)
         if name not in valid:
             raise EvalError(f"unknown {'backend' if is_backend else 'baseline'} {name!r}; valid: {valid}")
 
 
 def make_methods(specs: Sequence[str], config: PipelineConfig) -> list[Method]:
-    """Methods from names: a baseline of :data:`BASELINES` or ``backend:<name>``.
+    """Methods from names: a baseline of :data:`BASELINES`, ``backend:<name>`` or
+    ``backend:<name>@<model_dir>`` (a learned backend with other weights, named
+    ``<name>@<basename of model_dir>``).
 
     Raises:
         EvalError: an unknown name (see :func:`check_specs`).
     """
     check_specs(specs)
-    return [
-        BackendMethod(spec.split(":", 1)[1], config) if spec.startswith("backend:") else BASELINES[spec]()
-        for spec in specs
-    ]
+    out: list[Method] = []
+    for spec in specs:
+        if spec.startswith("backend:"):
+            name, _, model_dir = spec.split(":", 1)[1].partition("@")
+            out.append(BackendMethod(name, config, model_dir or None))
+        else:
+            out.append(BASELINES[spec]())
+    return out
 
 
 def _evaluate_shard(
@@ -560,7 +571,8 @@ def add_arguments(p: Any) -> None:
         "--backend",
         action="append",
         default=None,
-        help="pipeline backend to evaluate (repeatable; default: geometric, none with --results)",
+        help="pipeline backend to evaluate (repeatable; NAME@MODEL_DIR for other weights, e.g. "
+        "onnxruntime@models/v3; default: geometric, none with --results)",
     )
     p.add_argument(
         "--baselines",
