@@ -326,3 +326,20 @@ def test_tensorrt_matches_onnxruntime(tmp_path: Path, ort_backend, precision: st
     trt2 = TensorRTBackend(default_config(), directory=MODELS, precision=precision, engine_dir=tmp_path)
     assert trt2.cache.builds == 0
     trt2.close()
+
+
+def test_manifest_text_has_no_machine_paths(tmp_path: Path) -> None:
+    from sam3d_ros.backends.learned import portable_text, write_manifest
+
+    home = str(Path.home())
+    cmd = (
+        f"{tmp_path}/venv/bin/sam3d-ros train --cache-dir {home}/.cache/x --export-dir {tmp_path}/repo/models"
+    )
+    assert (
+        portable_text(cmd, repo_root=tmp_path / "repo")
+        == "sam3d-ros train --cache-dir ~/.cache/x --export-dir models"
+    )
+    write_manifest(tmp_path, {"training": {"command": cmd, "n": [1.5, float("nan")]}})
+    text = (tmp_path / "manifest.json").read_text()
+    assert home + "/" not in text and "/bin/sam3d-ros" not in text
+    assert json.loads(text)["training"]["n"] == [1.5, None]

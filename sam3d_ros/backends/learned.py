@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,10 +110,24 @@ def load_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
+def portable_text(text: str, repo_root: Path | None = None) -> str:
+    """``text`` without this machine's paths: the repository root becomes ``.``, the home
+    directory ``~`` and a venv's ``bin/`` prefix of a command is dropped (so a manifest says
+    ``sam3d-ros train --cache-dir ~/.cache/...``, not where one machine keeps its venv)."""
+    root = str((repo_root or Path(__file__).resolve().parents[2]).resolve())
+    home = str(Path.home())
+    out = re.sub(r"\S*/bin/(sam3d-ros|python3?)\b", r"\1", text)
+    out = out.replace(root + "/", "").replace(root, ".")
+    return out.replace(home + "/", "~/").replace(home, "~")
+
+
 def _json_safe(value: Any) -> Any:
-    """Non-finite floats become None (strict JSON has no NaN/Infinity)."""
+    """Non-finite floats become None (strict JSON has no NaN/Infinity); strings lose this
+    machine's paths (:func:`portable_text`)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, str):
+        return portable_text(value)
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -121,7 +136,8 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
-    """Write ``manifest.json`` (indented, strict JSON: NaN as null, trailing newline)."""
+    """Write ``manifest.json`` (indented, strict JSON: NaN as null, trailing newline, no
+    machine paths)."""
     (out_dir / MANIFEST_NAME).write_text(json.dumps(_json_safe(manifest), indent=2, allow_nan=False) + "\n")
 
 
