@@ -13,6 +13,9 @@ bash scripts/setup.sh
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID_DEMO:-$((100 + $$ % 40))}"
 export ROS_LOG_DIR="$ROOT/build/ros_log/demo"
+# the shipped DDS profile for large images on one host (README "Losing no frames")
+export FASTDDS_DEFAULT_PROFILES_FILE="$ROOT/config/fastdds_shm.xml"
+export FASTRTPS_DEFAULT_PROFILES_FILE="$FASTDDS_DEFAULT_PROFILES_FILE"
 OUT="${1:-demo_out}"
 BAG="data/sample/tabletop_sample"
 rm -rf "$OUT"
@@ -22,8 +25,8 @@ echo "== 1/2 offline replay of $BAG (sam3d-ros replay) =="
 sam3d-ros replay "$BAG" --out "$OUT" --params config/default.yaml --out-bag "$OUT/output_bag"
 
 echo
-echo "== 2/2 live node: python -m sam3d_ros.ros.node --ros-args --params-file config/default.yaml =="
-python -m sam3d_ros.ros.node --ros-args --params-file config/default.yaml >"$OUT/node.log" 2>&1 &
+echo "== 2/2 live node: python -m sam3d_ros.ros.node --ros-args --params-file config/default.yaml -p input_reliability:=reliable =="
+python -m sam3d_ros.ros.node --ros-args --params-file config/default.yaml -p input_reliability:=reliable >"$OUT/node.log" 2>&1 &
 NODE_PID=$!
 trap 'kill $NODE_PID 2>/dev/null || true; wait $NODE_PID 2>/dev/null || true' EXIT
 python -m sam3d_ros.tools.live_check "$BAG" --replay-results "$OUT/results.jsonl" --out "$OUT/live_results.jsonl"

@@ -90,6 +90,55 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, period: float
     return bool(predicate())
 
 
+def diagnostic_values(msg: Any, hardware_id: str = "sam3d_node") -> dict[str, str]:
+    """The key/values of the node's status in one DiagnosticArray (empty if not there)."""
+    return {kv.key: kv.value for st in msg.status if st.hardware_id == hardware_id for kv in st.values}
+
+
+def accounting_problems(values: dict[str, str]) -> list[str]:
+    """Where the node's /diagnostics does not account for every message it received (empty
+    when it does): per synchronised topic, messages_received = frames_synced + unmatched +
+    queued, and frames_synced = frames_out + the frames skipped for every reason."""
+    if "frames_synced" not in values:
+        return ["no frames_synced in /diagnostics"]
+    synced = int(values["frames_synced"])
+    skipped = sum(int(v) for k, v in values.items() if k.startswith("frames_skipped/"))
+    problems = []
+    if synced != int(values["frames_out"]) + skipped:
+        problems.append(f"frames_synced {synced} != frames_out {values['frames_out']} + skipped {skipped}")
+    topics = [k.split("/", 1)[1] for k in values if k.startswith("messages_received/")]
+    if len(topics) != 3:
+        problems.append(f"expected 3 synchronised topics, got {topics}")
+    for t in topics:
+        received = int(values[f"messages_received/{t}"])
+        unmatched, queued = int(values[f"unmatched/{t}"]), int(values[f"queued/{t}"])
+        if received != synced + unmatched + queued:
+            problems.append(
+                f"{t}: received {received} != synced {synced} + unmatched {unmatched} + queued {queued}"
+            )
+    return problems
+
+
+def assert_inputs_accounted(
+    diagnostics: list[Any], node: Any = None, timeout: float = 10.0
+) -> dict[str, str]:
+    """Wait (worker idle, then a fresh /diagnostics message) until the node's diagnostics
+    account for every message received (:func:`accounting_problems`); returns the values."""
+    if node is not None:
+        assert node.wait_idle(timeout)
+    start = len(diagnostics)  # only messages published from now on
+    last: dict[str, str] = {}
+
+    def accounted() -> bool:
+        nonlocal last
+        fresh = [v for v in (diagnostic_values(m) for m in diagnostics[start:]) if v]
+        last = fresh[-1] if fresh else {}
+        return bool(last) and not accounting_problems(last)
+
+    assert wait_for(accounted, timeout), accounting_problems(last) or last
+    return last
+
+
 def header(stamp_ns: int, frame_id: str = "camera_color_optical_frame") -> Header:
     return Header(
         stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000), frame_id=frame_id

@@ -8,12 +8,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseArray
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from ros_helpers import (
     Harness,
+    assert_inputs_accounted,
+    diagnostic_values,
     frame_msgs,
     image_msg,
     info_msg,
@@ -67,6 +69,10 @@ class NodeUnderTest:
             lambda: (self.pubs["info"].publish(msg), self.node._camera_info is not None)[1], 10.0, 0.05
         )
 
+    def assert_accounted(self) -> dict[str, str]:
+        """/diagnostics accounts for every message the node received."""
+        return assert_inputs_accounted(self.diag, self.node)
+
     def skipped(self, reason: SkipReason) -> int:
         return self.node.stats.snapshot().frames_skipped.get(reason.value, 0)
 
@@ -93,7 +99,10 @@ def live(rendered: Any) -> Iterator[NodeUnderTest]:
     nut.wait_connected()
     nut.send_info(rendered)
     yield nut
-    harness.close()
+    try:
+        nut.assert_accounted()
+    finally:
+        harness.close()
 
 
 def test_reconstructs_objects_and_keeps_header(live: NodeUnderTest, rendered: Any) -> None:
@@ -245,6 +254,28 @@ def test_stamps_far_from_the_stream_are_skipped_and_do_not_move_the_gate(
     assert live.skipped(SkipReason.STALE_STAMP) == 0
 
 
+def test_unmatched_messages_are_counted_by_topic_in_diagnostics(live: NodeUnderTest, rendered: Any) -> None:
+    rgb_topic = f"{live.ns}/camera/color/image_raw"
+    base = T0 + 3_000_000_000
+    for i in range(12):  # colour images without depth or mask: the queue (10) overflows
+        live.pubs["rgb"].publish(frame_msgs(rendered, base + i * 33_000_000)[0])
+    values = live.assert_accounted()
+    assert wait_for(lambda: int(diagnostic_values(live.diag[-1]).get(f"queued/{rgb_topic}", 0)) == 10, 10.0)
+    values = live.assert_accounted()
+    received = int(values[f"messages_received/{rgb_topic}"])
+    assert received >= 11  # best effort in one process: nearly never lost
+    assert int(values[f"unmatched/{rgb_topic}"]) == received - 10
+    status = next(st for st in live.diag[-1].status if st.hardware_id == "sam3d_node")
+    assert status.level == DiagnosticStatus.WARN and "unmatched" in status.message
+    # a complete set is still processed; what is queued becomes unmatched at deactivation
+    publish_frame(live.pubs, frame_msgs(rendered, base + 20 * 33_000_000), info=False)
+    assert wait_for(lambda: live.processed() == 1)
+    assert live.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    values = live.assert_accounted()
+    assert int(values[f"queued/{rgb_topic}"]) == 0
+    assert int(values[f"unmatched/{rgb_topic}"]) == int(values[f"messages_received/{rgb_topic}"]) - 1
+
+
 def test_empty_mask_and_tiny_objects(live: NodeUnderTest, rendered: Any) -> None:
     rgb, depth, info, _ = frame_msgs(rendered, T0 + 7)
     empty = image_msg(np.zeros(rendered.labels.shape, np.uint16), "16UC1", T0 + 7)
@@ -315,6 +346,7 @@ def test_latest_frame_wins_when_processing_is_slow(rendered: Any) -> None:
         assert wait_for(lambda: len(nut.objects) == snap.frames_out)
         last = nut.objects[-1].header.stamp
         assert last.sec * 10**9 + last.nanosec == T0 + 7 * 33_000_000  # the latest frame was processed
+        nut.assert_accounted()
     finally:
         harness.close()
 
@@ -340,6 +372,7 @@ def test_frame_pending_at_deactivation_is_counted_not_active(rendered: Any) -> N
         assert snap.frames_skipped.get("superseded", 0) == 0, snap.frames_skipped
         assert snap.frames_skipped.get("not_active", 0) == 1, snap.frames_skipped
         assert snap.frames_out == 1  # the frame in flight was finished
+        nut.assert_accounted()
     finally:
         harness.close()
 
@@ -411,5 +444,6 @@ def test_missing_camera_info(rendered: Any) -> None:
         nut.send_info(rendered)
         publish_frame(nut.pubs, frame_msgs(rendered, T0 + 2), info=False)
         assert wait_for(lambda: nut.processed() == 1)
+        nut.assert_accounted()
     finally:
         harness.close()

@@ -62,6 +62,9 @@ SUMMARY_KEYS = {
     "frames_processed",
     "frames_skipped",
     "unmatched_messages",
+    "messages_received",
+    "unmatched",
+    "messages_undecodable",
     "objects",
     "objects_skipped",
     "timings_ms",
@@ -87,8 +90,33 @@ def make_bag(tmp_path: Path, rendered: list[RenderedFrame]) -> Callable[[str], P
     return make
 
 
+def accounting_problems(summary: dict[str, Any]) -> list[str]:
+    """Where the summary does not account for every message read (empty when it does)."""
+    synced = summary["frames_synchronized"]
+    problems = []
+    skipped = sum(summary["frames_skipped"].values())
+    if synced != summary["frames_processed"] + skipped:
+        problems.append(
+            f"synchronised {synced} != processed {summary['frames_processed']} + skipped {skipped}"
+        )
+    for topic, n in summary["messages_received"].items():
+        unmatched, bad = summary["unmatched"][topic], summary["messages_undecodable"].get(topic, 0)
+        if n != synced + unmatched + bad:
+            problems.append(
+                f"{topic}: read {n} != synchronised {synced} + unmatched {unmatched} + undecodable {bad}"
+            )
+    if set(summary["messages_received"]) != set(summary["unmatched"]) or len(summary["unmatched"]) != 3:
+        problems.append(f"topics {summary['messages_received']} / {summary['unmatched']}")
+    if summary["unmatched_messages"] != sum(summary["unmatched"].values()):
+        problems.append("unmatched_messages is not the sum of unmatched")
+    return problems
+
+
 def run_replay(bag: Path, out: Path, **kwargs: Any) -> dict[str, Any]:
-    return replay_bag(bag, out, default_config(), progress=False, **kwargs)
+    """Replay with the default config; the summary must account for every message read."""
+    summary = replay_bag(bag, out, default_config(), progress=False, **kwargs)
+    assert not accounting_problems(summary), accounting_problems(summary)
+    return summary
 
 
 def read_records(out: Path) -> list[dict[str, Any]]:
@@ -108,7 +136,7 @@ def write_custom_bag(
     extra_topic: bool = False,
 ) -> Path:
     """A rosbag2 of ``frames`` on ``topics`` (a subset of the default topics), written with
-    rosbags; ``mutate(frame_index, topic, msg)`` may replace a message before writing."""
+    rosbags; ``mutate(frame_index, topic, msg)`` may replace a message (None: drop it) before writing."""
     ts = get_typestore(Stores.ROS2_KILTED)
     header_t, time_t = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
     image_t, info_t = ts.types["sensor_msgs/msg/Image"], ts.types["sensor_msgs/msg/CameraInfo"]
@@ -159,6 +187,8 @@ def write_custom_bag(
             }
             for topic in topics:
                 msg = msgs[topic] if mutate is None else mutate(i, topic, msgs[topic])
+                if msg is None:  # mutate dropped it
+                    continue
                 writer.write(conns[topic], s, ts.serialize_cdr(msg, types[topic]))
             if extra_topic:
                 string_t = ts.types["std_msgs/msg/String"]
@@ -324,6 +354,24 @@ def test_bad_image_frame_is_skipped_and_counted(
     stamps = [r["stamp_ns"] for r in read_records(out)]
     assert stamps == [f.stamp_ns for f in frames if f.stamp_ns != bad_stamp]
     assert all(r["objects"] for r in read_records(out))
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_unmatched_messages_are_counted_by_topic(
+    tmp_path: Path, rendered: list[RenderedFrame], storage: str
+) -> None:
+    frames = [f.to_rgbd_frame() for f in rendered]
+
+    def drop_mask(i: int, topic: str, msg: Any) -> Any:
+        return None if i == 1 and topic == C.DEFAULT_MASK_TOPIC else msg
+
+    summary = run_replay(
+        write_custom_bag(tmp_path / "no_mask", frames, storage, mutate=drop_mask), tmp_path / "o"
+    )
+    assert summary["frames_processed"] == N_FRAMES - 1 and summary["frames_skipped"] == {}
+    assert summary["unmatched"] == {C.DEFAULT_RGB_TOPIC: 1, C.DEFAULT_DEPTH_TOPIC: 1, C.DEFAULT_MASK_TOPIC: 0}
+    assert summary["messages_received"][C.DEFAULT_MASK_TOPIC] == N_FRAMES - 1
+    assert summary["unmatched_messages"] == 2
 
 
 # --------------------------------------------------------------------------- output bag

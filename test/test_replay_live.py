@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from ros_helpers import Harness, unique_ns
+from ros_helpers import Harness, assert_inputs_accounted, unique_ns
+from test_replay import accounting_problems
 
 from sam3d_ros.core.config import default_config
 from sam3d_ros.ros.node import Sam3dNode
@@ -40,8 +42,11 @@ def _bag(tmp_path: Path, n_frames: int, name: str) -> Path:
 
 def test_single_mcap_file_equals_bag_directory(tmp_path: Path) -> None:
     cfg = default_config()
-    replay_bag(SAMPLE, tmp_path / "dir", cfg, progress=False)
-    replay_bag(SAMPLE / "tabletop_sample.mcap", tmp_path / "file", cfg, progress=False)
+    for summary in (
+        replay_bag(SAMPLE, tmp_path / "dir", cfg, progress=False),
+        replay_bag(SAMPLE / "tabletop_sample.mcap", tmp_path / "file", cfg, progress=False),
+    ):
+        assert not accounting_problems(summary), accounting_problems(summary)
     assert _records(tmp_path / "dir" / "results.jsonl") == _records(tmp_path / "file" / "results.jsonl")
 
 
@@ -56,6 +61,7 @@ def test_memory_stays_flat_on_a_ten_times_longer_bag(tmp_path: Path) -> None:
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
         assert summary["frames_skipped"] == {}
+        assert not accounting_problems(summary), accounting_problems(summary)
     assert summary["frames_processed"] == 60
     print(f"tracemalloc peak: 6 frames {peaks[0] / 1e6:.1f} MB, 60 frames {peaks[1] / 1e6:.1f} MB")
     # a streaming replay's peak does not grow with the bag's length
@@ -64,7 +70,8 @@ def test_memory_stays_flat_on_a_ten_times_longer_bag(tmp_path: Path) -> None:
 
 @pytest.mark.ros
 def test_live_node_gives_the_same_results_as_the_offline_replay(tmp_path: Path) -> None:
-    replay_bag(SAMPLE, tmp_path / "offline", default_config(), progress=False)
+    summary = replay_bag(SAMPLE, tmp_path / "offline", default_config(), progress=False)
+    assert not accounting_problems(summary), accounting_problems(summary)
     offline = [json.loads(line) for line in (tmp_path / "offline" / "results.jsonl").read_text().splitlines()]
 
     harness = Harness()
@@ -81,11 +88,13 @@ def test_live_node_gives_the_same_results_as_the_offline_replay(tmp_path: Path) 
         cli_args=["--ros-args", "-r", f"__ns:={ns}"],
     )
     harness.add_node(node)
+    diagnostics = harness.subscribe(DiagnosticArray, "/diagnostics")
     harness.start()
     try:
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         live = play_lockstep(harness.peer, SAMPLE, topics, f"{ns}/sam3d_node", timeout=60.0, prefix=ns)
+        assert_inputs_accounted(diagnostics, node)
     finally:
         harness.close()
     assert len(live) == len(offline) == 6

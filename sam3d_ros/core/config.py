@@ -102,6 +102,16 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "mask_topic", str, C.DEFAULT_MASK_TOPIC, "Instance label image (0 = background).", read_only=True
     ),
+    ParamSpec(
+        "input_reliability",
+        str,
+        "best_effort",
+        "QoS reliability of the four input subscriptions: best_effort (sensor data, matches "
+        "every publisher; messages can be lost between processes) or reliable (nothing is lost, "
+        "needs reliable publishers such as sam3d_ros.ros.player).",
+        choices=("best_effort", "reliable"),
+        read_only=True,
+    ),
     # --- synchronisation -----------------------------------------------------------------
     ParamSpec(
         "sync_slop", float, 0.05, "Approximate-time sync: max stamp spread of a set (s).", min=0.0, max=5.0
@@ -401,6 +411,7 @@ class PipelineConfig:
     depth_topic: str
     info_topic: str
     mask_topic: str
+    input_reliability: str
     sync_slop: float
     sync_queue_size: int
     stamp_jump_threshold: float

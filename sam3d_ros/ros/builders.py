@@ -6,7 +6,7 @@ Callbacks convert, delegate and publish; the building of messages lives here.
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,7 @@ from sam3d_ros.core.frames import transform_points
 from sam3d_ros.core.stats import StatsSnapshot
 from sam3d_ros.core.types import FrameResult, ObjectResult, TriangleMesh
 from sam3d_ros.msg import ObjectReconstruction, ObjectReconstructionArray
+from sam3d_ros.ros.sync import TopicCounts
 
 MESH_NS = "sam3d_mesh"
 LABEL_NS = "sam3d_label"
@@ -255,21 +256,36 @@ def delete_all_markers(stamp_ns: int, frame_id: str) -> MarkerArray:
 
 
 def diagnostics_msg(
-    stamp_ns: int, node_name: str, backend: str, snap: StatsSnapshot, state: str, stale_s: float | None
+    stamp_ns: int,
+    node_name: str,
+    backend: str,
+    snap: StatsSnapshot,
+    state: str,
+    stale_s: float | None,
+    *,
+    inputs: Mapping[str, TopicCounts] | None = None,
+    frames_synced: int | None = None,
 ) -> DiagnosticArray:
-    """/diagnostics entry: rates, per-stage latency, skips by reason, backend."""
+    """/diagnostics entry: rates, per-stage latency, skips by reason, backend, and the input
+    accounting: per synchronised topic ``messages_received/<topic>``, ``unmatched/<topic>``
+    and ``queued/<topic>``, and ``frames_synced``; every received message is accounted for:
+    ``received = frames_synced + unmatched + queued`` per topic, and every synced set is
+    processed (``frames_out``), skipped (``frames_skipped/<reason>``) or still in the worker."""
+    inputs = inputs or {}
     level = DiagnosticStatus.OK
     message = "ok"
+    unmatched = {t: c.unmatched for t, c in inputs.items() if c.unmatched}
+    lost = f", {sum(unmatched.values())} input messages unmatched" if unmatched else ""
     if state != "active":
         level, message = DiagnosticStatus.WARN, f"node {state}"
-    elif snap.frames_skipped or snap.objects_skipped:
+    elif snap.frames_skipped or snap.objects_skipped or unmatched:
         level = DiagnosticStatus.WARN
         total_f = sum(snap.frames_skipped.values())
         total_o = sum(snap.objects_skipped.values())
         last = f"; last: {snap.last_skip[0]} ({snap.last_skip[1]})" if snap.last_skip else ""
-        message = f"{total_f} frames and {total_o} objects skipped{last}"
+        message = f"{total_f} frames and {total_o} objects skipped{lost}{last}"
     if stale_s is not None and state == "active" and snap.frames_in == 0:
-        level, message = DiagnosticStatus.WARN, f"no synchronized input for {stale_s:.1f} s"
+        level, message = DiagnosticStatus.WARN, f"no synchronized input for {stale_s:.1f} s{lost}"
     values = [
         KeyValue(key="backend", value=backend),
         KeyValue(key="state", value=state),
@@ -279,6 +295,14 @@ def diagnostics_msg(
         KeyValue(key="frames_out", value=str(snap.frames_out)),
         KeyValue(key="objects_out", value=str(snap.objects_out)),
     ]
+    if frames_synced is not None:
+        values.append(KeyValue(key="frames_synced", value=str(frames_synced)))
+    for topic, counts in inputs.items():
+        values += [
+            KeyValue(key=f"messages_received/{topic}", value=str(counts.received)),
+            KeyValue(key=f"unmatched/{topic}", value=str(counts.unmatched)),
+            KeyValue(key=f"queued/{topic}", value=str(counts.queued)),
+        ]
     values += [KeyValue(key=f"latency_ms/{k}", value=f"{v:.1f}") for k, v in sorted(snap.latency_ms.items())]
     values += [
         KeyValue(key=f"frames_skipped/{k}", value=str(v)) for k, v in sorted(snap.frames_skipped.items())

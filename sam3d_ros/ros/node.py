@@ -28,7 +28,7 @@ from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
@@ -45,13 +45,33 @@ from sam3d_ros.ros import builders
 from sam3d_ros.ros.conversions import frame_from_messages, header_stamp_ns
 from sam3d_ros.ros.moveit import PlanningSceneSync
 from sam3d_ros.ros.params import declare_parameters, load_config, parameter_values
-from sam3d_ros.ros.sync import ApproximateTimeSync, StampGate
+from sam3d_ros.ros.sync import (
+    ApproximateTimeSync,
+    InputAccounting,
+    StampGate,
+    message_filters_source,
+    own_sync_source,
+)
 from sam3d_ros.ros.tf import PlanningFrameSource
 
 logger = logging.getLogger(__name__)
 
 #: Minimum seconds between two log lines for the same skip reason.
 SKIP_LOG_PERIOD_S = 5.0
+
+
+def input_qos(cfg: PipelineConfig) -> QoSProfile:
+    """QoS of the input subscriptions: ``input_reliability``, volatile, the last
+    ``sync_queue_size`` messages (at least 5, as sensor-data QoS)."""
+    reliability = (
+        ReliabilityPolicy.RELIABLE if cfg.input_reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
+    )
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=max(5, cfg.sync_queue_size),
+        reliability=reliability,
+        durability=DurabilityPolicy.VOLATILE,
+    )
 
 
 @dataclass(frozen=True)
@@ -96,6 +116,7 @@ class Sam3dNode(LifecycleNode):
         self._active = False
         self._camera_info: Any | None = None
         self._gate = StampGate()
+        self._inputs = InputAccounting(())
         self._published_ids: set[int] = set()
         self._moveit: PlanningSceneSync | None = None
         self._planning_frames: PlanningFrameSource | None = None
@@ -120,6 +141,7 @@ class Sam3dNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._config = config
         self._gate = StampGate(config.stamp_jump_threshold, config.max_stamp_ahead)
+        self._inputs = InputAccounting((config.rgb_topic, config.depth_topic, config.mask_topic))
         self.stats = RuntimeStats(window=config.stats_window)
         self._backend = backend
         self._pipeline = FramePipeline(config, backend)
@@ -148,14 +170,12 @@ class Sam3dNode(LifecycleNode):
         )
         self._sync = self._make_sync(cfg)
         self._subs.append(
-            self.create_subscription(
-                CameraInfo, cfg.info_topic, self._on_camera_info, qos_profile_sensor_data
-            )
+            self.create_subscription(CameraInfo, cfg.info_topic, self._on_camera_info, input_qos(cfg))
         )
         self._active = True
         self.get_logger().info(
             f"active: {cfg.rgb_topic}, {cfg.depth_topic}, {cfg.mask_topic} (slop {cfg.sync_slop} s), "
-            f"camera info {cfg.info_topic}"
+            f"camera info {cfg.info_topic}, {cfg.input_reliability}"
         )
         return TransitionCallbackReturn.SUCCESS
 
@@ -168,6 +188,7 @@ class Sam3dNode(LifecycleNode):
             self._worker.stop()
             self._worker = None
         self._sync = None
+        self._inputs.detach()  # what the synchroniser still queues is unmatched now
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -219,24 +240,31 @@ class Sam3dNode(LifecycleNode):
 
     # ------------------------------------------------------------------ inputs
     def _make_sync(self, cfg: PipelineConfig) -> Any:
-        """message_filters when importable, else our synchroniser with the same semantics."""
+        """message_filters when importable, else our synchroniser with the same semantics;
+        either way every message is counted in ``self._inputs`` (received, unmatched)."""
         topics = (cfg.rgb_topic, cfg.depth_topic, cfg.mask_topic)
+        inputs, qos = self._inputs, input_qos(cfg)
         try:
             import message_filters  # type: ignore[import-not-found]
         except ImportError:
             sync = ApproximateTimeSync(3, cfg.sync_queue_size, cfg.sync_slop, self._on_synced)
+            inputs.attach(own_sync_source(sync))
+
+            def on_image(msg: Image, i: int) -> None:
+                inputs.received(i)
+                sync.add(msg, i)
+
             for i, topic in enumerate(topics):
                 self._subs.append(
-                    self.create_subscription(
-                        Image, topic, lambda msg, i=i: sync.add(msg, i), qos_profile_sensor_data
-                    )
+                    self.create_subscription(Image, topic, lambda msg, i=i: on_image(msg, i), qos)
                 )
             return sync
-        mf_subs = [
-            message_filters.Subscriber(self, Image, t, qos_profile=qos_profile_sensor_data) for t in topics
-        ]
+        mf_subs = [message_filters.Subscriber(self, Image, t, qos_profile=qos) for t in topics]
+        for i, mf_sub in enumerate(mf_subs):  # counted before the synchroniser sees it
+            mf_sub.registerCallback(lambda _msg, i=i: inputs.received(i))
         mf_sync = message_filters.ApproximateTimeSynchronizer(mf_subs, cfg.sync_queue_size, cfg.sync_slop)
         mf_sync.registerCallback(self._on_synced)
+        inputs.attach(message_filters_source(mf_sync))
         self._subs.extend(s.sub for s in mf_subs)
         self.get_logger().info("synchronising with message_filters.ApproximateTimeSynchronizer")
         return mf_sync
@@ -246,6 +274,7 @@ class Sam3dNode(LifecycleNode):
 
     def _on_synced(self, rgb: Image, depth: Image, mask: Image) -> None:
         """Executor thread: stamp checks, then hand the set to the worker (never blocks)."""
+        self._inputs.synced()
         if not self._active or self._worker is None:  # a set completed while deactivating
             self._skip_frame(SkipReason.NOT_ACTIVE, f"frame {header_stamp_ns(rgb)} arrived while not active")
             return
@@ -393,6 +422,8 @@ class Sam3dNode(LifecycleNode):
             self.stats.snapshot(),
             state,
             time.monotonic() - self._start_time,
+            inputs=self._inputs.snapshot(),
+            frames_synced=self._inputs.frames_synced,
         )
         pub.publish(msg)
 

@@ -7,9 +7,11 @@ of it, closest first; the first set whose stamp spread is below ``slop`` is emit
 messages removed from the queues. A message with a stamp already queued on the same input
 replaces the queued one (counted as a duplicate).
 
-In addition to message_filters, messages that fall out of a full queue without ever being
-part of a set are counted (``dropped_unmatched``) so nothing is lost silently. No rclpy
-import: the live node and the offline replay share this class.
+In addition to message_filters, messages that fall out of a full queue or are replaced by a
+duplicate without ever being part of a set are counted (``dropped_unmatched``) so nothing is
+lost silently; :class:`InputAccounting` does the same per topic for either synchroniser (for
+``message_filters`` from what it received, emitted and still queues). No rclpy import: the
+live node and the offline replay share these classes.
 """
 
 from __future__ import annotations
@@ -74,8 +76,9 @@ class ApproximateTimeSync:
 
     def _add_locked(self, msg: Any, stamp: int, index: int) -> Sequence[Any] | None:
         queue = self._queues[index]
-        if stamp in queue:
+        if stamp in queue:  # the queued one is replaced: it never becomes part of a set
             self.duplicates[index] += 1
+            self.dropped_unmatched[index] += 1
         queue[stamp] = msg
         while len(queue) > self._queue_size:
             del queue[min(queue)]
@@ -108,6 +111,108 @@ class ApproximateTimeSync:
             for i, q in enumerate(self._queues):
                 self.dropped_unmatched[i] += len(q)
                 q.clear()
+
+
+@dataclass(frozen=True)
+class TopicCounts:
+    """Accounting of one synchronised input topic.
+
+    Every message received is, at any time, in exactly one of: a set emitted by the
+    synchroniser (``frames_synced``, one message per topic), ``unmatched`` (aged out of the
+    queue, replaced by a duplicate stamp, or still queued when the synchroniser was
+    dropped) or ``queued``: ``received == frames_synced + unmatched + queued``.
+    """
+
+    received: int
+    unmatched: int
+    queued: int
+
+
+#: ``(unmatched, queued)`` per input of a synchroniser, given the messages passed to it per
+#: input and the sets it emitted since it was attached.
+SyncSource = Callable[[Sequence[int], int], tuple[Sequence[int], Sequence[int]]]
+
+
+class InputAccounting:
+    """Per-topic message accounting of the synchronised inputs, for whichever synchroniser
+    the node uses; thread-safe.
+
+    Call :meth:`received` for every message before it goes to the synchroniser,
+    :meth:`synced` for every emitted set, and :meth:`attach` with the :data:`SyncSource` of a
+    new synchroniser (:func:`own_sync_source`, :func:`message_filters_source`); :meth:`detach`
+    when it is dropped (what it still queues then becomes unmatched).
+    """
+
+    def __init__(self, topics: Sequence[str]) -> None:
+        self.topics = tuple(topics)
+        n = len(self.topics)
+        self._lock = threading.Lock()
+        self._received = [0] * n
+        self._synced = 0
+        self._unmatched_before = [0] * n  # of synchronisers already detached
+        self._received_now = [0] * n  # since the current synchroniser was attached
+        self._synced_now = 0
+        self._source: SyncSource | None = None
+
+    def attach(self, source: SyncSource) -> None:
+        with self._lock:
+            self._source = source
+            self._received_now = [0] * len(self.topics)
+            self._synced_now = 0
+
+    def detach(self) -> None:
+        with self._lock:
+            unmatched, queued = self._current_locked()
+            for i in range(len(self.topics)):
+                self._unmatched_before[i] += unmatched[i] + queued[i]
+            self._source = None
+
+    def received(self, index: int) -> None:
+        with self._lock:
+            self._received[index] += 1
+            self._received_now[index] += 1
+
+    def synced(self) -> None:
+        with self._lock:
+            self._synced += 1
+            self._synced_now += 1
+
+    @property
+    def frames_synced(self) -> int:
+        with self._lock:
+            return self._synced
+
+    def snapshot(self) -> dict[str, TopicCounts]:
+        """topic -> counts (see :class:`TopicCounts`)."""
+        with self._lock:
+            unmatched, queued = self._current_locked()
+            return {
+                t: TopicCounts(self._received[i], self._unmatched_before[i] + unmatched[i], queued[i])
+                for i, t in enumerate(self.topics)
+            }
+
+    def _current_locked(self) -> tuple[Sequence[int], Sequence[int]]:
+        n = len(self.topics)
+        if self._source is None:
+            return [0] * n, [0] * n
+        return self._source(list(self._received_now), self._synced_now)
+
+
+def own_sync_source(sync: ApproximateTimeSync) -> SyncSource:
+    """The :data:`SyncSource` of our synchroniser (it counts its unmatched messages)."""
+    return lambda received, emitted: (list(sync.dropped_unmatched), sync.pending())
+
+
+def message_filters_source(sync: Any) -> SyncSource:
+    """The :data:`SyncSource` of a ``message_filters.ApproximateTimeSynchronizer``, which
+    counts nothing itself: a message passed to it is in an emitted set, still in its
+    ``queues`` (one stamp-keyed dict per input) or gone unmatched."""
+
+    def source(received: Sequence[int], emitted: int) -> tuple[list[int], list[int]]:
+        queued = [len(q) for q in getattr(sync, "queues", None) or [{} for _ in received]]
+        return [max(0, r - emitted - q) for r, q in zip(received, queued, strict=True)], queued
+
+    return source
 
 
 @dataclass(frozen=True)

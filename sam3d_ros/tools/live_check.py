@@ -24,12 +24,12 @@ import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CameraInfo, Image
 
 from sam3d_ros.msg import ObjectReconstructionArray
 from sam3d_ros.ros.conversions import stamp_to_ns
+from sam3d_ros.ros.player import sensor_qos
 from sam3d_ros.tools.bagio import BagReader, InputTopics
 
 POSITION_TOL_M = 1e-5
@@ -109,11 +109,12 @@ def play_lockstep(
             cond.notify_all()
 
     node.create_subscription(ObjectReconstructionArray, f"{node_ns}/objects", on_objects, 10)
+    qos = sensor_qos("reliable")  # serves a best-effort node too, and a reliable one losslessly
     pubs = {
-        topics.rgb: node.create_publisher(Image, prefix + topics.rgb, qos_profile_sensor_data),
-        topics.depth: node.create_publisher(Image, prefix + topics.depth, qos_profile_sensor_data),
-        topics.mask: node.create_publisher(Image, prefix + topics.mask, qos_profile_sensor_data),
-        topics.info: node.create_publisher(CameraInfo, prefix + topics.info, qos_profile_sensor_data),
+        topics.rgb: node.create_publisher(Image, prefix + topics.rgb, qos),
+        topics.depth: node.create_publisher(Image, prefix + topics.depth, qos),
+        topics.mask: node.create_publisher(Image, prefix + topics.mask, qos),
+        topics.info: node.create_publisher(CameraInfo, prefix + topics.info, qos),
     }
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and (
@@ -138,9 +139,9 @@ def play_lockstep(
         parts = frames[stamp]
         if not all(t in parts for t in (topics.rgb, topics.depth, topics.mask)):
             continue
-        # Sensor-data QoS is best effort: a set published while the node's readers are still
-        # matching our writers is lost. Re-send until the result arrives (a set the node did
-        # get is then counted there as a duplicate stamp and ignored).
+        # A best-effort node (the default input_reliability) can still lose a set between
+        # processes. Re-send until the result arrives (a set the node did get is then
+        # counted there as a duplicate stamp and ignored).
         deadline = time.monotonic() + timeout
         got = False
         while not got and time.monotonic() < deadline:

@@ -7,7 +7,11 @@ Output contract (documented in docs/replay.md; keep it stable):
 - ``DIR/meshes/``: ``<stamp_ns>_<track_id>.ply`` (object frame, metres) and
   ``<stamp_ns>_<track_id>_hull.ply`` (convex hull, object frame).
 - ``DIR/summary.json``: frames read, processed and skipped by reason, objects, per-stage
-  timings, throughput.
+  timings, throughput, and the input accounting: per synchronised topic the messages read
+  (``messages_received``), never part of a set (``unmatched``) and not decodable
+  (``messages_undecodable``), so that ``messages_received = frames_synchronized + unmatched
+  + messages_undecodable`` per topic and ``frames_synchronized = frames_processed + the
+  frames skipped for every reason``.
 - ``DIR/report.html``: self-contained visual report.
 """
 
@@ -220,16 +224,25 @@ def replay_bag(
                 bar.update(counters["processed"])
 
             previous_ids: set[int] = set()
+            received: Counter[str] = Counter({t: 0 for t in (topics.rgb, topics.depth, topics.mask)})
+            undecodable: Counter[str] = Counter()
             sync = ApproximateTimeSync(3, config.sync_queue_size, config.sync_slop, on_synced)
             index = {topics.rgb: 0, topics.depth: 1, topics.mask: 2}
             for conn, log_ns, raw in reader.raw_messages():
                 counters["messages"] += 1
                 if writer is not None:
                     writer.write(conn.topic, conn.msgtype, log_ns, raw)
+                if conn.topic in index:
+                    received[conn.topic] += 1
                 try:
                     msg = reader.deserialize(raw, conn.msgtype)
                 except Exception as err:  # noqa: BLE001 - a corrupt message is skipped, counted
-                    skip(SkipReason.BAD_DATA_LENGTH, f"cannot deserialize {conn.topic}: {err}", log_ns)
+                    undecodable[conn.topic] += 1
+                    if len(skip_examples) < 1000:
+                        skip_examples.append(
+                            {"stamp_ns": log_ns, "reason": "undecodable", "detail": f"{conn.topic}: {err}"}
+                        )
+                    logger.warning("message on %s at %d cannot be deserialized: %s", conn.topic, log_ns, err)
                     continue
                 if conn.topic == topics.info:
                     camera_info[0] = msg
@@ -239,9 +252,11 @@ def replay_bag(
     if writer is not None:
         writer.close()
 
-    unmatched = sum(sync.dropped_unmatched) + sum(sync.pending())
-    if unmatched:
-        skipped_frames[SkipReason.SYNC_UNMATCHED.value] += unmatched
+    # at the end of the bag, what is still queued will never be part of a set either
+    unmatched_by_topic = {
+        t: sync.dropped_unmatched[i] + sync.pending()[i] for t, i in sorted(index.items(), key=lambda x: x[1])
+    }
+    unmatched = sum(unmatched_by_topic.values())
     wall = time.monotonic() - t_start
     summary = {
         "bag": str(bag),
@@ -252,6 +267,9 @@ def replay_bag(
         "frames_processed": counters["processed"],
         "frames_skipped": dict(skipped_frames),
         "unmatched_messages": unmatched,
+        "messages_received": dict(received),
+        "unmatched": unmatched_by_topic,
+        "messages_undecodable": dict(undecodable),
         "objects": counters["objects"],
         "objects_skipped": dict(skipped_objects),
         "timings_ms": {
