@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from sam3d_ros.ros.sync import ApproximateTimeSync, StampGate, SyncError
+from sam3d_ros.ros.sync import (
+    ApproximateTimeSync,
+    InputAccounting,
+    StampGate,
+    SyncError,
+    TopicCounts,
+    message_filters_source,
+    own_sync_source,
+)
 
 
 @dataclass
@@ -186,3 +194,44 @@ def test_gate_duplicate_and_stale() -> None:
     assert _feed(gate, [T, T, T - 1]) == ["ok", "duplicate_stamp", "stale_stamp"]
     gate.reset()
     assert _feed(gate, [T - 1]) == ["ok"]
+
+
+# --- input accounting ------------------------------------------------------------------------
+class _FakeMessageFilters:
+    """What message_filters.ApproximateTimeSynchronizer exposes: one stamp-keyed dict per input."""
+
+    def __init__(self) -> None:
+        self.queues: list[dict[int, Any]] = [{}, {}, {}]
+
+
+def test_accounting_of_our_synchroniser() -> None:
+    acc = InputAccounting(("rgb", "depth", "mask"))
+    sync = ApproximateTimeSync(3, 2, 0.01, lambda *m: acc.synced())
+    acc.attach(own_sync_source(sync))
+    for t in (1.0, 2.0, 3.0):  # rgb only, into a queue of 2
+        acc.received(0)
+        sync.add(msg(t), 0)
+    for i in (0, 1, 2):
+        acc.received(i)
+        sync.add(msg(4.0), i)
+    snap = acc.snapshot()
+    assert acc.frames_synced == 1
+    assert snap["rgb"] == TopicCounts(received=4, unmatched=2, queued=1)  # 1.0 and 2.0 aged out
+    assert snap["mask"] == TopicCounts(received=1, unmatched=0, queued=0)
+    acc.detach()  # the synchroniser is dropped: what it queued is unmatched
+    assert acc.snapshot()["rgb"] == TopicCounts(received=4, unmatched=3, queued=0)
+
+
+def test_accounting_of_message_filters() -> None:
+    acc = InputAccounting(("rgb", "depth", "mask"))
+    fake = _FakeMessageFilters()
+    acc.attach(message_filters_source(fake))
+    for i in (0, 0, 0, 1, 2):  # 3 rgb, 1 depth, 1 mask received ...
+        acc.received(i)
+    acc.synced()  # ... one set emitted, one rgb still queued, so one rgb went unmatched
+    fake.queues[0][5] = object()
+    snap = acc.snapshot()
+    assert snap["rgb"] == TopicCounts(received=3, unmatched=1, queued=1)
+    assert snap["depth"] == TopicCounts(received=1, unmatched=0, queued=0)
+    for c in snap.values():
+        assert c.received == acc.frames_synced + c.unmatched + c.queued
