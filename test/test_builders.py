@@ -18,7 +18,7 @@ from sam3d_ros.ros import builders
 pytestmark = pytest.mark.ros
 
 
-def _object(track_id: int, size: tuple[float, float, float]) -> ObjectResult:
+def _object(track_id: int, size: tuple[float, float, float], cut: bool = False) -> ObjectResult:
     box = trimesh.creation.box(extents=size)
     mesh = TriangleMesh(vertices=np.asarray(box.vertices, float), faces=np.asarray(box.faces, np.int32))
     return ObjectResult(
@@ -33,6 +33,7 @@ def _object(track_id: int, size: tuple[float, float, float]) -> ObjectResult:
         visible_fraction=0.5,
         confidence=0.9,
         num_points=100,
+        cut_by_border=cut,
     )
 
 
@@ -40,7 +41,7 @@ def _result() -> FrameResult:
     return FrameResult(
         stamp_ns=1_234_000_000_567,
         frame_id="camera_color_optical_frame",
-        objects=(_object(1, (0.1, 0.05, 0.2)), _object(2, (0.03, 0.03, 0.03))),
+        objects=(_object(1, (0.1, 0.05, 0.2)), _object(2, (0.03, 0.03, 0.03), cut=True)),
         skipped=(),
         timings_ms={},
         backend="test",
@@ -68,7 +69,9 @@ def test_frame_outputs_carry_meshes_and_triangle_lists_of_the_same_vertices() ->
         tri = np.array([[p.x, p.y, p.z] for p in marker.points])
         np.testing.assert_array_equal(tri, obj.mesh.vertices[obj.mesh.faces.reshape(-1)])
         assert marker.pose == msg.pose
+        assert msg.cut_by_border is obj.cut_by_border
         assert abs(marker.color.a - 0.5) < 1e-6
+    assert [m.cut_by_border for m in objects.objects] == [False, True]
     # track 7 was shown before and is gone: both of its markers are deleted
     deleted = {(m.ns, m.id) for m in markers.markers if m.action == Marker.DELETE}
     assert deleted == {(builders.MESH_NS, 7), (builders.LABEL_NS, 7)}

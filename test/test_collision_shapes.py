@@ -3,6 +3,7 @@ simplification under a triangle budget, padding (more where completed)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -11,6 +12,7 @@ import trimesh
 from scene_helpers import box, config, cylinder, frame
 
 from sam3d_ros.backends.registry import create_backend
+from sam3d_ros.core import constants as C
 from sam3d_ros.core.collision import (
     accepted_primitives,
     cap_convex_vertices,
@@ -22,8 +24,8 @@ from sam3d_ros.core.collision import (
     simplify_mesh,
 )
 from sam3d_ros.core.meshing import drop_back_to_back_faces, is_watertight, mesh_volume, split_pinched_edges
-from sam3d_ros.core.pipeline import FramePipeline
-from sam3d_ros.core.types import PrimitiveType, TriangleMesh
+from sam3d_ros.core.pipeline import FramePipeline, touches_border
+from sam3d_ros.core.types import PrimitiveType, RGBDFrame, TriangleMesh
 
 
 def tm(m: trimesh.Trimesh) -> TriangleMesh:
@@ -173,3 +175,41 @@ def test_output_mesh_decimated_to_budget() -> None:
     lo_s, hi_s = mesh.vertices.min(axis=0), mesh.vertices.max(axis=0)
     assert np.abs(lo_f - lo_s).max() < 0.003 and np.abs(hi_f - hi_s).max() < 0.003
     assert abs(mesh_volume(mesh) / mesh_volume(f_obj.result.mesh) - 1.0) < 0.03
+
+
+def _cut_at_left_border(f: RGBDFrame, label: int) -> RGBDFrame:
+    """``f`` cropped so that the left image border runs through the middle of object ``label``."""
+    cols = np.nonzero((f.labels == label).any(axis=0))[0]
+    u0 = int((cols.min() + cols.max()) // 2)
+    cam = dataclasses.replace(f.camera, width=f.camera.width - u0, cx=f.camera.cx - u0)
+    return dataclasses.replace(
+        f,
+        rgb=np.ascontiguousarray(f.rgb[:, u0:]),
+        depth=np.ascontiguousarray(f.depth[:, u0:]),
+        labels=np.ascontiguousarray(f.labels[:, u0:]),
+        camera=cam,
+    )
+
+
+def test_object_cut_by_the_border_is_flagged_and_padded_as_completed() -> None:
+    m_comp = 0.01
+    cfg = config(collision_padding_observed=0.0, collision_padding_completed=m_comp)
+    whole = frame([box(1, 0.0, 0.0)], 0)
+    (inside,) = FramePipeline(cfg, create_backend(cfg)).process_scene(whole).objects
+    (cut,) = FramePipeline(cfg, create_backend(cfg)).process_scene(_cut_at_left_border(whole, 1)).objects
+    assert not inside.result.cut_by_border and cut.result.cut_by_border
+    # the whole object frame is padded by the completed margin (chamfered corners: >= m cos 35 deg);
+    # the object inside the image is not padded where it was observed
+    assert points_outside_convex(cut.result.mesh.vertices, cut.collision.hull).max() <= -0.75 * m_comp
+    assert points_outside_convex(inside.result.mesh.vertices, inside.collision.hull).max() > -0.75 * m_comp
+
+
+def test_border_margin_decides_cut() -> None:
+    labels = np.zeros((20, 30), np.int32)
+    labels[5:10, C.BORDER_CUT_MARGIN_PX : C.BORDER_CUT_MARGIN_PX + 5] = 3
+    assert not touches_border(labels == 3)
+    labels[5:10, C.BORDER_CUT_MARGIN_PX - 1] = 3
+    assert touches_border(labels == 3)
+    bottom = np.zeros((20, 30), bool)
+    bottom[-1, 10] = True
+    assert touches_border(bottom)

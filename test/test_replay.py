@@ -52,6 +52,7 @@ OBJECT_KEYS = {
     "collision",
     "visible_fraction",
     "confidence",
+    "cut_by_border",
 }
 SUMMARY_KEYS = {
     "bag",

@@ -23,6 +23,10 @@ STAMP_JUMP_THRESHOLD_S: Final[float] = 2.0
 #: ... and a frame stamped further than this ahead of the receiver's clock is skipped (s).
 STAMP_MAX_AHEAD_OF_CLOCK_S: Final[float] = 1.0
 
+#: An object whose mask comes within this many pixels of the image border is cut by it
+#: (``cut_by_border``): its shape beyond the border is unknown.
+BORDER_CUT_MARGIN_PX: Final[int] = 2
+
 #: Millimetres per metre, for 16UC1 depth (REP 118).
 MM_PER_M: Final[float] = 1000.0
 

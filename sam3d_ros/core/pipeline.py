@@ -322,9 +322,12 @@ class FramePipeline:
             vertices=transform_points(object_T_camera, mesh_cam.vertices), faces=mesh_cam.faces
         )
         vis = visible_fraction(mesh_cam, frame, obs.mask)
+        cut = touches_border(frame.labels == obs.instance_id)  # the mask before erosion
         t1 = time.perf_counter()
         fixed_T_object = f_T_c @ camera_T_object
-        collision, geometry_changed = self._collision(frame, obs, mesh_cam, mesh_obj, track, fixed_T_object)
+        collision, geometry_changed = self._collision(
+            frame, obs, mesh_cam, mesh_obj, track, fixed_T_object, cut_by_border=cut
+        )
         t2 = time.perf_counter()
         timings["meshing"] += (t1 - t0) * 1000.0
         timings["collision"] += (t2 - t1) * 1000.0
@@ -353,6 +356,7 @@ class FramePipeline:
             visible_fraction=float(np.clip(vis, 0.0, 1.0)),
             confidence=float(np.clip(shape.confidence, 0.0, 1.0)),
             num_points=int(obs.points.shape[0]),
+            cut_by_border=cut,
         )
         return TrackedObject(
             result=result,
@@ -372,9 +376,12 @@ class FramePipeline:
         mesh_obj: TriangleMesh,
         track: Track,
         fixed_T_object: NDArray[np.float64],
+        *,
+        cut_by_border: bool = False,
     ) -> tuple[CollisionSet, bool]:
         """Collision shapes of one object (object frame) and whether its geometry version
-        changed (new hull beyond ``shape_change_threshold`` or new decomposition parts)."""
+        changed (new hull beyond ``shape_change_threshold`` or new decomposition parts).
+        An object cut by the image border is padded as completed surface all over."""
         cfg = self.config
         kinds = cfg.collision_kinds()
         hull = convex_hull(mesh_obj)
@@ -404,7 +411,9 @@ class FramePipeline:
         # padding: more where the surface was completed than where it was observed
         m_obs, m_comp = cfg.collision_padding_observed, cfg.collision_padding_completed
         if m_obs > 0.0 or m_comp > 0.0:
-            if track.volume is not None:
+            if cut_by_border:  # the shape beyond the border is a guess: none of it counts as seen
+                seen = np.zeros(len(mesh_obj.vertices), dtype=bool)
+            elif track.volume is not None:
                 seen = track.volume.observed_points(transform_points(fixed_T_object, mesh_obj.vertices))
             else:
                 seen = observed_in_frame(mesh_cam.vertices, frame, obs.mask)
@@ -482,6 +491,12 @@ class FramePipeline:
         track.parts = ()
         track.parts_version = None
         track.parts_fixed_T_object = None
+
+
+def touches_border(mask: NDArray[np.bool_], margin: int = C.BORDER_CUT_MARGIN_PX) -> bool:
+    """Whether an (H, W) bool mask has a pixel within ``margin`` pixels of the image border."""
+    m = max(1, int(margin))
+    return bool(mask[:m].any() or mask[-m:].any() or mask[:, :m].any() or mask[:, -m:].any())
 
 
 @contextmanager

@@ -177,6 +177,9 @@ class ObjectResult:
         visible_fraction: fraction of the completed surface seen by the camera, [0, 1].
         confidence: [0, 1].
         num_points: number of filtered observed points used.
+        cut_by_border: the object's mask touches the image border (within
+            ``BORDER_CUT_MARGIN_PX``): part of it is outside the image, its shape there is a
+            guess and its collision shapes are padded as completed surface.
     """
 
     instance_id: int
@@ -190,6 +193,7 @@ class ObjectResult:
     visible_fraction: float
     confidence: float
     num_points: int
+    cut_by_border: bool = False
 
 
 class SkipReason(str, Enum):

@@ -88,6 +88,7 @@ def object_record(obj: ObjectResult, mesh_rel: str, hull_rel: str) -> dict[str, 
         },
         "visible_fraction": round(float(obj.visible_fraction), 4),
         "confidence": round(float(obj.confidence), 4),
+        "cut_by_border": bool(obj.cut_by_border),
     }
 
 
