@@ -10,7 +10,9 @@
    messages, skipped when not importable). Convex decomposition is excluded: the node runs
    it asynchronously. The geometric backend for comparison.
 
-Prints medians (and the 90th percentile per frame) as JSON, with the per-stage medians.
+Prints medians (and the 90th percentile per frame) as JSON, with the per-stage medians. The
+frames and timing loops live in :mod:`sam3d_ros.tools.netbench` (shared with the GPU check,
+``scripts/gpu_check.sh``).
 
 Usage: python scripts/bench_network.py [--threads 2] [--frames 10] [--repeats 30] [--passes 3]
        [--json OUT]
@@ -23,7 +25,6 @@ import json
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,36 +32,17 @@ import numpy as np
 from sam3d_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
 from sam3d_ros.backends.registry import create_backend
 from sam3d_ros.core.config import default_config
-from sam3d_ros.core.encoding import encode_objects
-from sam3d_ros.core.observation import extract_observations
-from sam3d_ros.core.pipeline import FramePipeline
-from sam3d_ros.core.support_plane import estimate_support_plane
-from sam3d_ros.core.types import SceneContext
-from sam3d_ros.sim.noise import DepthNoiseConfig, apply_depth_noise
-from sam3d_ros.sim.scenes import random_scene
-
-
-def _build_messages(result: object, alpha: float) -> None:
-    """The node's output messages for one frame (no-op without the ROS message packages)."""
-    try:
-        from sam3d_ros.ros import builders
-    except ImportError:
-        return
-    builders.frame_output_msgs(result, set(), alpha)  # type: ignore[arg-type]
-
+from sam3d_ros.tools.netbench import (
+    batch_of,
+    encode_frames,
+    ros_message_builder,
+    synthetic_frames,
+    time_network,
+    time_pipeline,
+)
 
 BATCH = 8
 OBJECTS_PER_FRAME = 5
-SEED_BASE = 4_000_000
-
-
-def _frames(n: int, n_objects: int) -> list:
-    out = []
-    for i in range(n):
-        r = random_scene(SEED_BASE + i, n_objects=n_objects).render()
-        r = r.with_depth(apply_depth_noise(r.depth, np.random.default_rng(i), DepthNoiseConfig()))
-        out.append(r.to_rgbd_frame())
-    return out
 
 
 def main() -> int:
@@ -75,48 +57,16 @@ def main() -> int:
     ort_backend = OnnxRuntimeBackend(cfg, intra_op_threads=args.threads, use_cuda=False)
 
     # --- network: a batch of 8 real encodings
-    frames = _frames(max(args.frames, 2), OBJECTS_PER_FRAME)
-    feats = []
-    enc_ms = []
-    for fr in frames:
-        scene = SceneContext(frame=fr, plane=estimate_support_plane(fr, cfg))
-        obs, _ = extract_observations(fr, cfg)
-        t0 = time.perf_counter()
-        x, _ = encode_objects(scene, obs)
-        enc_ms.append((time.perf_counter() - t0) * 1000.0 / max(len(obs), 1))
-        feats.append(x)
-    batch = np.concatenate(feats)[:BATCH]
-    for _ in range(3):
-        ort_backend.infer(batch)
-    net = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        ort_backend.infer(batch)
-        net.append((time.perf_counter() - t0) * 1000.0 / BATCH)
+    frames = synthetic_frames(max(args.frames, 2), OBJECTS_PER_FRAME)
+    inputs, _, enc_ms = encode_frames(frames, cfg)
+    net = time_network(ort_backend, batch_of(inputs, BATCH), args.repeats)
 
     # --- end to end per frame, collision excluded
-    e2e: dict[str, list[float]] = {}
-    stages: dict[str, dict[str, list[float]]] = {}
-    for name, backend in (("onnxruntime", ort_backend), ("geometric", create_backend(cfg, "geometric"))):
-        pipe = FramePipeline(cfg, backend)
-        pipe.process(frames[0])
-        vals = []
-        per_stage: dict[str, list[float]] = {}
-        for _ in range(args.passes):
-            for fr in frames:
-                t0 = time.perf_counter()
-                r = pipe.process(fr)
-                t1 = time.perf_counter()
-                _build_messages(r, cfg.marker_alpha)
-                t2 = time.perf_counter()
-                vals.append((t2 - t0) * 1000.0)
-                for k, v in r.timings_ms.items():
-                    if k != "total":
-                        per_stage.setdefault(k, []).append(v)
-                per_stage.setdefault("messages", []).append((t2 - t1) * 1000.0)
-        e2e[name] = vals
-        stages[name] = per_stage
-        pipe.close()
+    build = ros_message_builder(cfg.marker_alpha)
+    timings = {
+        name: time_pipeline(cfg, backend, frames, args.passes, build)
+        for name, backend in (("onnxruntime", ort_backend), ("geometric", create_backend(cfg, "geometric")))
+    }
     result = {
         "machine": {
             "platform": platform.platform(),
@@ -128,11 +78,13 @@ def main() -> int:
         "providers": ort_backend.providers,
         "network_ms_per_object_batch8_median": round(statistics.median(net), 2),
         "encoding_ms_per_object_median": round(statistics.median(enc_ms), 2),
-        "node_ms_per_frame_5_objects_median": {k: round(statistics.median(v), 1) for k, v in e2e.items()},
-        "node_ms_per_frame_5_objects_p90": {k: round(float(np.percentile(v, 90)), 1) for k, v in e2e.items()},
-        "stage_ms_per_frame_median": {
-            name: {k: round(statistics.median(v), 1) for k, v in st.items()} for name, st in stages.items()
+        "node_ms_per_frame_5_objects_median": {
+            k: round(statistics.median(t.frame_ms), 1) for k, t in timings.items()
         },
+        "node_ms_per_frame_5_objects_p90": {
+            k: round(float(np.percentile(t.frame_ms, 90)), 1) for k, t in timings.items()
+        },
+        "stage_ms_per_frame_median": {name: t.stage_medians() for name, t in timings.items()},
         "blas_threads": cfg.blas_threads,
         "output_mesh_max_triangles": cfg.output_mesh_max_triangles,
         "frames": len(frames),

@@ -80,7 +80,15 @@ def _cuda_check(result: Any, what: str) -> Any:
 
 
 def build_engine(onnx_path: Path, key: EngineKey, timing_cache: Path) -> bytes:
-    """Build a serialized engine with TensorRT (the real :data:`EngineBuilder`)."""
+    """Build a serialized engine with TensorRT (the real :data:`EngineBuilder`).
+
+    fp16 sets ``BuilderFlag.FP16`` (TensorRT 10; TensorRT 11 has no such flag and is refused
+    with a message); fp32 clears ``BuilderFlag.TF32`` so that the engine computes in fp32.
+
+    Raises:
+        EngineCacheError: the ONNX does not parse, fp16 is asked of TensorRT >= 11, or no
+            engine could be built.
+    """
     import tensorrt as trt
 
     trt_logger = trt.Logger(trt.Logger.WARNING)
@@ -96,9 +104,20 @@ def build_engine(onnx_path: Path, key: EngineKey, timing_cache: Path) -> bytes:
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     if key.precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+        fp16 = getattr(trt.BuilderFlag, "FP16", None)
+        if fp16 is None:
+            raise EngineCacheError(
+                f"TensorRT {trt.__version__} has no BuilderFlag.FP16 (TensorRT 11 removed the weakly "
+                "typed precision flags): use trt_precision fp32, or TensorRT 10 for fp16 engines"
+            )
+        config.set_flag(fp16)
+    else:
+        # fp32 means fp32: TensorRT enables TF32 by default, which rounds the inputs of every
+        # convolution to 10-bit mantissas on Ampere and newer GPUs
+        tf32 = getattr(trt.BuilderFlag, "TF32", None)
+        if tf32 is not None:
+            config.clear_flag(tf32)
+    _use_timing_cache(config, timing_cache)
     profile = builder.create_optimization_profile()
     for name, p in key.input_profile.items():
         profile.set_shape(name, tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
@@ -106,8 +125,22 @@ def build_engine(onnx_path: Path, key: EngineKey, timing_cache: Path) -> bytes:
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineCacheError(f"TensorRT failed to build an engine from {onnx_path}")
-    timing_cache.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    updated = config.get_timing_cache()
+    if updated is not None:
+        timing_cache.write_bytes(bytes(memoryview(updated.serialize())))
     return bytes(memoryview(serialized))
+
+
+def _use_timing_cache(config: Any, path: Path) -> None:
+    """Give the builder the shared timing cache of ``path``; a cache that TensorRT refuses
+    (written by another TensorRT version or GPU, which the engines' sidecar rules allow in
+    one cache directory) is replaced by an empty one instead of failing the build."""
+    blob = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False) is not False:
+        return
+    logger.warning("timing cache %s does not fit this TensorRT/GPU; starting an empty one", path)
+    config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
 
 class TensorRTBackend(LearnedBackend):
