@@ -15,7 +15,6 @@ export ROS_DOMAIN_ID="${ROS_DOMAIN_ID_DEMO:-$((100 + $$ % 40))}"
 export ROS_LOG_DIR="$ROOT/build/ros_log/demo"
 # the shipped DDS profile for large images on one host (README "Losing no frames")
 export FASTDDS_DEFAULT_PROFILES_FILE="$ROOT/config/fastdds_shm.xml"
-export FASTRTPS_DEFAULT_PROFILES_FILE="$FASTDDS_DEFAULT_PROFILES_FILE"
 OUT="${1:-demo_out}"
 BAG="data/sample/tabletop_sample"
 rm -rf "$OUT"

@@ -23,9 +23,8 @@ os.environ.setdefault("ROS_LOG_DIR", str(ROOT / "build" / "ros_log" / "tests"))
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 Path(os.environ["ROS_LOG_DIR"]).mkdir(parents=True, exist_ok=True)
 # The shipped DDS profile for large images on one host (config/fastdds_shm.xml), in every
-# participant of the tests and of the processes they start (Fast DDS 3 and 2 names).
-for _var in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
-    os.environ.setdefault(_var, str(ROOT / "config" / "fastdds_shm.xml"))
+# participant of the tests and of the processes they start (Fast DDS 3, as in Kilted).
+os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_shm.xml"))
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import threading
 import time
@@ -29,6 +30,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
@@ -353,6 +355,11 @@ class Sam3dNode(LifecycleNode):
             self.get_logger().debug(
                 f"object {skipped.instance_id} skipped ({skipped.reason.value}): {skipped.detail}"
             )
+        if not self.context.ok():  # shut down under us: the outputs cannot be published
+            self._skip_frame(
+                SkipReason.NOT_ACTIVE, f"frame {result.stamp_ns}: context shut down before publishing"
+            )
+            return
         # count before publishing, so anyone who sees the output also sees the counters
         self.stats.frame_out(
             {**result.timings_ms, "end_to_end": (time.monotonic() - job.received) * 1000.0},
@@ -472,7 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     opts = parser.parse_args(ros_args[1:])
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
-    rclpy.init(args=args)
+    # rclpy's own SIGINT handler would invalidate the context at once, while the worker may
+    # still publish the frame in flight: handle SIGINT/SIGTERM here and shut down in order
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     node = Sam3dNode()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
@@ -484,13 +494,25 @@ def main(argv: list[str] | None = None) -> int:
             node.trigger_activate()
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        node.get_logger().info("shutting down: stopping intake, finishing the frame in flight")
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C no longer interrupts this
+            signal.signal(sig, signal.SIG_IGN)
+        executor.shutdown(timeout_sec=5.0)
+        # 1. no new input; the frame in flight is finished and published (a pending one is
+        #    counted as not_active); 2. the node's handles; 3. the context
         node.on_deactivate(LifecycleState(state_id=0, label="shutdown"))
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGINT/SIGTERM: leave ``executor.spin()`` in the main thread (see :func:`main`)."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":
