@@ -185,12 +185,20 @@ def test_cli_gate_stores_validation_in_the_manifest(tiny: Path, tmp_path: Path) 
     models = tmp_path / "models"
     shutil.copytree(model_dir(), models)
     before = load_manifest(models)
-    rc = cli_main(["gate", str(tiny), "--model-dir", str(models), "--max-frames", "1", "--write-manifest"])
+    report = tmp_path / "gate.json"
+    args = ["gate", str(tiny), "--model-dir", str(models), "--max-frames", "1", "--write-manifest"]
+    rc = cli_main([*args, "--compare", str(models / "v3"), "--json", str(report)])
     after = load_manifest(models)
     validation = after["validation"]
     assert rc == (0 if validation["quality_gate"]["met"] else 1)
     assert validation["frames"] == 1 and validation["split"] == "val"
-    assert set(validation["metrics"]) == {"extruded_hull", "geometric", "onnxruntime"}
+    assert set(validation["metrics"]) == {"extruded_hull", "geometric", "onnxruntime", "onnxruntime@v3"}
+    assert (
+        "stacked" in validation["metrics"]["onnxruntime"]
+        or "on_table" in validation["metrics"]["onnxruntime"]
+    )
+    objects = json.loads(report.read_text())["methods"]["onnxruntime@v3"]["per_object"]
+    assert objects and all("tags" in o for o in objects)
     assert validation["metrics"]["onnxruntime"]["all"]["count"] > 0
     # only the validation changed; the file is strict JSON
     assert {k: v for k, v in after.items() if k != "validation"} == {

@@ -344,14 +344,17 @@ def generate_dataset(
     jobs = [(str(root), int(seed), i, split, cfg, resume) for i in range(n_frames)]
     t0 = time.perf_counter()
     records: list[dict[str, Any]] = []
-    if workers == 1:
+    if workers == 1 and n_frames <= WORKER_MAX_FRAMES:
         it: Iterable[dict[str, Any]] = map(_worker, jobs)
         records = _collect(it, n_frames, progress, t0)
     else:
         # fork: no re-import of __main__ (works from scripts, stdin and tests); every worker
         # drops an inherited physics client and connects its own
+        # workers are replaced every WORKER_MAX_FRAMES frames: pybullet keeps memory of every
+        # scene it rendered (about 16 MB a cluttered frame, measured), which resetSimulation
+        # does not return
         ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(workers, initializer=reset_worker_state) as pool:
+        with ctx.Pool(workers, initializer=reset_worker_state, maxtasksperchild=WORKER_MAX_FRAMES) as pool:
             records = _collect(pool.imap(_worker, jobs), n_frames, progress, t0)
     wall = time.perf_counter() - t0
     frames = [r["truth"] for r in records]
@@ -383,6 +386,8 @@ def generate_dataset(
     return summary
 
 
+#: Frames a generator worker process renders before it is replaced (bounds its memory).
+WORKER_MAX_FRAMES = 40
 #: Objects with fewer visible pixels are not scored (the node's default min_mask_pixels).
 SCORED_MIN_VISIBLE_PIXELS = 50
 
