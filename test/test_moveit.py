@@ -31,7 +31,8 @@ def start(harness: Harness, ns: str, topic: str, **params: Any) -> Sam3dNode:
         "camera_to_planning_transform": pose7(camera().world_T_camera),
         "mesh_resolution": 32,
     }
-    node: Sam3dNode = namespaced_node(harness, ns, {**base, **params}, remap_topics=(topic,))
+    remaps = (topic, "/monitored_planning_scene", "/get_planning_scene")
+    node: Sam3dNode = namespaced_node(harness, ns, {**base, **params}, remap_topics=remaps)
     node.trigger_configure()
     node.trigger_activate()
     return node
@@ -78,7 +79,6 @@ def test_collision_object_stream_add_move_remove(mm: Any, harness: Harness) -> N
         ns,
         "/collision_object",
         track_max_missed=2,
-        moveit_resend_period=0.0,
         shape_change_threshold=0.5,
     )
     got = harness.subscribe(
@@ -122,7 +122,6 @@ def test_planning_scene_diffs_late_joiner_upgrade_and_reset(mm: Any, harness: Ha
         moveit_mode="planning_scene",
         moveit_id_prefix="cam_",
         collision_shapes="hull,decomposition,primitive,simplified",
-        moveit_resend_period=0.0,
     )
     qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
     got = harness.subscribe(mm.PlanningScene, f"{ns}/planning_scene", qos=qos)
@@ -167,6 +166,87 @@ def test_planning_scene_diffs_late_joiner_upgrade_and_reset(mm: Any, harness: Ha
         ),
         10.0,
     )
+
+
+def _attached_scene(mm: Any, ids: dict[str, int], *, diff: bool) -> Any:
+    """A PlanningScene as move_group publishes it: ``ids`` maps object id -> operation of its
+    AttachedCollisionObject (ADD: attached; REMOVE: detached, in a diff)."""
+    ps = mm.PlanningScene(is_diff=diff)
+    ps.robot_state.is_diff = diff
+    for oid, op in ids.items():
+        aco = mm.AttachedCollisionObject(link_name="gripper_link")
+        aco.object.id = oid
+        aco.object.operation = op
+        ps.robot_state.attached_collision_objects.append(aco)
+    return ps
+
+
+def test_attached_objects_are_left_to_moveit_and_resent_on_request(mm: Any, harness: Harness) -> None:
+    from moveit_msgs.srv import GetPlanningScene
+
+    ns = unique_ns()
+    reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+    attached_in_service = ["sam3d_9"]  # what the stand-in move_group answers
+
+    def get_scene(request: Any, response: Any) -> Any:
+        assert request.components.components & mm.PlanningSceneComponents.ROBOT_STATE_ATTACHED_OBJECTS
+        response.scene = _attached_scene(
+            mm, dict.fromkeys(attached_in_service, mm.CollisionObject.ADD), diff=False
+        )
+        return response
+
+    harness.peer.create_service(GetPlanningScene, f"{ns}/get_planning_scene", get_scene)
+    scene_pub = harness.peer.create_publisher(mm.PlanningScene, f"{ns}/monitored_planning_scene", reliable)
+    node = start(harness, ns, "/collision_object", shape_change_threshold=0.5)
+    got = harness.subscribe(mm.CollisionObject, f"{ns}/collision_object", qos=reliable)
+    pubs = harness.publishers(ns)
+    assert wait_for(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()), 10.0)
+    assert wait_for(lambda: scene_pub.get_subscription_count() > 0, 10.0)
+    assert wait_for(lambda: node.count_subscribers(f"{ns}/collision_object") > 0, 10.0)
+    moveit = node._moveit
+    assert moveit is not None
+    assert wait_for(lambda: moveit.attached_ids() == {"sam3d_9"}, 10.0)  # from /get_planning_scene
+
+    a = box(1, -0.1, 0.0)
+    send(pubs, node, [a], 0)
+    assert wait_for(lambda: [c.id for c in got] == ["sam3d_1"], 10.0)
+    # a grasp pipeline attaches sam3d_1 to the gripper
+    attached_in_service.append("sam3d_1")
+    scene_pub.publish(_attached_scene(mm, {"sam3d_1": mm.CollisionObject.ADD}, diff=True))
+    assert wait_for(lambda: moveit.attached_ids() == {"sam3d_9", "sam3d_1"}, 10.0)
+    # the object moves with the gripper, geometry and pose change: nothing is sent for it
+    send(pubs, node, [box(1, -0.1, 0.08, (0.1, 0.06, 0.12))], 1)
+    send(pubs, node, [box(1, -0.1, 0.09, (0.1, 0.06, 0.12))], 2)
+    cli = harness.peer.create_client(Trigger, f"{ns}/sam3d_node/resend_planning_scene")
+    assert cli.wait_for_service(10.0)
+    fut = cli.call_async(Trigger.Request())
+    assert wait_for(fut.done, 10.0) and fut.result().success
+    assert not wait_for(lambda: len(got) > 1, 1.0), [(c.id, c.operation) for c in got]
+    # released (detached): the world's object again; a resend on request includes it
+    attached_in_service.remove("sam3d_1")
+    scene_pub.publish(_attached_scene(mm, {"sam3d_1": mm.CollisionObject.REMOVE}, diff=True))
+    assert wait_for(lambda: moveit.attached_ids() == {"sam3d_9"}, 10.0)
+    fut = cli.call_async(Trigger.Request())
+    assert wait_for(fut.done, 10.0) and fut.result().success
+    assert wait_for(lambda: len(got) == 2, 10.0)
+    assert got[1].id == "sam3d_1" and got[1].operation == mm.CollisionObject.ADD
+    # a full scene replaces the set
+    scene_pub.publish(_attached_scene(mm, {}, diff=False))
+    assert wait_for(lambda: moveit.attached_ids() == set(), 10.0)
+
+
+def test_no_periodic_resend(mm: Any, harness: Harness) -> None:
+    ns = unique_ns()
+    node = start(harness, ns, "/collision_object")
+    reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+    got = harness.subscribe(mm.CollisionObject, f"{ns}/collision_object", qos=reliable)
+    pubs = harness.publishers(ns)
+    assert wait_for(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()), 10.0)
+    assert wait_for(lambda: node.count_subscribers(f"{ns}/collision_object") > 0, 10.0)
+    send(pubs, node, [box(1, -0.1, 0.0)], 0)
+    assert wait_for(lambda: len(got) == 1, 10.0)
+    # the old default re-sent every 5 s; now only new subscribers and requests get the set
+    assert not wait_for(lambda: len(got) > 1, 6.0), [(c.id, c.operation) for c in got]
 
 
 def test_missing_moveit_msgs_is_logged_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -237,7 +237,6 @@ def start(harness: Harness, ns: str, **params: Any) -> tuple[Sam3dNode, SceneSpy
         "planning_frame": "world",
         "mesh_resolution": 32,
         "collision_shapes": "hull",
-        "moveit_resend_period": 0.0,
     }
     node: Sam3dNode = namespaced_node(harness, ns, {**base, **params}, remap_topics=("/collision_object",))
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS

@@ -376,14 +376,6 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         choices=("collision_object", "planning_scene"),
     ),
     ParamSpec("moveit_id_prefix", str, "sam3d_", "Collision object ids are <prefix><track_id>."),
-    ParamSpec(
-        "moveit_resend_period",
-        float,
-        5.0,
-        "Resend the whole set every this many seconds for late joiners (0: only on new subscribers).",
-        min=0.0,
-        max=3600.0,
-    ),
     # --- outputs -------------------------------------------------------------------------
     ParamSpec("publish_markers", bool, True, "Publish RViz markers on ~/markers."),
     ParamSpec("marker_alpha", float, 0.8, "Alpha of the mesh markers.", min=0.0, max=1.0),
@@ -455,7 +447,6 @@ class PipelineConfig:
     moveit_enabled: bool
     moveit_mode: str
     moveit_id_prefix: str
-    moveit_resend_period: float
     publish_markers: bool
     marker_alpha: float
     diagnostics_period: float
