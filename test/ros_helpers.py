@@ -208,6 +208,9 @@ class Harness:
         return store
 
     def close(self) -> None:
+        """Shut down; first every sam3d node in the executor must account, in its
+        /diagnostics message, for every message it received (:func:`accounting_problems`)."""
+        problems = self._accounting_problems()
         self.executor.shutdown(timeout_sec=5.0)
         for node in list(self.executor.get_nodes()):
             node.destroy_node()
@@ -215,6 +218,26 @@ class Harness:
         rclpy.shutdown(context=self.context)
         if self._thread is not None:
             self._thread.join(5.0)
+        assert not problems, problems
+
+    def _accounting_problems(self, timeout: float = 10.0) -> list[str]:
+        problems: list[str] = []
+        for node in self.executor.get_nodes():
+            if not hasattr(node, "diagnostics_message"):
+                continue
+            node.wait_idle(timeout)
+            values: dict[str, str] = {}
+
+            def accounted(node: Any = node) -> bool:
+                nonlocal values
+                values = diagnostic_values(node.diagnostics_message(), node.get_name())
+                # a node never configured has no synchronised topics to account for
+                unconfigured = not any(k.startswith("messages_received/") for k in values)
+                return unconfigured or not accounting_problems(values)
+
+            if not wait_for(accounted, timeout):
+                problems += [f"{node.get_namespace()}: {p}" for p in accounting_problems(values)]
+        return problems
 
 
 def publish_frame(

@@ -420,9 +420,13 @@ class Sam3dNode(LifecycleNode):
         pub = self._pubs.get("diagnostics")
         if pub is None:
             return
+        pub.publish(self.diagnostics_message())
+
+    def diagnostics_message(self) -> DiagnosticArray:
+        """The /diagnostics message of the current state (published periodically)."""
         state = "active" if self._active else "inactive"
         backend = self._backend.describe() if self._backend is not None else "none"
-        msg = builders.diagnostics_msg(
+        return builders.diagnostics_msg(
             self.get_clock().now().nanoseconds,
             self.get_name(),
             backend,
@@ -432,7 +436,6 @@ class Sam3dNode(LifecycleNode):
             inputs=self._inputs.snapshot(),
             frames_synced=self._inputs.frames_synced,
         )
-        pub.publish(msg)
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Validate changes against the specs; applied values take effect on the next frame."""
