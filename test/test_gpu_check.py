@@ -477,3 +477,289 @@ def test_real_run_without_a_driver_installs_nothing_and_fails(tmp_path: Path) ->
     assert steps["setup"]["status"] == "failed" and "no NVIDIA driver" in steps["setup"]["reason"]
     assert steps["environment"]["status"] == "failed"
     assert report["ok"] is False and "FAILED" in report["message"]
+
+
+# --------------------------------------------------------------------------- GPU steps, faked
+
+#: A stand-in for TensorRT 10 written into the test's directory: an "engine" is a header
+#: (precision flags) plus the ONNX bytes, executed by ONNX Runtime on host memory; fp16
+#: rounds inputs and outputs to float16, and TF32 left on rounds the inputs the same way
+#: (so an fp32 engine built without clearing TF32 fails the fp32 parity thresholds).
+FAKE_TENSORRT = """
+import ctypes
+import json
+
+import numpy as np
+import onnxruntime as ort
+
+__version__ = "10.99.0"
+
+
+class Logger:
+    WARNING = 2
+
+    def __init__(self, level=2):
+        pass
+
+
+class NetworkDefinitionCreationFlag:
+    EXPLICIT_BATCH = 0
+
+
+class MemoryPoolType:
+    WORKSPACE = 0
+
+
+class BuilderFlag:
+    FP16 = "fp16"
+    TF32 = "tf32"
+
+
+class _Network:
+    onnx = b""
+
+
+class OnnxParser:
+    def __init__(self, network, logger):
+        self.network, self.num_errors = network, 0
+
+    def parse(self, data):
+        self.network.onnx = bytes(data)
+        return True
+
+    def get_error(self, i):
+        return ""
+
+
+class _TimingCache:
+    def serialize(self):
+        return b"timing"
+
+
+class _Profile:
+    def set_shape(self, name, lo, opt, hi):
+        self.shapes = (lo, opt, hi)
+
+
+class _Config:
+    def __init__(self):
+        self.flags, self.cache = {"tf32"}, None
+
+    def set_memory_pool_limit(self, pool, size):
+        pass
+
+    def set_flag(self, flag):
+        self.flags.add(flag)
+
+    def clear_flag(self, flag):
+        self.flags.discard(flag)
+
+    def create_timing_cache(self, blob):
+        return _TimingCache()
+
+    def set_timing_cache(self, cache, ignore_mismatch):
+        self.cache = cache
+        return True
+
+    def get_timing_cache(self):
+        return self.cache
+
+    def add_optimization_profile(self, profile):
+        self.profile = profile
+
+
+class Builder:
+    def __init__(self, logger):
+        pass
+
+    def create_network(self, flags=0):
+        return _Network()
+
+    def create_builder_config(self):
+        return _Config()
+
+    def create_optimization_profile(self):
+        return _Profile()
+
+    def build_serialized_network(self, network, config):
+        head = json.dumps({"round": bool(config.flags & {"fp16", "tf32"})}).encode()
+        return b"FAKEENGINE" + len(head).to_bytes(4, "little") + head + network.onnx
+
+
+def _view(ptr, shape):
+    n = int(np.prod(shape))
+    return np.ctypeslib.as_array((ctypes.c_float * n).from_address(ptr)).reshape(shape)
+
+
+class _Context:
+    def __init__(self, engine):
+        self.engine, self.shapes, self.addr = engine, {}, {}
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = tuple(shape)
+
+    def get_tensor_shape(self, name):
+        b, n = self.shapes["observation"][0], self.shapes["observation"][2]
+        return {"occupancy_logits": (b, n, n, n), "layout": (b, 8), "confidence": (b,)}[name]
+
+    def set_tensor_address(self, name, ptr):
+        self.addr[name] = int(ptr)
+
+    def execute_async_v3(self, stream):
+        x = _view(self.addr["observation"], self.shapes["observation"]).copy()
+        rnd = self.engine.meta["round"]
+        if rnd:
+            x = x.astype(np.float16).astype(np.float32)
+        names = [o.name for o in self.engine.session.get_outputs()]
+        for name, val in zip(names, self.engine.session.run(None, {"observation": x})):
+            val = np.asarray(val, np.float32)
+            if rnd:
+                val = val.astype(np.float16).astype(np.float32)
+            dst = _view(self.addr[name], self.get_tensor_shape(name))
+            dst[...] = val.reshape(dst.shape)
+        return True
+
+
+class _Engine:
+    def __init__(self, onnx, meta):
+        self.session = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"])
+        self.meta = meta
+
+    def create_execution_context(self):
+        return _Context(self)
+
+
+class Runtime:
+    def __init__(self, logger):
+        pass
+
+    def deserialize_cuda_engine(self, data):
+        data = bytes(data)
+        if not data.startswith(b"FAKEENGINE"):
+            return None
+        n = int.from_bytes(data[10:14], "little")
+        return _Engine(data[14 + n :], json.loads(data[14 : 14 + n]))
+"""
+
+FAKE_CUDART = """
+import ctypes
+import enum
+
+import numpy as np
+
+
+class cudaError_t(enum.IntEnum):
+    cudaSuccess = 0
+
+
+class cudaMemcpyKind(enum.IntEnum):
+    cudaMemcpyHostToDevice = 1
+    cudaMemcpyDeviceToHost = 2
+
+
+class _Props:
+    name = b"FakeGPU 80GB" + bytes(8)
+    major, minor = 9, 0
+
+
+OK = cudaError_t.cudaSuccess
+_buffers = {}
+
+
+def cudaGetDeviceProperties(i):
+    return OK, _Props()
+
+
+def cudaGetDeviceCount():
+    return OK, 1
+
+
+def cudaDriverGetVersion():
+    return OK, 12040
+
+
+def cudaRuntimeGetVersion():
+    return OK, 12040
+
+
+def cudaStreamCreate():
+    return OK, 7
+
+
+def cudaStreamSynchronize(stream):
+    return (OK,)
+
+
+def cudaStreamDestroy(stream):
+    return (OK,)
+
+
+def cudaMalloc(nbytes):
+    buf = np.zeros(int(nbytes), np.uint8)
+    _buffers[buf.ctypes.data] = buf
+    return OK, buf.ctypes.data
+
+
+def cudaFree(ptr):
+    _buffers.pop(int(ptr), None)
+    return (OK,)
+
+
+def cudaMemcpyAsync(dst, src, nbytes, kind, stream):
+    ctypes.memmove(int(dst), int(src), int(nbytes))
+    return (OK,)
+"""
+
+
+def _fake_gpu_packages(root: Path) -> Path:
+    (root / "tensorrt").mkdir(parents=True)
+    (root / "tensorrt" / "__init__.py").write_text(FAKE_TENSORRT)
+    (root / "cuda" / "bindings").mkdir(parents=True)
+    (root / "cuda" / "__init__.py").write_text("")
+    (root / "cuda" / "bindings" / "__init__.py").write_text("")
+    (root / "cuda" / "bindings" / "runtime.py").write_text(FAKE_CUDART)
+    return root
+
+
+def test_engine_and_parity_steps_on_a_fake_tensorrt(tmp_path: Path, monkeypatch) -> None:
+    """The engines and parity steps end to end in their processes, through the real
+    TensorRT backend and engine cache, on a TensorRT/cuda-python stand-in."""
+    pytest.importorskip("onnxruntime")
+    fake = _fake_gpu_packages(tmp_path / "fake")
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(fake), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
+    ctx = gc.CheckContext(
+        work=str(tmp_path / "w"),
+        out=str(tmp_path / "o"),
+        model_dirs=tuple(map(str, gc.default_model_dirs())),
+        parity_frames=1,
+    )
+    Path(ctx.work).mkdir()
+    results = {
+        r.name: r for r in gc.run_check(ctx, dry_run=False, selected=["engines", "parity"], budget_s=150)
+    }
+    engines, parity = results["engines"], results["parity"]
+    assert engines.status == gc.PASSED, (
+        engines.reason,
+        (tmp_path / "o" / "logs" / "engines.log").read_text()[-2000:],
+    )
+    per = engines.data["models"]["models"]
+    assert {p: (e["first_start_builds"], e["second_start_builds"]) for p, e in per.items()} == {
+        "fp16": (1, 0),
+        "fp32": (1, 0),
+    }
+    assert per["fp32"]["gpu"] == "FakeGPU 80GB sm_90" and per["fp32"]["tensorrt"] == "10.99.0"
+    assert all(
+        engines.data["sidecar_rules"][k]["refused"] for k in ("precision", "tensorrt_version", "onnx_sha256")
+    )
+    for label in engines.data["same_onnx_as"]:  # a directory with the shipped ONNX again is not rebuilt
+        assert label not in engines.data["models"]
+    assert parity.status == gc.PASSED, (
+        parity.reason,
+        (tmp_path / "o" / "logs" / "parity.log").read_text()[-2000:],
+    )
+    fp32, fp16 = parity.data["models"]["fp32"], parity.data["models"]["fp16"]
+    assert fp32["max_abs_logit"] == 0.0  # TF32 cleared: the fake then computes in plain fp32
+    assert 0.0 < fp16["max_abs_logit"] <= gc.PARITY_THRESHOLDS["fp16"].max_abs_logit
+    assert fp16["meshed"] >= 3 and fp16["mesh_mismatches"] == 0

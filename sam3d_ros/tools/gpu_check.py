@@ -247,6 +247,7 @@ class CheckContext:
         frames: frames per object count of the speed workload.
         repeats: timed network calls per batch size.
         passes: passes over the frames for the node timing.
+        parity_frames: frames of the parity workload.
     """
 
     work: str
@@ -256,6 +257,7 @@ class CheckContext:
     frames: int = DEFAULT_FRAMES
     repeats: int = DEFAULT_REPEATS
     passes: int = DEFAULT_PASSES
+    parity_frames: int = PARITY_FRAMES
 
     @property
     def engine_dir(self) -> Path:
@@ -345,6 +347,32 @@ def preload_cuda_libraries() -> str:
     except OSError as err:
         raise GpuCheckError(f"onnxruntime.preload_dlls() failed: {err}") from err
     return "preloaded the NVIDIA wheels' CUDA and cuDNN libraries"
+
+
+def _label(model_dir: Path) -> str:
+    return str(model_dir.relative_to(ROOT)) if model_dir.is_relative_to(ROOT) else str(model_dir)
+
+
+def unique_model_dirs(model_dirs: Sequence[str]) -> tuple[list[Path], dict[str, str]]:
+    """The model directories whose ONNX differs from every earlier one (engines and parity
+    run once per ONNX file), and label -> label of the earlier directory with the same ONNX.
+
+    Raises:
+        ModelFileError: a directory whose manifest or ONNX does not verify.
+    """
+    from sam3d_ros.backends.learned import ONNX_KEY, load_manifest, verified_file
+
+    seen: dict[str, str] = {}
+    unique: list[Path] = []
+    same: dict[str, str] = {}
+    for d in map(Path, model_dirs):
+        sha = sha256_file(verified_file(d, load_manifest(d), ONNX_KEY))
+        if sha in seen:
+            same[_label(d)] = seen[sha]
+            continue
+        seen[sha] = _label(d)
+        unique.append(d)
+    return unique, same
 
 
 def _config(max_objects: int | None = None) -> PipelineConfig:
@@ -527,10 +555,11 @@ def step_engines(ctx: CheckContext) -> StepOutcome:
     from sam3d_ros.backends.tensorrt_backend import TensorRTBackend
 
     cfg = _config(max(SPEED_BATCHES))
-    data: dict[str, Any] = {"engine_dir": "temporary", "models": {}}
+    models, same = unique_model_dirs(ctx.model_dirs)
+    data: dict[str, Any] = {"engine_dir": "temporary", "models": {}, "same_onnx_as": same}
     problems: list[str] = []
     fp32_key: tuple[Path, EngineKey] | None = None
-    for model_dir in map(Path, ctx.model_dirs):
+    for model_dir in models:
         per_model: dict[str, Any] = {}
         for precision in PRECISIONS:
             t0 = time.perf_counter()
@@ -556,15 +585,13 @@ def step_engines(ctx: CheckContext) -> StepOutcome:
             }
             if first_builds != 1:
                 problems.append(
-                    f"{model_dir.name}/{precision}: first start in an empty cache built {first_builds}"
+                    f"{_label(model_dir)}/{precision}: first start in an empty cache built {first_builds}"
                 )
             if second_builds != 0:
-                problems.append(f"{model_dir.name}/{precision}: second start rebuilt instead of loading")
+                problems.append(f"{_label(model_dir)}/{precision}: second start rebuilt instead of loading")
             if precision == "fp32" and fp32_key is None:
                 fp32_key = (model_dir, key)
-        data["models"][str(model_dir.relative_to(ROOT) if model_dir.is_relative_to(ROOT) else model_dir)] = (
-            per_model
-        )
+        data["models"][_label(model_dir)] = per_model
     if fp32_key is None:
         raise GpuCheckError("no model directory to build engines for")
     rules = _sidecar_rules(fp32_key[0], fp32_key[1], ctx)
@@ -644,13 +671,15 @@ def step_parity(ctx: CheckContext) -> StepOutcome:
     from sam3d_ros.backends.tensorrt_backend import TensorRTBackend
 
     cfg = _config(max(SPEED_BATCHES))
-    frames = _frames(ctx, PARITY_OBJECTS, PARITY_FRAMES, seed_base=PARITY_SEED)
+    frames = _frames(ctx, PARITY_OBJECTS, ctx.parity_frames, seed_base=PARITY_SEED)
     inputs, grids, _ = encode_frames(frames, cfg)
     if len(inputs) == 0:
         raise GpuCheckError("the parity frames gave no encodable object")
     data: dict[str, Any] = {"thresholds": {k: dataclasses.asdict(v) for k, v in PARITY_THRESHOLDS.items()}}
     problems: list[str] = []
-    for model_dir in map(Path, ctx.model_dirs):
+    models, same = unique_model_dirs(ctx.model_dirs)
+    data["same_onnx_as"] = same
+    for model_dir in models:
         ref = OnnxRuntimeBackend(cfg, directory=model_dir, use_cuda=False).infer(inputs)
         per_model: dict[str, Any] = {}
         for precision in ("fp32", "fp16"):
@@ -664,8 +693,8 @@ def step_parity(ctx: CheckContext) -> StepOutcome:
             stats, bad = compare_outputs(ref, out, grids, cfg, PARITY_THRESHOLDS[precision])
             stats["passed"] = not bad
             per_model[precision] = stats
-            problems.extend(f"{model_dir.name}/{precision}: {b}" for b in bad)
-        data[model_dir.name] = per_model
+            problems.extend(f"{_label(model_dir)}/{precision}: {b}" for b in bad)
+        data[_label(model_dir)] = per_model
     return StepOutcome(not problems, "; ".join(problems), data)
 
 
@@ -1026,9 +1055,40 @@ def markdown_report(report: dict[str, Any]) -> str:
     rows = [
         [model, p, st["max_abs_logit"], st["mean_abs_logit"], st["min_voxel_iou"], st["max_chamfer_mm"],
          st["min_mesh_iou"], "yes" if st["passed"] else "NO"]
-        for model, per in parity.items() if model != "thresholds"
-        for p, st in per.items()
+        for model, per in parity.items() if isinstance(per, dict) and model not in ("thresholds", "same_onnx_as")
+        for p, st in per.items() if isinstance(st, dict)
     ]  # fmt: skip
+    engines = steps.get("engines", {}).get("data", {})
+    if engines.get("models"):
+        lines += ["", "## Engines (through the engine cache, empty temporary directory)", ""]
+        lines += _table(
+            ["model", "precision", "first start s", "builds", "second start s", "builds", "engine bytes"],
+            [
+                [m, p, e["first_start_s"], e["first_start_builds"], e["second_start_s"], e["second_start_builds"],
+                 e["engine_bytes"]]
+                for m, per in engines["models"].items()
+                for p, e in per.items()
+            ],
+        )  # fmt: skip
+        rules = engines.get("sidecar_rules", {})
+        lines += ["", "Sidecar rules (stale engine under the changed key's name):", ""]
+        lines += _table(
+            ["changed", "refused", "rebuilt", "rebuilt loads", "valid after", "s"],
+            [
+                [
+                    k,
+                    r["refused"],
+                    r["rebuilt"],
+                    r["rebuilt_engine_deserializes"],
+                    r["valid_after"],
+                    r["seconds"],
+                ]
+                for k, r in rules.items()
+                if isinstance(r, dict)
+            ],
+        )
+        for label, first in engines.get("same_onnx_as", {}).items():
+            lines.append(f"\n{label}: same ONNX as {first} (not built again)")
     if rows:
         lines += ["", "## Parity (TensorRT vs ONNX Runtime CPU)", ""]
         lines += _table(
