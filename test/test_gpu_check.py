@@ -4,6 +4,7 @@ failures, and the dry run end to end through scripts/gpu_check.sh (no GPU needed
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -763,3 +764,49 @@ def test_engine_and_parity_steps_on_a_fake_tensorrt(tmp_path: Path, monkeypatch)
     assert fp32["max_abs_logit"] == 0.0  # TF32 cleared: the fake then computes in plain fp32
     assert 0.0 < fp16["max_abs_logit"] <= gc.PARITY_THRESHOLDS["fp16"].max_abs_logit
     assert fp16["meshed"] >= 3 and fp16["mesh_mismatches"] == 0
+
+
+def test_real_run_with_a_driver_and_a_ready_venv(tmp_path: Path) -> None:
+    """The real (non-dry) path of gpu_check.sh without downloading anything: a stand-in
+    nvidia-smi (CUDA 12.4) and a GPU venv whose requirements stamp is already there (its
+    python runs this test's interpreter). The script selects the cu12 wheels, installs
+    nothing, and the checks fail for the missing TensorRT instead of passing."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in --query-gpu*) echo "FakeGPU 80GB, 81559 MiB, 550.54.15" ;; '
+        f"*) cat <<'END'\n{SMI_HEADER}END\n;; esac\n"
+    )
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    py = venv / "bin" / "python"
+    py.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    for f in (smi, py):
+        f.chmod(0o755)
+    reqs = "\n".join(gs.venv_requirements("12.4", ROOT / "requirements" / "runtime.txt")) + "\n"
+    (venv / f".sam3d_gpu-{hashlib.sha256(reqs.encode()).hexdigest()[:16]}").touch()
+    env = _env()
+    env.update(SAM3D_GPU_VENV=str(venv), PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}")
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "--out", str(tmp_path / "out"), "--steps", "wheel_selection,environment"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert "GPU venv up to date" in proc.stderr, proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    steps = {s["name"]: s for s in json.loads((tmp_path / "out" / gc.JSON_NAME).read_text())["steps"]}
+    assert steps["setup"]["status"] == "passed"
+    assert steps["wheel_selection"]["data"]["requirements"][0] == "tensorrt-cu12>=10.3,<11"
+    env_step = steps["environment"]
+    assert env_step["status"] == "failed" and "tensorrt" in env_step["reason"]
+    assert env_step["data"]["nvidia_smi"] == {
+        "gpu": "FakeGPU 80GB",
+        "memory": "81559 MiB",
+        "driver_version": "550.54.15",
+        "cuda_version": "12.4",
+        "gpus": "1",
+    }
