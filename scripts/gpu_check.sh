@@ -6,11 +6,14 @@
 # gpu_check.md into $OUT (or build/gpu_check); exits non-zero when any check failed.
 #
 # Usage: bash scripts/gpu_check.sh [--dry-run] [--out DIR] [--cuda-version X.Y] [--steps a,b]
-#        [any other option of: python -m sam3d_ros.tools.gpu_check --help]
+#        [--python PY] [--wheels DIR] [any option of: python -m sam3d_ros.tools.gpu_check --help]
 #
-# --dry-run installs nothing and needs no GPU: it uses the project venv (.venv) or the GPU venv
-# when present, prints the plan, runs the CPU-side parts and writes the report with every GPU
-# step "skipped: dry run".
+#   --dry-run      installs nothing, needs no GPU: uses .venv (or the GPU venv) to print the plan,
+#                  run the CPU-side parts and write the report, every GPU step "skipped: dry run"
+#   --python PY    no venv: use this interpreter (e.g. a GPU image's python with numpy, scipy and
+#                  the NVIDIA libraries already there); pip installs only what it lacks, into it
+#   --wheels DIR   no index (a machine without network): install from the wheels in DIR only,
+#                  one requirement at a time; one without a wheel there is reported, not installed
 #
 # The GPU venv is build/venv-gpu (SAM3D_GPU_VENV), not the ROS venv .venv: onnxruntime-gpu and
 # the CPU onnxruntime of .venv install the same module and shadow each other, and the GPU steps
@@ -25,11 +28,12 @@ cd "$ROOT"
 VENV="${SAM3D_GPU_VENV:-$ROOT/build/venv-gpu}"
 SYS_PY="${PYTHON:-python3}"
 # The whole run stays under 8 minutes: set-up at most SETUP_TIMEOUT_S, the steps what is left
-# of TOTAL_S (at most the driver's default budget), the driver process a little more.
+# of TOTAL_S (at most the driver's default budget), the driver process DRIVER_SLACK_S more.
 TOTAL_S="${SAM3D_GPU_CHECK_TOTAL_S:-465}"
 SETUP_TIMEOUT_S="${SAM3D_GPU_SETUP_TIMEOUT_S:-200}"
-STEP_BUDGET_MAX_S=280
+STEP_BUDGET_MAX_S=420
 DRIVER_SLACK_S=25
+STAMPS="$ROOT/build/gpu_check_stamps"
 START_S=$SECONDS
 
 log() { printf '[gpu_check] %s\n' "$*" >&2; }
@@ -37,18 +41,26 @@ log() { printf '[gpu_check] %s\n' "$*" >&2; }
 DRY_RUN=0
 CUDA_GIVEN=""
 BUDGET_GIVEN=0
-args=("$@")
-for ((i = 0; i < ${#args[@]}; i++)); do
-  case "${args[i]}" in
+USE_PY=""
+WHEELS=""
+args=()  # what the driver gets
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --python) USE_PY="${2:?--python needs an interpreter}"; shift 2; continue ;;
+    --python=*) USE_PY="${1#--python=}"; shift; continue ;;
+    --wheels) WHEELS="$(cd "${2:?--wheels needs a directory}" && pwd)"; shift 2; continue ;;
+    --wheels=*) WHEELS="$(cd "${1#--wheels=}" && pwd)"; shift; continue ;;
     --dry-run) DRY_RUN=1 ;;
-    --cuda-version) CUDA_GIVEN="${args[i + 1]:-}" ;;
-    --cuda-version=*) CUDA_GIVEN="${args[i]#--cuda-version=}" ;;
+    --cuda-version) CUDA_GIVEN="${2:-}" ;;
+    --cuda-version=*) CUDA_GIVEN="${1#--cuda-version=}" ;;
     --budget-s | --budget-s=*) BUDGET_GIVEN=1 ;;
     -h | --help)
-      sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
   esac
+  args+=("$1")
+  shift
 done
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -68,8 +80,8 @@ log "driver CUDA version: ${CUDA_VERSION:-none (no NVIDIA driver found)}"
 # A Python that can run the driver without the GPU venv (reports only, or dry runs).
 fallback_python() {
   local p
-  for p in "$ROOT/.venv/bin/python" "$VENV/bin/python"; do
-    if [ -x "$p" ] && "$p" -c 'import numpy, onnxruntime' >/dev/null 2>&1; then echo "$p"; return; fi
+  for p in "$USE_PY" "$ROOT/.venv/bin/python" "$VENV/bin/python"; do
+    if [ -n "$p" ] && "$p" -c 'import numpy, onnxruntime' >/dev/null 2>&1; then echo "$p"; return; fi
   done
   echo "$SYS_PY"
 }
@@ -93,7 +105,22 @@ if [ "$DRY_RUN" = 1 ]; then
   exit $?
 fi
 
-# --- set-up: the GPU venv -----------------------------------------------------------------
+# pip_install PY REQ...: from PyPI in one go, or with --wheels from DIR only, one requirement at
+# a time (prints the requirements it could not install; fails only when pip itself cannot run)
+pip_install() {
+  local py="$1"; shift
+  local pip=("$py" -m pip install -q --disable-pip-version-check --prefer-binary)
+  if [ -z "$WHEELS" ]; then
+    timeout "$SETUP_TIMEOUT_S" "${pip[@]}" "$@" || { echo "$*"; return 0; }
+    return 0
+  fi
+  local r
+  for r in "$@"; do
+    timeout "$SETUP_TIMEOUT_S" "${pip[@]}" --no-index --find-links "$WHEELS" "$r" >/dev/null 2>&1 || echo "$r"
+  done
+}
+
+# --- set-up: the GPU venv (or --python) ---------------------------------------------------
 setup_failed=""
 if [ -z "$CUDA_VERSION" ]; then
   setup_failed="no NVIDIA driver (nvidia-smi missing or without a CUDA version)"
@@ -103,42 +130,43 @@ elif ! REQS="$("$SYS_PY" -m sam3d_ros.tools.gpu_setup requirements --cuda-versio
                   --runtime requirements/runtime.txt)"; then
   setup_failed="no GPU wheels for CUDA $CUDA_VERSION (see above)"
 fi
-if [ -z "$setup_failed" ]; then
-  if [ ! -x "$VENV/bin/python" ]; then
-    if ! "$SYS_PY" -c 'import venv, ensurepip' >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
-       && command -v apt-get >/dev/null 2>&1; then
-      log "apt-get install python3-venv"
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-    fi
-    log "creating venv $VENV"
-    "$SYS_PY" -m venv "$VENV" || setup_failed="cannot create the venv $VENV"
+PY="${USE_PY:-$VENV/bin/python}"
+if [ -z "$setup_failed" ] && [ -z "$USE_PY" ] && [ ! -x "$VENV/bin/python" ]; then
+  if ! "$SYS_PY" -c 'import venv, ensurepip' >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+     && command -v apt-get >/dev/null 2>&1 && [ -z "$WHEELS" ]; then
+    log "apt-get install python3-venv"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
   fi
+  log "creating venv $VENV"
+  "$SYS_PY" -m venv "$VENV" || setup_failed="cannot create the venv $VENV"
 fi
 if [ -z "$setup_failed" ]; then
-  STAMP="$VENV/.sam3d_gpu-$(printf '%s\n' "$REQS" | sha256sum | cut -c1-16)"
+  key="$(printf '%s\n%s\n%s\n' "$PY" "$WHEELS" "$REQS" | sha256sum | cut -c1-16)"
+  STAMP="$STAMPS/$key"
+  [ -z "$USE_PY" ] && STAMP="$VENV/.sam3d_gpu-$(printf '%s\n' "$REQS" | sha256sum | cut -c1-16)"
   if [ -f "$STAMP" ]; then
-    log "GPU venv up to date ($VENV)"
+    log "GPU environment up to date ($PY)"
   else
     mapfile -t req_list <<<"$REQS"
-    log "pip install (at most ${SETUP_TIMEOUT_S} s): ${req_list[*]}"
-    if timeout "$SETUP_TIMEOUT_S" "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-         --prefer-binary "${req_list[@]}"; then
-      rm -f "$VENV"/.sam3d_gpu-*
+    log "pip install into $PY${WHEELS:+ from $WHEELS} (at most ${SETUP_TIMEOUT_S} s each): ${req_list[*]}"
+    missing="$(pip_install "$PY" "${req_list[@]}")"
+    if [ -z "$missing" ]; then
+      mkdir -p "$(dirname "$STAMP")"
+      rm -f "$VENV"/.sam3d_gpu-* 2>/dev/null || true
       touch "$STAMP"
     else
-      setup_failed="pip install of the GPU wheels failed or took more than ${SETUP_TIMEOUT_S} s"
+      setup_failed="not installed (pip failed, took more than ${SETUP_TIMEOUT_S} s or found no wheel): $(echo $missing)"
     fi
   fi
 fi
 log "set-up took $((SECONDS - START_S)) s"
 
 if [ -n "$setup_failed" ]; then
-  # still write the report: every step then fails with the reason it cannot run
+  # still run and write the report: the steps fail with the reason they cannot run
   log "SET-UP FAILED: $setup_failed"
-  py="$VENV/bin/python"
-  [ -x "$py" ] && "$py" -c 'import numpy, onnxruntime' >/dev/null 2>&1 || py="$(fallback_python)"
-  run_driver "$py" "${args[@]}" "${extra[@]}" --setup-failed "$setup_failed" \
+  [ -x "$PY" ] && "$PY" -c 'import numpy, onnxruntime, trimesh' >/dev/null 2>&1 || PY="$(fallback_python)"
+  run_driver "$PY" "${args[@]}" "${extra[@]}" --setup-failed "$setup_failed" \
     --setup-seconds "$((SECONDS - START_S))" || true
   exit 1
 fi
-run_driver "$VENV/bin/python" "${args[@]}" "${extra[@]}" --setup-seconds "$((SECONDS - START_S))"
+run_driver "$PY" "${args[@]}" "${extra[@]}" --setup-seconds "$((SECONDS - START_S))"

@@ -796,7 +796,7 @@ def test_real_run_with_a_driver_and_a_ready_venv(tmp_path: Path) -> None:
         env=env,
         timeout=120,
     )
-    assert "GPU venv up to date" in proc.stderr, proc.stderr
+    assert "GPU environment up to date" in proc.stderr, proc.stderr
     assert proc.returncode == 1, proc.stdout + proc.stderr
     steps = {s["name"]: s for s in json.loads((tmp_path / "out" / gc.JSON_NAME).read_text())["steps"]}
     assert steps["setup"]["status"] == "passed"
@@ -810,3 +810,21 @@ def test_real_run_with_a_driver_and_a_ready_venv(tmp_path: Path) -> None:
         "cuda_version": "12.4",
         "gpus": "1",
     }
+
+
+def test_optional_step_without_its_runtime_is_skipped_not_passed(tmp_path: Path) -> None:
+    """speed_torch_cuda needs torch with CUDA: without it the step is skipped with the
+    reason (optional), and a run of only that step does not pass."""
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a GPU here")
+    ctx = gc.CheckContext(work=str(tmp_path / "w"), out=str(tmp_path / "o"), model_dirs=(str(MODELS),))
+    Path(ctx.work).mkdir()
+    results = {
+        r.name: r for r in gc.run_check(ctx, dry_run=False, selected=["speed_torch_cuda"], budget_s=60)
+    }
+    step = results["speed_torch_cuda"]
+    assert step.status == gc.SKIPPED and "optional" in step.reason and "CUDA" in step.reason
+    assert not gc.check_ok(list(results.values()))
