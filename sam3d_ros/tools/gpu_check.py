@@ -971,11 +971,19 @@ def run_step_subprocess(spec: StepSpec, ctx: CheckContext, ctx_file: Path, timeo
         return StepResult(
             spec.name, FAILED, f"step process exited {proc.returncode} without a result: {tail}", seconds
         )
-    d = json.loads(result_file.read_text())
-    status = PASSED if d["passed"] else FAILED
-    if status == FAILED and spec.optional and d["data"].get("unavailable"):
-        return StepResult(spec.name, SKIPPED, f"skipped (optional step): {d['reason']}", seconds, d["data"])
-    return StepResult(spec.name, status, d["reason"], seconds, d["data"])
+    return step_result(spec, StepOutcome(**json.loads(result_file.read_text())), seconds)
+
+
+def step_result(spec: StepSpec, outcome: StepOutcome, seconds: float) -> StepResult:
+    """The report entry of a step's outcome: an optional step whose runtime is missing is
+    skipped with the reason; any other outcome that did not pass is failed."""
+    if outcome.passed:
+        return StepResult(spec.name, PASSED, outcome.reason, seconds, outcome.data)
+    if spec.optional and outcome.data.get("unavailable"):
+        return StepResult(
+            spec.name, SKIPPED, f"skipped (optional step): {outcome.reason}", seconds, outcome.data
+        )
+    return StepResult(spec.name, FAILED, outcome.reason, seconds, outcome.data)
 
 
 def run_check(
@@ -1015,9 +1023,7 @@ def run_check(
         else:
             t0 = time.perf_counter()
             o = run_step_in_process(spec.name, ctx, min(spec.timeout_s, left))
-            res = StepResult(
-                spec.name, PASSED if o.passed else FAILED, o.reason, time.perf_counter() - t0, o.data
-            )
+            res = step_result(spec, o, round(time.perf_counter() - t0, 2))
         logger.info("step %s: %s in %.1f s %s", spec.name, res.status, res.seconds, res.reason[:300])
         results.append(res)
     return results
