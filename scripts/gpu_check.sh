@@ -19,7 +19,7 @@
 # the CPU onnxruntime of .venv install the same module and shadow each other, and the GPU steps
 # need neither the ROS wheels nor the colcon build (minutes of set-up). Its requirements come
 # from `python3 -m sam3d_ros.tools.gpu_setup requirements` (runtime packages + the TensorRT,
-# cuda-python and onnxruntime-gpu wheels for the driver's CUDA version); a stamp of them makes
+# cuda-bindings and onnxruntime-gpu wheels for the driver's CUDA version); a stamp of them makes
 # a second run install nothing.
 set -euo pipefail
 

@@ -12,7 +12,7 @@ Steps (``--steps`` selects some):
 ``wheel_selection``
     The GPU wheels for the driver's CUDA version (``--cuda-version``; runs in dry runs).
 ``environment``
-    nvidia-smi (GPU, driver, CUDA version), TensorRT, cuda-python (device count, driver and
+    nvidia-smi (GPU, driver, CUDA version), TensorRT, cuda-bindings (device count, driver and
     runtime versions, compute capability), ONNX Runtime and its CUDA provider.
 ``engines``
     For every shipped model directory (``models/`` and each ``models/*/`` with a manifest),
@@ -444,7 +444,7 @@ def step_environment(ctx: CheckContext) -> StepOutcome:
         from sam3d_ros.backends.tensorrt_backend import _cuda_check, _import_cudart
 
         cudart = _import_cudart()
-        data["cuda_python"] = _package_version("cuda-python") or _package_version("cuda-bindings")
+        data["cuda_python"] = _package_version("cuda-bindings") or _package_version("cuda-python")
         data["cuda_devices"] = int(_cuda_check(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount"))
         data["cuda_driver_api"] = int(_cuda_check(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion"))
         data["cuda_runtime_api"] = int(_cuda_check(cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion"))

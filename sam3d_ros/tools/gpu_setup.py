@@ -6,17 +6,18 @@ version the driver supports from ``nvidia-smi`` (the "CUDA Version: X.Y" of its 
 the newest CUDA runtime the driver can run; no CUDA toolkit needed) and picks, for that
 CUDA major version, wheels that all use the same CUDA major:
 
-======  ==========================  ====================  ===================================
-CUDA    TensorRT                    CUDA bindings         ONNX Runtime (CUDA provider)
-======  ==========================  ====================  ===================================
-12.x    ``tensorrt-cu12`` 10.x      ``cuda-python`` 12.x  ``onnxruntime-gpu`` 1.21-1.26 (CUDA 12)
-13.x    ``tensorrt-cu13`` 10.x      ``cuda-python`` 13.x  ``onnxruntime-gpu`` >= 1.27 (CUDA 13)
-======  ==========================  ====================  ===================================
+======  ==========================  =======================  ===================================
+CUDA    TensorRT                    CUDA bindings            ONNX Runtime (CUDA provider)
+======  ==========================  =======================  ===================================
+12.x    ``tensorrt-cu12`` 10.x      ``cuda-bindings`` 12.x   ``onnxruntime-gpu`` 1.21-1.26 (CUDA 12)
+13.x    ``tensorrt-cu13`` 10.x      ``cuda-bindings`` 13.x   ``onnxruntime-gpu`` >= 1.27 (CUDA 13)
+======  ==========================  =======================  ===================================
 
 * TensorRT stays below 11: TensorRT 11 removed the weakly typed precision flags
   (``BuilderFlag.FP16``) that :mod:`sam3d_ros.backends.tensorrt_backend` builds fp16
   engines with; ``tensorrt-cu13`` exists from 10.13 on.
-* ``cuda-python`` >= 12.6 has ``cuda.bindings.runtime``, the module the backend imports.
+* ``cuda-bindings`` (>= 12.6; what the ``cuda-python`` metapackage installs) provides
+  ``cuda.bindings.runtime``, the module the backend imports; GPU images often have it.
 * ONNX Runtime's PyPI wheels moved from CUDA 12 to CUDA 13 with 1.27; the ``cuda`` and
   ``cudnn`` extras bring the CUDA/cuDNN libraries as NVIDIA wheels (loaded with
   ``onnxruntime.preload_dlls()``), so no toolkit is needed.
@@ -48,12 +49,12 @@ from typing import Final
 
 logger = logging.getLogger(__name__)
 
-#: CUDA major versions that have matching TensorRT, cuda-python and onnxruntime-gpu wheels.
+#: CUDA major versions that have matching TensorRT, cuda-bindings and onnxruntime-gpu wheels.
 SUPPORTED_CUDA_MAJORS: Final[tuple[int, ...]] = (12, 13)
 #: CUDA major -> the GPU wheels (pip requirement strings).
 GPU_WHEELS: Final[dict[int, tuple[str, ...]]] = {
-    12: ("tensorrt-cu12>=10.3,<11", "cuda-python>=12.6,<13", "onnxruntime-gpu[cuda,cudnn]>=1.21,<1.27"),
-    13: ("tensorrt-cu13>=10.13,<11", "cuda-python>=13.0,<14", "onnxruntime-gpu[cuda,cudnn]>=1.27"),
+    12: ("tensorrt-cu12>=10.3,<11", "cuda-bindings>=12.6,<13", "onnxruntime-gpu[cuda,cudnn]>=1.21,<1.27"),
+    13: ("tensorrt-cu13>=10.13,<11", "cuda-bindings>=13.0,<14", "onnxruntime-gpu[cuda,cudnn]>=1.27"),
 }
 #: Packages of requirements/runtime.txt the GPU venv leaves out (see the module docstring).
 EXCLUDED_RUNTIME: Final[frozenset[str]] = frozenset({"onnxruntime", "coacd", "vhacdx", "pybullet"})
@@ -137,7 +138,7 @@ def select_wheels(cuda_version: str) -> WheelPlan:
     major, minor = parse_cuda_version(cuda_version)
     if major not in GPU_WHEELS:
         raise GpuCheckError(
-            f"CUDA {major}.{minor} (from the driver) is not supported: TensorRT, cuda-python and "
+            f"CUDA {major}.{minor} (from the driver) is not supported: TensorRT, cuda-bindings and "
             f"onnxruntime-gpu wheels on PyPI exist for CUDA {', '.join(map(str, SUPPORTED_CUDA_MAJORS))}.x; "
             "update the NVIDIA driver"
         )
