@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 from sam3d_ros.backends.engine_cache import EngineCache, EngineKey
-from sam3d_ros.backends.learned import NetworkOutputs, sha256_file
+from sam3d_ros.backends.learned import MANIFEST_NAME, NetworkOutputs, sha256_file
 from sam3d_ros.core.config import default_config
 from sam3d_ros.core.encoding import GRID_SIZE, GridFrame
 from sam3d_ros.tools import gpu_check as gc
 from sam3d_ros.tools import gpu_setup as gs
+from sam3d_ros.tools import gpu_steps as gst
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
@@ -199,6 +200,19 @@ def test_bad_arguments_exit_2(tmp_path: Path, capsys) -> None:
         assert exc.value.code == 2
 
 
+def test_the_check_process_imports_no_third_party_package() -> None:
+    """The report is written even where numpy or the backends do not import: only the step
+    processes import them (and fail with the missing package)."""
+    code = (
+        "import sys, sam3d_ros.tools.gpu_check as g; "
+        "print(sorted(m for m in ('numpy', 'trimesh', 'onnxruntime', 'sam3d_ros.core.config') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    assert gc.MANIFEST_NAME == MANIFEST_NAME
+
+
 def test_default_out_dir(monkeypatch) -> None:
     monkeypatch.setenv("OUT", "/some/where")
     assert gc.default_out_dir() == Path("/some/where")
@@ -309,7 +323,7 @@ def _blob_outputs(n: int, shift: float = 0.0) -> tuple[NetworkOutputs, list[Grid
 def test_compare_outputs_thresholds() -> None:
     cfg = default_config()
     ref, frames = _blob_outputs(2)
-    same, bad = gc.compare_outputs(ref, ref, frames, cfg, gc.PARITY_THRESHOLDS["fp32"])
+    same, bad = gst.compare_outputs(ref, ref, frames, cfg, gc.PARITY_THRESHOLDS["fp32"])
     assert bad == [] and same["max_abs_logit"] == 0.0 and same["max_chamfer_mm"] < 1e-9
     assert same["meshed"] == 2 and same["min_mesh_iou"] == pytest.approx(1.0)
     # a small fp16-like perturbation passes fp16 but not fp32
@@ -319,25 +333,25 @@ def test_compare_outputs_thresholds() -> None:
         ref.layout,
         ref.confidence,
     )
-    stats16, bad16 = gc.compare_outputs(ref, noisy, frames, cfg, gc.PARITY_THRESHOLDS["fp16"])
+    stats16, bad16 = gst.compare_outputs(ref, noisy, frames, cfg, gc.PARITY_THRESHOLDS["fp16"])
     assert bad16 == [], stats16
-    _, bad32 = gc.compare_outputs(ref, noisy, frames, cfg, gc.PARITY_THRESHOLDS["fp32"])
+    _, bad32 = gst.compare_outputs(ref, noisy, frames, cfg, gc.PARITY_THRESHOLDS["fp32"])
     assert any("max_abs_logit" in b for b in bad32)
     # a shape that grew by two voxels fails both, on logits and on the meshes
     grown, _ = _blob_outputs(2, shift=2.0)
-    stats, bad = gc.compare_outputs(ref, grown, frames, cfg, gc.PARITY_THRESHOLDS["fp16"])
+    stats, bad = gst.compare_outputs(ref, grown, frames, cfg, gc.PARITY_THRESHOLDS["fp16"])
     assert stats["max_chamfer_mm"] > gc.PARITY_THRESHOLDS["fp16"].max_chamfer_mm
     assert any("max_chamfer_mm" in b for b in bad) and any("min_mesh_iou" in b for b in bad)
     # an object meshed by one runtime only is a failure
     empty = NetworkOutputs(np.full_like(ref.occupancy_logits, -9.0), ref.layout, ref.confidence)
-    stats, bad = gc.compare_outputs(ref, empty, frames, cfg, gc.PARITY_THRESHOLDS["fp16"])
+    stats, bad = gst.compare_outputs(ref, empty, frames, cfg, gc.PARITY_THRESHOLDS["fp16"])
     assert stats["mesh_mismatches"] == 2 and any("one runtime only" in b for b in bad)
 
 
 def test_changed_onnx_is_a_parsable_other_file(tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     src = MODELS / "geometry_layout.onnx"
-    changed = gc._changed_onnx(src, tmp_path / "changed.onnx")
+    changed = gst._changed_onnx(src, tmp_path / "changed.onnx")
     assert sha256_file(changed) != sha256_file(src)
     x = np.random.default_rng(0).random((1, 10, GRID_SIZE, GRID_SIZE, GRID_SIZE), dtype=np.float32)
     outs = []
@@ -369,10 +383,10 @@ def test_sidecar_rules_with_a_fake_builder(tmp_path: Path) -> None:
     cache = EngineCache(tmp_path / "engines", fb)
     key = _key(onnx)
     with pytest.raises(gs.GpuCheckError, match="not valid"):
-        gc.sidecar_rule_checks(cache, onnx, key, tmp_path, lambda b: True)
+        gst.sidecar_rule_checks(cache, onnx, key, tmp_path, lambda b: True)
     cache.load_or_build(onnx, key)
-    rules = gc.sidecar_rule_checks(cache, onnx, key, tmp_path, lambda b: b.startswith(b"engine:"))
-    assert gc.sidecar_problems(rules) == []
+    rules = gst.sidecar_rule_checks(cache, onnx, key, tmp_path, lambda b: b.startswith(b"engine:"))
+    assert gst.sidecar_problems(rules) == []
     assert fb.calls == 4  # the original and one rebuild per changed field
     for name in ("precision", "tensorrt_version", "onnx_sha256"):
         assert rules[name]["refused"] and name in rules[name]["reason"]
@@ -385,8 +399,8 @@ def test_sidecar_rules_with_a_fake_builder(tmp_path: Path) -> None:
     # a cache that loads stale engines (a broken check) is caught
     broken = EngineCache(tmp_path / "engines", fb)
     broken.check = lambda k: None  # type: ignore[method-assign]
-    rules = gc.sidecar_rule_checks(broken, onnx, key, tmp_path, lambda b: True)
-    problems = gc.sidecar_problems(rules)
+    rules = gst.sidecar_rule_checks(broken, onnx, key, tmp_path, lambda b: True)
+    problems = gst.sidecar_problems(rules)
     assert len(problems) == 3 and all("did not hold" in p for p in problems)
 
 
