@@ -493,8 +493,8 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"- date: {report['finished']}",
         f"- GPU: {smi.get('gpu') or 'n/a'} (compute capability {env.get('compute_capability', 'n/a')})",
         f"- driver: {smi.get('driver_version') or 'n/a'}, CUDA {smi.get('cuda_version') or report.get('cuda_version') or 'n/a'}",
-        f"- TensorRT: {env.get('tensorrt', 'n/a')}; cuda-python: {env.get('cuda_python', 'n/a')}; "
-        f"ONNX Runtime: {env.get('onnxruntime', 'n/a')}",
+        f"- TensorRT: {env.get('tensorrt') or 'n/a'}; cuda-bindings: {env.get('cuda_python') or 'n/a'}; "
+        f"ONNX Runtime: {env.get('onnxruntime') or 'n/a'}",
         f"- command: `{report['command']}`",
         "",
         "## Steps",
