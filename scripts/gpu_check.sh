@@ -23,8 +23,11 @@
 # a second run install nothing.
 set -euo pipefail
 
+CALLER_PWD="$PWD"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# a path argument as the caller meant it (the script runs in the repository root)
+abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$CALLER_PWD/$1" ;; esac; }
 VENV="${SAM3D_GPU_VENV:-$ROOT/build/venv-gpu}"
 SYS_PY="${PYTHON:-python3}"
 # The whole run stays under 8 minutes: set-up at most SETUP_TIMEOUT_S, the steps what is left
@@ -48,8 +51,10 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --python) USE_PY="${2:?--python needs an interpreter}"; shift 2; continue ;;
     --python=*) USE_PY="${1#--python=}"; shift; continue ;;
-    --wheels) WHEELS="$(cd "${2:?--wheels needs a directory}" && pwd)"; shift 2; continue ;;
-    --wheels=*) WHEELS="$(cd "${1#--wheels=}" && pwd)"; shift; continue ;;
+    --wheels) WHEELS="$(cd "$(abspath "${2:?--wheels needs a directory}")" && pwd)"; shift 2; continue ;;
+    --wheels=*) WHEELS="$(cd "$(abspath "${1#--wheels=}")" && pwd)"; shift; continue ;;
+    --out) args+=(--out "$(abspath "${2:?--out needs a directory}")"); shift 2; continue ;;
+    --out=*) args+=(--out "$(abspath "${1#--out=}")"); shift; continue ;;
     --dry-run) DRY_RUN=1 ;;
     --cuda-version) CUDA_GIVEN="${2:-}" ;;
     --cuda-version=*) CUDA_GIVEN="${1#--cuda-version=}" ;;
