@@ -115,13 +115,15 @@ fi
 pip_install() {
   local py="$1"; shift
   local pip=("$py" -m pip install -q --disable-pip-version-check --prefer-binary)
+  local r left=$((SETUP_TIMEOUT_S - (SECONDS - START_S)))  # all within SETUP_TIMEOUT_S of the start
   if [ -z "$WHEELS" ]; then
-    timeout "$SETUP_TIMEOUT_S" "${pip[@]}" "$@" || { echo "$*"; return 0; }
+    if [ "$left" -le 0 ] || ! timeout "$left" "${pip[@]}" "$@" >&2; then echo "$*"; fi
     return 0
   fi
-  local r
   for r in "$@"; do
-    timeout "$SETUP_TIMEOUT_S" "${pip[@]}" --no-index --find-links "$WHEELS" "$r" >/dev/null 2>&1 || echo "$r"
+    left=$((SETUP_TIMEOUT_S - (SECONDS - START_S)))
+    if [ "$left" -le 0 ]; then echo "$r"; continue; fi
+    timeout "$left" "${pip[@]}" --no-index --find-links "$WHEELS" "$r" >/dev/null 2>&1 || echo "$r"
   done
 }
 
@@ -153,7 +155,7 @@ if [ -z "$setup_failed" ]; then
     log "GPU environment up to date ($PY)"
   else
     mapfile -t req_list <<<"$REQS"
-    log "pip install into $PY${WHEELS:+ from $WHEELS} (at most ${SETUP_TIMEOUT_S} s each): ${req_list[*]}"
+    log "pip install into $PY${WHEELS:+ from $WHEELS} (set-up at most ${SETUP_TIMEOUT_S} s): ${req_list[*]}"
     missing="$(pip_install "$PY" "${req_list[@]}")"
     if [ -z "$missing" ]; then
       mkdir -p "$(dirname "$STAMP")"
