@@ -27,18 +27,24 @@ Steps (``--steps`` selects some):
     absolute difference of the occupancy logits, voxel IoU of the occupied sets, and per
     object the Chamfer-L1 (mm) and volume IoU of the meshed shapes, against
     :data:`PARITY_THRESHOLDS`.
-``pytest_gpu``
-    ``pytest -m gpu`` on the test files that have GPU tests; passes only when at least one
-    GPU test ran and none failed (all skipped is a failure here).
 ``speed_tensorrt_fp16``, ``speed_tensorrt_fp32``, ``speed_onnxruntime_cuda``, ``speed_onnxruntime_cpu``
     Per runtime (each in its own process: one CUDA runtime per process): network ms per
     object at batch :data:`SPEED_BATCHES`, and the node's frame with
     :data:`FRAME_OBJECT_COUNTS` objects (median and p90 ms, per-stage medians, the encoding
     share of the backend stage, and the largest CPU-side stage, which bounds the frame rate
     once the network is fast).
+``speed_torch_cuda``
+    Optional: the same with the PyTorch reference backend on the GPU; skipped (not failed)
+    where torch has no CUDA device.
+``pytest_gpu``
+    ``pytest -m gpu`` on the test files that have GPU tests; passes only when at least one
+    GPU test ran and none failed (all skipped is a failure here).
 ``cpu_reference``
     Dry runs only: ONNX Runtime on the CPU on a tiny workload (one frame), so that a dry
     run exercises the real encoding, runtime and pipeline code.
+
+The steps themselves live in :mod:`sam3d_ros.tools.gpu_steps`; this module (plan, step
+processes, report) imports no third-party package, so a report is always written.
 
 Writes ``gpu_check.json`` (everything) and ``gpu_check.md`` (tables) into ``--out``
 (default ``$OUT`` when set, else ``build/gpu_check``), with one log per step in ``logs/``.
