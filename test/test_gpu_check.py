@@ -414,7 +414,16 @@ def test_steps_that_cannot_run_fail_with_the_reason(tmp_path: Path) -> None:
         pytest.skip("an NVIDIA driver is present: this test is about machines without one")
     ctx = gc.CheckContext(work=str(tmp_path / "w"), out=str(tmp_path / "o"), model_dirs=(str(MODELS),))
     Path(ctx.work).mkdir()
-    results = gc.run_check(ctx, dry_run=False, selected=["environment"], budget_s=120)
+    seen: list[list[str]] = []
+    results = gc.run_check(
+        ctx,
+        dry_run=False,
+        selected=["environment"],
+        budget_s=120,
+        on_step=lambda r: seen.append([x.name for x in r]),
+    )
+    assert seen == [[s.name for s, _ in gc.plan_steps(dry_run=False)][: len(seen[0])]]  # once, after the step
+    assert seen[0][-1] == "environment"
     env = next(r for r in results if r.name == "environment")
     assert env.status == gc.FAILED and "nvidia-smi" in env.reason
     assert (tmp_path / "o" / "logs" / "environment.log").is_file()
@@ -448,6 +457,7 @@ def test_dry_run_end_to_end(tmp_path: Path) -> None:
     assert frame["frame_ms_median"] > 0 and frame["largest_cpu_stage"] in (*gc.CPU_STAGES, "encoding")
     md = (out / gc.MD_NAME).read_text()
     assert "DRY RUN" in md and md.count("| SKIPPED | 0 | skipped: dry run |") == len(GPU_STEPS)
+    assert "INCOMPLETE" not in md  # the interim reports are replaced by the final one
 
 
 def test_dry_run_with_an_unsupported_driver_fails(tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -411,9 +411,14 @@ def step_result(spec: StepSpec, outcome: StepOutcome, seconds: float) -> StepRes
 
 
 def run_check(
-    ctx: CheckContext, dry_run: bool, selected: Sequence[str] | None, budget_s: float
+    ctx: CheckContext,
+    dry_run: bool,
+    selected: Sequence[str] | None,
+    budget_s: float,
+    on_step: Callable[[list[StepResult]], None] | None = None,
 ) -> list[StepResult]:
-    """All steps of the plan, each in its own process, within ``budget_s`` seconds."""
+    """All steps of the plan, each in its own process, within ``budget_s`` seconds;
+    ``on_step`` gets the results so far after each step that ran (interim reports)."""
     out = Path(ctx.out)
     (out / "steps").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -450,6 +455,8 @@ def run_check(
             res = step_result(spec, o, round(time.perf_counter() - t0, 2))
         logger.info("step %s: %s in %.1f s %s", spec.name, res.status, res.seconds, res.reason[:300])
         results.append(res)
+        if on_step is not None:
+            on_step(results)
     return results
 
 
@@ -734,13 +741,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         repeats=args.repeats,
         passes=args.passes,
     )
+    command = "python -m sam3d_ros.tools.gpu_check " + " ".join(sys.argv[1:] if argv is None else argv)
+    setup = setup_results(args.setup_seconds, args.setup_failed)
+
+    def interim(done: list[StepResult]) -> None:
+        # a run killed from outside still leaves the steps it finished behind
+        report = build_report([*setup, *done], args.dry_run, ctx, command.strip(), started)
+        report["message"] = f"INCOMPLETE (still running after {done[-1].name}): {report['message']}"
+        write_report(out, report)
+
     try:
-        results = setup_results(args.setup_seconds, args.setup_failed)
-        results += run_check(ctx, args.dry_run, selected, args.budget_s)
+        results = [*setup, *run_check(ctx, args.dry_run, selected, args.budget_s, interim)]
     finally:
         if not args.keep_work:
             shutil.rmtree(work, ignore_errors=True)
-    command = "python -m sam3d_ros.tools.gpu_check " + " ".join(sys.argv[1:] if argv is None else argv)
     report = build_report(results, args.dry_run, ctx, command.strip(), started)
     json_path, md_path = write_report(out, report)
     print(report["message"])
