@@ -426,7 +426,7 @@ def test_steps_that_cannot_run_fail_with_the_reason(tmp_path: Path) -> None:
     assert seen[0][-1] == "environment"
     env = next(r for r in results if r.name == "environment")
     assert env.status == gc.FAILED and "nvidia-smi" in env.reason
-    assert (tmp_path / "o" / "logs" / "environment.log").is_file()
+    assert "===== step environment: failed" in (tmp_path / "o" / gc.LOG_NAME).read_text()
     assert all(r.status == gc.SKIPPED for r in results if r.name != "environment")
     late = gc.run_check(ctx, dry_run=False, selected=["engines"], budget_s=1)
     assert next(r for r in late if r.name == "engines").reason.startswith("not run")
@@ -458,6 +458,7 @@ def test_dry_run_end_to_end(tmp_path: Path) -> None:
     md = (out / gc.MD_NAME).read_text()
     assert "DRY RUN" in md and md.count("| SKIPPED | 0 | skipped: dry run |") == len(GPU_STEPS)
     assert "INCOMPLETE" not in md  # the interim reports are replaced by the final one
+    assert sorted(p.name for p in out.iterdir()) == [gc.JSON_NAME, gc.LOG_NAME, gc.MD_NAME]
 
 
 def test_dry_run_with_an_unsupported_driver_fails(tmp_path: Path) -> None:
@@ -767,7 +768,7 @@ def test_engine_and_parity_steps_on_a_fake_tensorrt(tmp_path: Path, monkeypatch)
     engines, parity = results["engines"], results["parity"]
     assert engines.status == gc.PASSED, (
         engines.reason,
-        (tmp_path / "o" / "logs" / "engines.log").read_text()[-2000:],
+        (tmp_path / "o" / gc.LOG_NAME).read_text()[-3000:],
     )
     per = engines.data["models"]["models"]
     assert {p: (e["first_start_builds"], e["second_start_builds"]) for p, e in per.items()} == {
@@ -782,7 +783,7 @@ def test_engine_and_parity_steps_on_a_fake_tensorrt(tmp_path: Path, monkeypatch)
         assert label not in engines.data["models"]
     assert parity.status == gc.PASSED, (
         parity.reason,
-        (tmp_path / "o" / "logs" / "parity.log").read_text()[-2000:],
+        (tmp_path / "o" / gc.LOG_NAME).read_text()[-3000:],
     )
     fp32, fp16 = parity.data["models"]["fp32"], parity.data["models"]["fp16"]
     assert fp32["max_abs_logit"] == 0.0  # TF32 cleared: the fake then computes in plain fp32

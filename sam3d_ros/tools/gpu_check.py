@@ -47,7 +47,8 @@ The steps themselves live in :mod:`sam3d_ros.tools.gpu_steps`; this module (plan
 processes, report) imports no third-party package, so a report is always written.
 
 Writes ``gpu_check.json`` (everything) and ``gpu_check.md`` (tables) into ``--out``
-(default ``$OUT`` when set, else ``build/gpu_check``), with one log per step in ``logs/``.
+(default ``$OUT`` when set, else ``build/gpu_check``), and the steps' output into
+``gpu_check.log``: three files, nothing else.
 Exit status 0 when every step that was meant to run passed, 1 otherwise, 2 for bad
 arguments.
 """
@@ -78,6 +79,8 @@ logger = logging.getLogger(__name__)
 ROOT: Final[Path] = Path(__file__).resolve().parents[2]
 JSON_NAME: Final[str] = "gpu_check.json"
 MD_NAME: Final[str] = "gpu_check.md"
+#: The steps' output, one file (a device machine returns few files from $OUT).
+LOG_NAME: Final[str] = "gpu_check.log"
 REPORT_VERSION: Final[int] = 1
 #: Output directory when neither --out nor $OUT is given (relative to the repository).
 DEFAULT_OUT: Final[Path] = Path("build") / "gpu_check"
@@ -228,7 +231,7 @@ class CheckContext:
 
     Attributes:
         work: temporary directory of this run (engine cache, frame cache); removed after.
-        out: the output directory (results and logs of the steps).
+        out: the output directory (report and log).
         model_dirs: model directories to check (each with a manifest).
         cuda_version: the driver's CUDA version ("" when unknown).
         frames: frames per object count of the speed workload.
@@ -359,14 +362,22 @@ def run_step_in_process(name: str, ctx: CheckContext, timeout_s: float) -> StepO
 
 
 def _result_path(ctx: CheckContext, name: str) -> Path:
-    return Path(ctx.out) / "steps" / f"{name}.json"
+    return Path(ctx.work) / "steps" / f"{name}.json"
+
+
+def _append_log(ctx: CheckContext, name: str, status: str, text: str) -> None:
+    """Append one step's output to the run's single log file ``LOG_NAME`` in ``out``."""
+    with (Path(ctx.out) / LOG_NAME).open("a") as f:
+        f.write(f"===== step {name}: {status} =====\n{text.rstrip()}\n\n")
 
 
 def run_step_subprocess(spec: StepSpec, ctx: CheckContext, ctx_file: Path, timeout_s: float) -> StepResult:
-    """Run ``spec`` in a child process with ``timeout_s``; its log goes to ``logs/``."""
+    """Run ``spec`` in a child process with ``timeout_s``; its output is appended to
+    ``LOG_NAME``."""
     result_file = _result_path(ctx, spec.name)
+    result_file.parent.mkdir(parents=True, exist_ok=True)
     result_file.unlink(missing_ok=True)
-    log = Path(ctx.out) / "logs" / f"{spec.name}.log"
+    log = Path(ctx.work) / f"{spec.name}.log"
     cmd = [
         sys.executable,
         "-m",
@@ -386,16 +397,18 @@ def run_step_subprocess(spec: StepSpec, ctx: CheckContext, ctx_file: Path, timeo
                 cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s, env=env, cwd=ROOT
             )
         except subprocess.TimeoutExpired:
-            return StepResult(
-                spec.name, FAILED, f"timed out after {timeout_s:.0f} s", time.perf_counter() - t0
-            )
+            proc = None
     seconds = round(time.perf_counter() - t0, 2)
-    if not result_file.is_file():
-        tail = log.read_text()[-1500:]
-        return StepResult(
-            spec.name, FAILED, f"step process exited {proc.returncode} without a result: {tail}", seconds
-        )
-    return step_result(spec, StepOutcome(**json.loads(result_file.read_text())), seconds)
+    output = log.read_text(errors="replace")
+    if proc is None:
+        res = StepResult(spec.name, FAILED, f"timed out after {timeout_s:.0f} s", seconds)
+    elif not result_file.is_file():
+        reason = f"step process exited {proc.returncode} without a result: {output[-1500:]}"
+        res = StepResult(spec.name, FAILED, reason, seconds)
+    else:
+        res = step_result(spec, StepOutcome(**json.loads(result_file.read_text())), seconds)
+    _append_log(ctx, spec.name, res.status, output)
+    return res
 
 
 def step_result(spec: StepSpec, outcome: StepOutcome, seconds: float) -> StepResult:
@@ -420,8 +433,8 @@ def run_check(
     """All steps of the plan, each in its own process, within ``budget_s`` seconds;
     ``on_step`` gets the results so far after each step that ran (interim reports)."""
     out = Path(ctx.out)
-    (out / "steps").mkdir(parents=True, exist_ok=True)
-    (out / "logs").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / LOG_NAME).write_text("")
     ctx_file = Path(ctx.work) / "context.json"
     ctx_file.write_text(ctx.to_json())
     deadline = time.monotonic() + budget_s
