@@ -189,6 +189,17 @@ def test_gate_restart_is_recognised_by_a_second_frame() -> None:
     assert gate.resets == 0
 
 
+def test_gate_slow_triggered_stream_is_not_starved() -> None:
+    # a camera triggered every 5 s (longer than the 2 s jump threshold): only the first
+    # interval is unconfirmed; then the gate knows the stream's period
+    gate = StampGate(jump_threshold_s=2.0)
+    stamps = [T + 5 * S * i for i in range(8)]
+    assert _feed(gate, stamps) == ["ok", "stamp_jump"] + ["ok"] * 6
+    # an outlier far ahead of that slow stream is still skipped and does not move the gate
+    assert _feed(gate, [T + 400 * S, T + 40 * S]) == ["stamp_jump", "ok"]
+    assert gate.last_ns == T + 40 * S and gate.resets == 0
+
+
 def test_gate_duplicate_and_stale() -> None:
     gate = StampGate()
     assert _feed(gate, [T, T, T - 1]) == ["ok", "duplicate_stamp", "stale_stamp"]

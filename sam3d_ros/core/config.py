@@ -123,7 +123,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         C.STAMP_JUMP_THRESHOLD_S,
         "A frame stamped further than this from the last accepted one (either way) is skipped "
         "(stamp_jump) until a second frame confirms the jump (a restart when time went back); "
-        "set it above the longest expected gap between frames (s).",
+        "for a slow stream the threshold grows to 3 times its median frame interval (s).",
         min=0.001,
         max=86400.0,
         read_only=True,

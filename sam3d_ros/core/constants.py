@@ -22,6 +22,10 @@ DEFAULT_MASK_TOPIC: Final[str] = "/camera/instance_masks"
 STAMP_JUMP_THRESHOLD_S: Final[float] = 2.0
 #: ... and a frame stamped further than this ahead of the receiver's clock is skipped (s).
 STAMP_MAX_AHEAD_OF_CLOCK_S: Final[float] = 1.0
+#: A slow stream's stamp-jump threshold is this many times its median frame interval over
+#: the last STREAM_PERIOD_WINDOW accepted frames (when that exceeds STAMP_JUMP_THRESHOLD_S).
+STREAM_PERIOD_FACTOR: Final[float] = 3.0
+STREAM_PERIOD_WINDOW: Final[int] = 8
 
 #: An object whose mask comes within this many pixels of the image border is cut by it
 #: (``cut_by_border``): its shape beyond the border is unknown.

@@ -17,7 +17,9 @@ live node and the offline replay share these classes.
 from __future__ import annotations
 
 import itertools
+import statistics
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -240,12 +242,16 @@ class StampGate:
       ``future_stamp``;
     * equal to / older than the last accepted one (within ``jump_threshold_s``):
       ``duplicate_stamp`` / ``stale_stamp``;
-    * more than ``jump_threshold_s`` away from the last accepted one, either way:
-      ``stamp_jump``. Such a frame is held as a candidate: when the next far frame comes
-      after it within ``jump_threshold_s``, the source has really jumped and that second
-      frame is accepted; a jump back is reported as a restart (a bag looping, a driver
-      restarting), a jump ahead (a pause) is not. A frame that continues the old stream
-      drops the candidate, so a single outlier never moves or blocks the stream.
+    * farther than the jump threshold from the last accepted one, either way:
+      ``stamp_jump``. The threshold is ``jump_threshold_s`` or, for a slow stream (a camera
+      triggered every few seconds), :data:`~sam3d_ros.core.constants.STREAM_PERIOD_FACTOR` times the median interval
+      of the last accepted frames, whichever is larger. Such a frame is held as a
+      candidate: a jump back is confirmed by a next frame shortly after it (within the
+      threshold) and reported as a restart (a bag looping, a driver restarting); a jump
+      ahead (a pause, or the first interval of a slow stream) is confirmed by a next frame
+      after it that is no farther from it than it was from the last accepted one. A frame
+      that continues the old stream drops the candidate, so a single outlier never moves
+      or blocks the stream.
     """
 
     def __init__(
@@ -257,7 +263,14 @@ class StampGate:
         self._ahead_ns = round(max_ahead_s * 1e9)
         self.last_ns: int | None = None
         self._candidate_ns: int | None = None
+        self._intervals: deque[int] = deque(maxlen=C.STREAM_PERIOD_WINDOW)
         self.resets = 0
+
+    def _threshold_ns(self) -> int:
+        """The jump threshold: ``jump_threshold_s`` or a multiple of the stream's period."""
+        if not self._intervals:
+            return self._jump_ns
+        return max(self._jump_ns, round(C.STREAM_PERIOD_FACTOR * statistics.median(self._intervals)))
 
     def check(self, stamp_ns: int, now_ns: int | None = None) -> StampVerdict:
         """Decide about one stamp; an accepted one is remembered.
@@ -278,7 +291,8 @@ class StampGate:
         last = self.last_ns
         if last is None:
             return self._accept(stamp_ns, "")
-        if abs(stamp_ns - last) <= self._jump_ns:
+        jump_ns = self._threshold_ns()
+        if abs(stamp_ns - last) <= jump_ns:
             if stamp_ns == last:
                 return StampVerdict(SkipReason.DUPLICATE_STAMP, f"stamp {stamp_ns} ns == last accepted stamp")
             if stamp_ns < last:
@@ -287,8 +301,14 @@ class StampGate:
                 )
             return self._accept(stamp_ns, "")
         cand = self._candidate_ns
-        if cand is not None and 0 < stamp_ns - cand <= self._jump_ns:
+        ahead_confirmed = (
+            cand is not None and cand > last and 0 < stamp_ns - cand <= max(jump_ns, cand - last)
+        )
+        back_confirmed = cand is not None and cand < last and 0 < stamp_ns - cand <= jump_ns
+        if cand is not None and (ahead_confirmed or back_confirmed):
             jump_s = (stamp_ns - last) / 1e9
+            self._intervals.clear()
+            self._intervals.append(stamp_ns - cand)
             if stamp_ns < last:
                 self.resets += 1
                 return self._accept(
@@ -301,15 +321,18 @@ class StampGate:
         return StampVerdict(
             SkipReason.STAMP_JUMP,
             f"stamp {stamp_ns} ns is {(stamp_ns - last) / 1e9:+.3f} s from the last accepted stamp "
-            f"{last} ns (more than {self._jump_ns / 1e9:g} s): skipped until a second frame confirms it",
+            f"{last} ns (more than {jump_ns / 1e9:g} s): skipped until a second frame confirms it",
         )
 
     def _accept(self, stamp_ns: int, detail: str, restarted: bool = False) -> StampVerdict:
+        if self.last_ns is not None and not detail and stamp_ns > self.last_ns:
+            self._intervals.append(stamp_ns - self.last_ns)
         self.last_ns = stamp_ns
         self._candidate_ns = None
         return StampVerdict(None, detail, restarted)
 
     def reset(self) -> None:
-        """Forget the last stamp (and a pending jump candidate)."""
+        """Forget the last stamp (and a pending jump candidate and the stream's period)."""
         self.last_ns = None
         self._candidate_ns = None
+        self._intervals.clear()
