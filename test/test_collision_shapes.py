@@ -23,8 +23,9 @@ from sam3d_ros.core.collision import (
     points_outside_convex,
     simplify_mesh,
 )
+from sam3d_ros.core.images import touches_border
 from sam3d_ros.core.meshing import drop_back_to_back_faces, is_watertight, mesh_volume, split_pinched_edges
-from sam3d_ros.core.pipeline import FramePipeline, touches_border
+from sam3d_ros.core.pipeline import FramePipeline
 from sam3d_ros.core.types import PrimitiveType, RGBDFrame, TriangleMesh
 
 
@@ -210,6 +211,7 @@ def test_border_margin_decides_cut() -> None:
     assert not touches_border(labels == 3)
     labels[5:10, C.BORDER_CUT_MARGIN_PX - 1] = 3
     assert touches_border(labels == 3)
+    assert touches_border(labels, value=3) and not touches_border(labels, value=4)
     bottom = np.zeros((20, 30), bool)
     bottom[-1, 10] = True
     assert touches_border(bottom)

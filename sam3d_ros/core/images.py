@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from sam3d_ros.core import constants as C
 from sam3d_ros.core.constants import MM_PER_M
 from sam3d_ros.core.types import InputError, SkipReason
 
@@ -183,3 +184,16 @@ def encode_image(
         "step": rows.shape[1],
         "data": rows.tobytes(),
     }
+
+
+def touches_border(
+    image: NDArray[Any], margin: int = C.BORDER_CUT_MARGIN_PX, value: int | None = None
+) -> bool:
+    """Whether an (H, W) mask has a pixel within ``margin`` pixels of the image border; with
+    ``value``, whether the (H, W) label image has that label there (only the border strips
+    are read, not the whole image)."""
+    m = max(1, int(margin))
+    strips = (image[:m], image[-m:], image[:, :m], image[:, -m:])
+    if value is None:
+        return any(bool(s.any()) for s in strips)
+    return any(bool((s == value).any()) for s in strips)

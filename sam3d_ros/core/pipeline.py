@@ -43,6 +43,7 @@ from sam3d_ros.core.decomposition import (
 )
 from sam3d_ros.core.frames import Pose, invert_transform, matrix_from_quaternion, transform_points
 from sam3d_ros.core.fusion import FusionError, TrackVolume, shape_points
+from sam3d_ros.core.images import touches_border
 from sam3d_ros.core.layout import estimate_object_frame, observed_in_frame, visible_fraction
 from sam3d_ros.core.meshing import mesh_from_voxels, mesh_volume
 from sam3d_ros.core.observation import extract_observations
@@ -322,7 +323,7 @@ class FramePipeline:
             vertices=transform_points(object_T_camera, mesh_cam.vertices), faces=mesh_cam.faces
         )
         vis = visible_fraction(mesh_cam, frame, obs.mask)
-        cut = touches_border(frame.labels == obs.instance_id)  # the mask before erosion
+        cut = touches_border(frame.labels, value=obs.instance_id)  # the mask before erosion
         t1 = time.perf_counter()
         fixed_T_object = f_T_c @ camera_T_object
         collision, geometry_changed = self._collision(
@@ -491,12 +492,6 @@ class FramePipeline:
         track.parts = ()
         track.parts_version = None
         track.parts_fixed_T_object = None
-
-
-def touches_border(mask: NDArray[np.bool_], margin: int = C.BORDER_CUT_MARGIN_PX) -> bool:
-    """Whether an (H, W) bool mask has a pixel within ``margin`` pixels of the image border."""
-    m = max(1, int(margin))
-    return bool(mask[:m].any() or mask[-m:].any() or mask[:, :m].any() or mask[:, -m:].any())
 
 
 @contextmanager

@@ -50,6 +50,7 @@ from scipy.spatial import ConvexHull, QhullError
 
 from sam3d_ros.core.camera import CameraIntrinsics
 from sam3d_ros.core.frames import invert_transform, make_transform, matrix_from_quaternion, transform_points
+from sam3d_ros.core.images import touches_border
 from sam3d_ros.core.metrics import render_mesh_depth
 from sam3d_ros.sim import mesh_sources as ms
 from sam3d_ros.sim import procedural, sensors
@@ -1006,9 +1007,7 @@ def _amodal(
     (estimated on a padded, downscaled canvas when the mask reaches the border)."""
     amodal = np.isfinite(render_mesh_depth((v_cam, faces), k)) | visible
     inside = int(np.count_nonzero(amodal))
-    m = BORDER_MARGIN_PX
-    reaches = bool(amodal[:m].any() or amodal[-m:].any() or amodal[:, :m].any() or amodal[:, -m:].any())
-    if not reaches:
+    if not touches_border(amodal, BORDER_MARGIN_PX):
         return amodal, inside
     s = BORDER_CANVAS_SCALE
     px, py = BORDER_PAD_FRACTION * k.width, BORDER_PAD_FRACTION * k.height
