@@ -25,7 +25,7 @@ import numpy as np
 
 from sam3d_ros.core.config import default_config
 from sam3d_ros.sim.dataset import Dataset, load_dataset
-from sam3d_ros.tools.eval import EVAL_SAMPLES, MethodReport, evaluate, make_methods
+from sam3d_ros.tools.eval import EVAL_SAMPLES, MethodReport, evaluate, make_methods, merge_reports
 
 #: The flat grey that replaces every RGB pixel.
 GREY = 128
@@ -70,11 +70,7 @@ def main() -> int:
         ]
         with multiprocessing.get_context("fork").Pool(args.workers) as pool:
             parts = pool.map(_run, jobs)
-        rep = MethodReport(args.backend)
-        for part in parts:
-            r = part[args.backend]
-            rep.objects.extend(r.objects)
-            rep.tags.extend(r.tags)
+        rep = merge_reports(parts)[args.backend]
         label = "grey" if grey else "rgb"
         out[label] = {
             b: {

@@ -76,17 +76,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError as err:
-        raise SystemExit(f"error: cannot read --init-weights {path}: {err}") from err
-
-
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``sam3d-ros train``; returns the exit status."""
+    from sam3d_ros.backends.learned import sha256_file
+
+    if args.init_weights and not Path(args.init_weights).is_file():
+        print(f"error: --init-weights {args.init_weights} is not a file", file=sys.stderr)
+        return 2
     try:
         from sam3d_ros.learning.train import TrainConfig, TrainError, default_cache_dir, train
     except ImportError as err:
@@ -109,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         low_visibility_repeat=args.low_visibility_repeat,
         stop_after_epochs=args.stop_after_epochs,
         init_weights=str(args.init_weights) if args.init_weights else "",
-        init_weights_sha256=_sha256(args.init_weights) if args.init_weights else "",
+        init_weights_sha256=sha256_file(args.init_weights) if args.init_weights else "",
     )
     try:
         record = train(cfg, run_dir, cache, resume=not args.no_resume)
@@ -118,17 +114,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps({k: record[k] for k in ("epochs_done", "complete", "train_s", "final_val")}, indent=1))
     if args.export_dir is not None:
-        gate = args.gate_dataset
-        if args.no_gate:
-            from sam3d_ros.learning.export import export_model
-            from sam3d_ros.learning.train import load_weights
-
-            export_model(load_weights(run_dir / "final.pt"), args.export_dir, record)
-            return 0
-        if gate is None and args.source.startswith("dataset:"):
+        gate = None if args.no_gate else args.gate_dataset
+        if gate is None and args.source.startswith("dataset:") and not args.no_gate:
             gate = Path(args.source.split(":", 1)[1]).expanduser() / "val"
+        eval_frames = 0 if args.no_gate else args.eval_frames  # no gate: export only
         return export_and_evaluate(
-            run_dir, args.export_dir, record, args.eval_frames, args.seed, gate, args.data_workers
+            run_dir, args.export_dir, record, eval_frames, args.seed, gate, args.data_workers
         )
     return 0
 

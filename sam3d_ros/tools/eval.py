@@ -456,6 +456,11 @@ def evaluate_parallel(
     else:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             parts = pool.map(_evaluate_shard, jobs)
+    return merge_reports(parts)
+
+
+def merge_reports(parts: Sequence[dict[str, MethodReport]]) -> dict[str, MethodReport]:
+    """The reports of frame shards merged per method (objects, tags, counts and times)."""
     merged: dict[str, MethodReport] = {}
     for part in parts:
         for name, rep in part.items():
