@@ -38,7 +38,7 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from sam3d_ros.backends.base import BackendError
+    from sam3d_ros.core.backend import BackendError
     from sam3d_ros.core.config import ConfigError, config_from_params_file
     from sam3d_ros.tools.bagio import BagError, InputTopics
     from sam3d_ros.tools.replay import FrameObserver, replay_bag

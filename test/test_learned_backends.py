@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sam3d_ros.backends.base import Backend, BackendError
 from sam3d_ros.backends.engine_cache import EngineCache, EngineCacheError, EngineKey
 from sam3d_ros.backends.learned import (
     MANIFEST_NAME,
@@ -23,6 +22,7 @@ from sam3d_ros.backends.learned import (
     verified_file,
 )
 from sam3d_ros.backends.registry import _BACKENDS, available_backends, create_backend
+from sam3d_ros.core.backend import Backend, BackendError
 from sam3d_ros.core.config import default_config
 from sam3d_ros.core.encoding import GRID_SIZE, NUM_CHANNELS, GridFrame
 from sam3d_ros.core.meshing import is_watertight

@@ -29,8 +29,8 @@ from sam3d_ros.msg import ObjectReconstructionArray
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from sam3d_ros.backends.base import Backend
 from sam3d_ros.backends.registry import create_backend
+from sam3d_ros.core.backend import Backend
 from sam3d_ros.core.config import PipelineConfig
 from sam3d_ros.core.types import SkipReason
 from sam3d_ros.ros.node import Sam3dNode

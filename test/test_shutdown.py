@@ -37,7 +37,7 @@ SLOW_NODE = textwrap.dedent(
     from pathlib import Path
 
     import sam3d_ros.ros.node as node_mod
-    from sam3d_ros.backends.base import Backend
+    from sam3d_ros.core.backend import Backend
     from sam3d_ros.backends.registry import create_backend
 
     MARK = Path(sys.argv[1])

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from sam3d_ros.backends.base import Backend, BackendError
+from sam3d_ros.core.backend import Backend, BackendError
 from sam3d_ros.core.config import PipelineConfig
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from sam3d_ros.backends.base import Backend
+from sam3d_ros.core.backend import Backend
 from sam3d_ros.core.completion import complete_shape
 from sam3d_ros.core.types import ObjectObservation, SceneContext, VoxelShape
 

@@ -33,7 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sam3d_ros._paths import share_dir
-from sam3d_ros.backends.base import Backend, BackendError
+from sam3d_ros.core.backend import Backend, BackendError
 from sam3d_ros.core.config import PipelineConfig
 from sam3d_ros.core.encoding import CHANNELS, GRID_SIZE, GridFrame, encode_objects
 from sam3d_ros.core.frames import make_transform

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from sam3d_ros.backends.base import BackendError
 from sam3d_ros.backends.learned import ONNX_KEY, LearnedBackend, NetworkOutputs, verified_file
+from sam3d_ros.core.backend import BackendError
 from sam3d_ros.core.config import PipelineConfig
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import importlib
 import logging
 from collections.abc import Callable
 
-from sam3d_ros.backends.base import Backend, BackendError
+from sam3d_ros.core.backend import Backend, BackendError
 from sam3d_ros.core.config import PipelineConfig
 
 logger = logging.getLogger(__name__)

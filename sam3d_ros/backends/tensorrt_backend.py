@@ -19,7 +19,6 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from sam3d_ros.backends.base import BackendError
 from sam3d_ros.backends.engine_cache import EngineCache, EngineCacheError, EngineKey
 from sam3d_ros.backends.learned import (
     ENGINE_CACHE_ENV,
@@ -29,6 +28,7 @@ from sam3d_ros.backends.learned import (
     sha256_file,
     verified_file,
 )
+from sam3d_ros.core.backend import BackendError
 from sam3d_ros.core.config import PipelineConfig
 from sam3d_ros.core.encoding import GRID_SIZE, NUM_CHANNELS
 

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from sam3d_ros.backends.base import Backend, BackendError
 from sam3d_ros.core import constants as C
+from sam3d_ros.core.backend import Backend, BackendError
 from sam3d_ros.core.collision import (
     CollisionSet,
     accepted_primitives,

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from sam3d_ros.backends.base import Backend
+from sam3d_ros.core.backend import Backend
 from sam3d_ros.core.config import PipelineConfig, default_config
 from sam3d_ros.core.frames import transform_points
 from sam3d_ros.core.metrics import ObjectMetrics, aggregate_by_visibility, evaluate_object

@@ -35,8 +35,8 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from sam3d_ros.backends.base import Backend, BackendError
 from sam3d_ros.backends.registry import create_backend
+from sam3d_ros.core.backend import Backend, BackendError
 from sam3d_ros.core.config import PARAMETERS_BY_NAME, ConfigError, PipelineConfig, validate_value
 from sam3d_ros.core.pipeline import FramePipeline
 from sam3d_ros.core.stats import RuntimeStats

@@ -601,7 +601,7 @@ def run(args: Any) -> int:
     import sys
 
     from sam3d_ros._paths import default_params_file
-    from sam3d_ros.backends.base import BackendError
+    from sam3d_ros.core.backend import BackendError
     from sam3d_ros.core.config import ConfigError, config_from_params_file
     from sam3d_ros.sim.dataset import DatasetError, load_dataset
 

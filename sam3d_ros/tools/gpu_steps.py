@@ -30,9 +30,9 @@ from typing import Any, Final
 
 import numpy as np
 
-from sam3d_ros.backends.base import BackendError
 from sam3d_ros.backends.engine_cache import EngineCache, EngineCacheError, EngineKey
 from sam3d_ros.backends.learned import NetworkOutputs, decode_outputs, sha256_file
+from sam3d_ros.core.backend import BackendError
 from sam3d_ros.core.config import PipelineConfig, default_config
 from sam3d_ros.core.encoding import GridFrame
 from sam3d_ros.core.meshing import MeshingError, mesh_from_voxels

@@ -25,8 +25,8 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from sam3d_ros.backends.base import Backend
 from sam3d_ros.backends.learned import LearnedBackend
+from sam3d_ros.core.backend import Backend
 from sam3d_ros.core.config import PipelineConfig
 from sam3d_ros.core.encoding import GridFrame, encode_objects
 from sam3d_ros.core.frames import make_transform

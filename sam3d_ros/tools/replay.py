@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sam3d_ros.backends.base import Backend
 from sam3d_ros.backends.registry import create_backend
+from sam3d_ros.core.backend import Backend
 from sam3d_ros.core.config import PipelineConfig
 from sam3d_ros.core.pipeline import FramePipeline
 from sam3d_ros.core.types import FrameResult, InputError, ObjectResult, RGBDFrame, SkipReason

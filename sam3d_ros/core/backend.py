@@ -1,4 +1,5 @@
-"""The one small interface every reconstruction backend implements."""
+"""The one small interface every reconstruction backend implements (a core type: the
+pipeline, the backends and the tools depend on it, it depends on nothing above core)."""
 
 from __future__ import annotations
 
