@@ -17,14 +17,13 @@ from sam3d_ros.backends.learned import (
     ModelFileError,
     NetworkOutputs,
     decode_outputs,
-    layout_box,
     load_manifest,
     verified_file,
 )
 from sam3d_ros.backends.registry import _BACKENDS, available_backends, create_backend
 from sam3d_ros.core.backend import Backend, BackendError
 from sam3d_ros.core.config import default_config
-from sam3d_ros.core.encoding import GRID_SIZE, NUM_CHANNELS, GridFrame
+from sam3d_ros.core.encoding import GRID_SIZE, NUM_CHANNELS, GridFrame, decode_layout
 from sam3d_ros.core.meshing import is_watertight
 from sam3d_ros.core.pipeline import FramePipeline
 
@@ -132,7 +131,7 @@ def test_decode_outputs_maps_rows_to_observations() -> None:
     assert shapes[2].occupancy.shape == (GRID_SIZE,) * 3
     with pytest.raises(BackendError, match="rows"):
         decode_outputs(out, [gf])
-    t, size = layout_box(np.array([0, 0, 0, np.log(0.5), np.log(0.25), np.log(0.25), 0, 1]), gf)
+    t, size = decode_layout(np.array([0, 0, 0, np.log(0.5), np.log(0.25), np.log(0.25), 0, 1]), gf)
     np.testing.assert_allclose(size, [0.16, 0.08, 0.08])
     np.testing.assert_allclose(t[:3, 3], gf.centre)
 

@@ -35,8 +35,16 @@ from numpy.typing import NDArray
 from sam3d_ros._paths import share_dir
 from sam3d_ros.core.backend import Backend, BackendError
 from sam3d_ros.core.config import PipelineConfig
-from sam3d_ros.core.encoding import CHANNELS, GRID_SIZE, GridFrame, encode_objects
-from sam3d_ros.core.frames import make_transform
+from sam3d_ros.core.encoding import (
+    CHANNELS,
+    GRID_SIZE,
+    EncodingError,
+    GridFrame,
+    amodal_grid_frame,
+    decode_layout,
+    encode_object,
+    encode_objects,
+)
 from sam3d_ros.core.types import ObjectObservation, SceneContext, VoxelShape
 
 logger = logging.getLogger(__name__)
@@ -44,9 +52,17 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME: Final[str] = "manifest.json"
 MODEL_DIR_ENV: Final[str] = "SAM3D_MODEL_DIR"
 ENGINE_CACHE_ENV: Final[str] = "SAM3D_ENGINE_CACHE"
-#: manifest["files"] keys of the ONNX model and the torch state dict.
+#: manifest["files"] keys of the ONNX model and the torch state dict (the shape stage).
 ONNX_KEY: Final[str] = "onnx"
 WEIGHTS_KEY: Final[str] = "torch_weights"
+#: ... and of a two-stage model's stage 1 (the layout), when the manifest has them.
+STAGE1_ONNX_KEY: Final[str] = "onnx_stage1"
+STAGE1_WEIGHTS_KEY: Final[str] = "torch_weights_stage1"
+#: The graphs of a model: stage name -> (ONNX key, torch weights key).
+GRAPHS: Final[dict[str, tuple[str, str]]] = {
+    "shape": (ONNX_KEY, WEIGHTS_KEY),
+    "layout": (STAGE1_ONNX_KEY, STAGE1_WEIGHTS_KEY),
+}
 #: Rows whose occupancy never exceeds this level give no shape (None).
 MIN_PEAK_OCCUPANCY: Final[float] = 0.5
 _HASH_CHUNK = 1 << 20
@@ -204,18 +220,24 @@ def decode_outputs(out: NetworkOutputs, frames: Sequence[GridFrame | None]) -> l
     return shapes
 
 
-def layout_box(
-    layout: NDArray[np.floating], gf: GridFrame
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """The amodal box of one layout row: (camera_T_box (4, 4), size (3,) metres), x along
-    the longer horizontal side, z along the cube's z (support normal)."""
-    lay = np.asarray(layout, dtype=np.float64).reshape(-1)
-    centre_g = gf.centre + lay[:3] * gf.side
-    size = np.exp(np.clip(lay[3:6], -6.0, 2.0)) * gf.side
-    yaw = 0.5 * float(np.arctan2(lay[6], lay[7]))
-    c, s = np.cos(yaw), np.sin(yaw)
-    grid_T_box = make_transform(np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]), centre_g)
-    return gf.camera_T_grid @ grid_T_box, size
+def stage_graphs(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The stages a model's manifest provides, in the order they run: ``("layout",
+    "shape")`` for a two-stage model, ``("shape",)`` for a one-stage one."""
+    files = manifest.get("files", {})
+    return ("layout", "shape") if STAGE1_ONNX_KEY in files else ("shape",)
+
+
+def stage1_files(directory: Path) -> tuple[Path, Path]:
+    """The verified ONNX graph and torch weights of ``directory``'s model that serve as
+    stage 1 (layout) of a new two-stage model: its stage-1 files when it has them, else its
+    only graph (a one-stage network's layout head).
+
+    Raises:
+        ModelFileError: no manifest, or a file that does not match it.
+    """
+    manifest = load_manifest(directory)
+    onnx_key, weights_key = GRAPHS["layout"] if "layout" in stage_graphs(manifest) else GRAPHS["shape"]
+    return verified_file(directory, manifest, onnx_key), verified_file(directory, manifest, weights_key)
 
 
 class LearnedBackend(Backend):
@@ -229,16 +251,32 @@ class LearnedBackend(Backend):
         super().__init__(config)
         self.model_dir = Path(directory) if directory is not None else model_dir(config.model_dir)
         self.manifest = load_manifest(self.model_dir)
+        #: the stages this model runs, in order (see :func:`stage_graphs`)
+        self.stages = stage_graphs(self.manifest)
         self.last_layouts: list[tuple[NDArray[np.float64], NDArray[np.float64]] | None] = []
 
     @abc.abstractmethod
-    def infer(self, inputs: NDArray[np.float32]) -> NetworkOutputs:
-        """Run the network on (B, C, n, n, n) float32 inputs (B >= 1)."""
+    def infer(self, inputs: NDArray[np.float32], stage: str = "shape") -> NetworkOutputs:
+        """Run the graph of ``stage`` (a key of :data:`GRAPHS`) on (B, C, n, n, n) float32
+        inputs (B >= 1)."""
+
+    def _run(self, inputs: NDArray[np.float32], stage: str) -> NetworkOutputs:
+        try:
+            return self.infer(inputs, stage)
+        except BackendError:
+            raise
+        except Exception as err:
+            raise BackendError(
+                f"{self.name} {stage} inference on a batch of {inputs.shape[0]} failed: {err!r}"
+            ) from err
 
     def reconstruct(
         self, scene: SceneContext, observations: Sequence[ObjectObservation]
     ) -> list[VoxelShape | None]:
-        """Encode all objects, run one batched pass, decode (see the module docstring).
+        """Encode all objects, run one batched pass per stage, decode (see the module
+        docstring). A two-stage model first predicts each object's amodal box on its
+        observed-extent cube (stage 1), then encodes it again on the cube that box gives
+        (:func:`~sam3d_ros.core.encoding.amodal_grid_frame`) and predicts the shape there.
 
         Raises:
             BackendError: the runtime failed on the batch (the pipeline skips the frame's
@@ -248,20 +286,28 @@ class LearnedBackend(Backend):
         self.last_layouts = [None] * len(observations)
         if inputs.shape[0] == 0:
             return [None] * len(observations)
-        try:
-            out = self.infer(inputs)
-        except BackendError:
-            raise
-        except Exception as err:
-            raise BackendError(
-                f"{self.name} inference on a batch of {inputs.shape[0]} failed: {err!r}"
-            ) from err
+        out = self._run(inputs, self.stages[0])
         row = 0
         for i, gf in enumerate(frames):
             if gf is not None:
-                self.last_layouts[i] = layout_box(out.layout[row], gf)
+                self.last_layouts[i] = decode_layout(out.layout[row], gf)
                 row += 1
-        return decode_outputs(out, frames)
+        if len(self.stages) == 1:
+            return decode_outputs(out, frames)
+        frames2: list[GridFrame | None] = []
+        feats2: list[NDArray[np.float32]] = []
+        for obs, gf, box in zip(observations, frames, self.last_layouts, strict=True):
+            if gf is None or box is None:
+                frames2.append(None)
+                continue
+            try:
+                f2, gf2 = encode_object(scene, obs, amodal_grid_frame(obs.points, scene.plane, *box))
+            except EncodingError as err:  # a degenerate box: the observed-extent cube
+                logger.debug("object %d: stage-1 box unusable (%s); stage-1 cube", obs.instance_id, err)
+                f2, gf2 = encode_object(scene, obs, gf)
+            frames2.append(gf2)
+            feats2.append(f2)
+        return decode_outputs(self._run(np.stack(feats2), "shape"), frames2)
 
     def model_summary(self) -> str:
         """Short model description from the manifest (for :meth:`describe`)."""

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from sam3d_ros.backends.learned import ONNX_KEY, LearnedBackend, NetworkOutputs, verified_file
+from sam3d_ros.backends.learned import GRAPHS, LearnedBackend, NetworkOutputs, verified_file
 from sam3d_ros.core.backend import BackendError
 from sam3d_ros.core.config import PipelineConfig
 
@@ -23,7 +24,7 @@ _CPU_PROVIDER = "CPUExecutionProvider"
 
 
 class OnnxRuntimeBackend(LearnedBackend):
-    """One ``InferenceSession`` with a dynamic batch dimension."""
+    """One ``InferenceSession`` per stage graph, each with a dynamic batch dimension."""
 
     name = "onnxruntime"
 
@@ -39,7 +40,6 @@ class OnnxRuntimeBackend(LearnedBackend):
             import onnxruntime as ort
         except ImportError as err:
             raise BackendError(f"onnxruntime is not installed: {err}") from err
-        path = verified_file(self.model_dir, self.manifest, ONNX_KEY)
         threads = config.ort_threads if intra_op_threads is None else intra_op_threads
         if use_cuda is None:
             use_cuda = config.ort_use_cuda
@@ -51,20 +51,26 @@ class OnnxRuntimeBackend(LearnedBackend):
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        except Exception as err:
-            raise BackendError(f"ONNX Runtime cannot load {path}: {err}") from err
+        self.sessions: dict[str, Any] = {}
+        for stage in self.stages:
+            path = verified_file(self.model_dir, self.manifest, GRAPHS[stage][0])
+            try:
+                self.sessions[stage] = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            except Exception as err:
+                raise BackendError(f"ONNX Runtime cannot load {path}: {err}") from err
+            logger.info(
+                "onnxruntime %s session on %s (%d intra-op threads): %s", stage, providers, threads, path
+            )
+        self.session = self.sessions["shape"]
         self.providers = self.session.get_providers()
         self.threads = int(threads)
-        self._input = self.session.get_inputs()[0].name
-        self._outputs = [o.name for o in self.session.get_outputs()]
-        logger.info("onnxruntime session on %s (%d intra-op threads): %s", self.providers, threads, path)
 
-    def infer(self, inputs: NDArray[np.float32]) -> NetworkOutputs:
-        """One ``session.run`` on the whole batch."""
+    def infer(self, inputs: NDArray[np.float32], stage: str = "shape") -> NetworkOutputs:
+        """One ``session.run`` of ``stage``'s graph on the whole batch."""
+        session = self.sessions[stage]
         x = np.ascontiguousarray(inputs, dtype=np.float32)
-        res = dict(zip(self._outputs, self.session.run(self._outputs, {self._input: x}), strict=True))
+        names = [o.name for o in session.get_outputs()]
+        res = dict(zip(names, session.run(names, {session.get_inputs()[0].name: x}), strict=True))
         return NetworkOutputs(
             occupancy_logits=np.asarray(res["occupancy_logits"], dtype=np.float32),
             layout=np.asarray(res["layout"], dtype=np.float32),

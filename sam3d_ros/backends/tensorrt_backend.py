@@ -1,6 +1,6 @@
 """The network on TensorRT (NVIDIA GPU; needs ``tensorrt`` and ``cuda-python``).
 
-The engine is built from the verified ONNX (``$SAM3D_TRT_PRECISION`` fp16 or fp32, one
+One engine per stage graph is built from the verified ONNX (``$SAM3D_TRT_PRECISION`` fp16 or fp32, one
 optimisation profile for batch 1..max_objects) and cached in ``$SAM3D_ENGINE_CACHE``
 (default ``~/.cache/sam3d_ros/engines``) with a sidecar; see
 :mod:`sam3d_ros.backends.engine_cache` for when a cached engine is reused or rebuilt. An
@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from sam3d_ros.backends.engine_cache import EngineCache, EngineCacheError, EngineKey
 from sam3d_ros.backends.learned import (
     ENGINE_CACHE_ENV,
-    ONNX_KEY,
+    GRAPHS,
     LearnedBackend,
     NetworkOutputs,
     sha256_file,
@@ -144,7 +144,8 @@ def _use_timing_cache(config: Any, path: Path) -> None:
 
 
 class TensorRTBackend(LearnedBackend):
-    """A cached TensorRT engine executed with cuda-python device buffers."""
+    """One cached TensorRT engine per stage graph, executed with cuda-python device buffers
+    (shared by the stages, which run one after the other on one stream)."""
 
     name = "tensorrt"
 
@@ -163,33 +164,43 @@ class TensorRTBackend(LearnedBackend):
         except ImportError as err:
             raise BackendError(f"the tensorrt backend needs tensorrt and cuda-python: {err}") from err
         self._trt, self._cudart = trt, cudart
-        onnx_path = verified_file(self.model_dir, self.manifest, ONNX_KEY)
         precision = precision or config.trt_precision
         props = _cuda_check(cudart.cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
         gpu = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
         gpu = f"{gpu.strip(chr(0))} sm_{props.major}{props.minor}"
         self.max_batch = int(min(max(config.max_objects, 1), MAX_BATCH_CAP))
-        try:
-            self.key = EngineKey(
-                onnx_sha256=sha256_file(onnx_path),
-                tensorrt_version=str(trt.__version__),
-                gpu_name=gpu,
-                precision=precision,
-                input_profile=input_profile(self.max_batch),
-            )
-            self.cache = EngineCache(engine_dir or default_engine_dir(config.engine_cache_dir), build_engine)
-            data = self.cache.load_or_build(onnx_path, self.key)
-            runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-            engine = runtime.deserialize_cuda_engine(data)
+        self.cache = EngineCache(engine_dir or default_engine_dir(config.engine_cache_dir), build_engine)
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        #: per stage: the engine's cache key, the engine and its execution context
+        self.keys: dict[str, EngineKey] = {}
+        self.engines: dict[str, Any] = {}
+        self.contexts: dict[str, Any] = {}
+        for stage in self.stages:
+            onnx_path = verified_file(self.model_dir, self.manifest, GRAPHS[stage][0])
+            try:
+                key = EngineKey(
+                    onnx_sha256=sha256_file(onnx_path),
+                    tensorrt_version=str(trt.__version__),
+                    gpu_name=gpu,
+                    precision=precision,
+                    input_profile=input_profile(self.max_batch),
+                )
+                engine = self._runtime.deserialize_cuda_engine(self.cache.load_or_build(onnx_path, key))
+                if engine is None:
+                    logger.warning("cached TensorRT engine of %s does not deserialize; rebuilding", onnx_path)
+                    engine = self._runtime.deserialize_cuda_engine(self.cache.rebuild(onnx_path, key))
+            except EngineCacheError as err:
+                raise BackendError(str(err)) from err
             if engine is None:
-                logger.warning("cached TensorRT engine does not deserialize; rebuilding")
-                engine = runtime.deserialize_cuda_engine(self.cache.rebuild(onnx_path, self.key))
-        except EngineCacheError as err:
-            raise BackendError(str(err)) from err
-        if engine is None:
-            raise BackendError(f"TensorRT cannot deserialize a freshly built engine for {onnx_path}")
-        self._runtime, self.engine = runtime, engine
-        self.context = engine.create_execution_context()
+                raise BackendError(f"TensorRT cannot deserialize a freshly built engine for {onnx_path}")
+            self.keys[stage], self.engines[stage] = key, engine
+            self.contexts[stage] = engine.create_execution_context()
+        #: the shape stage's key, engine and context (the one graph of a one-stage model)
+        self.key, self.engine, self.context = (
+            self.keys["shape"],
+            self.engines["shape"],
+            self.contexts["shape"],
+        )
         self.stream = _cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
         logger.info("TensorRT engine ready: %s (%s)", gpu, precision)
@@ -203,23 +214,23 @@ class TensorRTBackend(LearnedBackend):
             self._buffers[name] = (ptr, nbytes)
         return ptr
 
-    def _run_chunk(self, x: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
+    def _run_chunk(self, x: NDArray[np.float32], context: Any) -> dict[str, NDArray[np.float32]]:
         cudart = self._cudart
         kind_h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         kind_d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         b = x.shape[0]
-        self.context.set_input_shape(INPUT_NAME, tuple(x.shape))
+        context.set_input_shape(INPUT_NAME, tuple(x.shape))
         ptr = self._device_buffer(INPUT_NAME, x.nbytes)
         _cuda_check(cudart.cudaMemcpyAsync(ptr, x.ctypes.data, x.nbytes, kind_h2d, self.stream), "memcpy h2d")
-        self.context.set_tensor_address(INPUT_NAME, ptr)
+        context.set_tensor_address(INPUT_NAME, ptr)
         outs: dict[str, NDArray[np.float32]] = {}
         for name in OUTPUT_NAMES:
-            shape = tuple(self.context.get_tensor_shape(name))
+            shape = tuple(context.get_tensor_shape(name))
             arr = np.empty(shape, dtype=np.float32)
             optr = self._device_buffer(name, max(arr.nbytes, 4))
-            self.context.set_tensor_address(name, optr)
+            context.set_tensor_address(name, optr)
             outs[name] = arr
-        if not self.context.execute_async_v3(self.stream):
+        if not context.execute_async_v3(self.stream):
             raise BackendError(f"TensorRT execution failed on a batch of {b}")
         for name, arr in outs.items():
             ptr_o = self._buffers[name][0]
@@ -230,11 +241,12 @@ class TensorRTBackend(LearnedBackend):
         _cuda_check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         return outs
 
-    def infer(self, inputs: NDArray[np.float32]) -> NetworkOutputs:
-        """Run the batch (in chunks of at most ``max_batch`` rows)."""
+    def infer(self, inputs: NDArray[np.float32], stage: str = "shape") -> NetworkOutputs:
+        """Run the batch through ``stage``'s engine (in chunks of at most ``max_batch`` rows)."""
         x = np.ascontiguousarray(inputs, dtype=np.float32)
+        context = self.contexts[stage]
         parts = [
-            self._run_chunk(np.ascontiguousarray(x[i : i + self.max_batch]))
+            self._run_chunk(np.ascontiguousarray(x[i : i + self.max_batch]), context)
             for i in range(0, len(x), self.max_batch)
         ]
         return NetworkOutputs(

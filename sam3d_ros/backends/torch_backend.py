@@ -1,7 +1,8 @@
 """The network in PyTorch (the reference implementation; needs ``torch``).
 
-Loads the state dict ``manifest["files"]["torch_weights"]`` (verified against its sha256)
-into :class:`sam3d_ros.learning.model.GeometryLayoutNet`; CUDA when available.
+Loads the state dict ``manifest["files"]["torch_weights"]`` (and, for a two-stage model,
+``torch_weights_stage1``; verified against their sha256) into
+:class:`sam3d_ros.learning.model.GeometryLayoutNet`; CUDA when available.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from sam3d_ros.backends.learned import WEIGHTS_KEY, LearnedBackend, NetworkOutputs, verified_file
+from sam3d_ros.backends.learned import GRAPHS, LearnedBackend, NetworkOutputs, verified_file
 from sam3d_ros.core.backend import BackendError
 from sam3d_ros.core.config import PipelineConfig
 
@@ -35,24 +36,27 @@ class TorchBackend(LearnedBackend):
             from sam3d_ros.learning.model import build_model
         except ImportError as err:
             raise BackendError(f"the torch backend needs torch (requirements/dev.txt): {err}") from err
-        path = verified_file(self.model_dir, self.manifest, WEIGHTS_KEY)
-        try:
-            ck: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-            model = build_model(ck["model_config"])
-            model.load_state_dict(ck["model"])
-        except (OSError, RuntimeError, KeyError, TypeError) as err:
-            raise BackendError(f"cannot load torch weights {path}: {err}") from err
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.eval().to(self.device)
+        self.models: dict[str, Any] = {}
+        for stage in self.stages:
+            path = verified_file(self.model_dir, self.manifest, GRAPHS[stage][1])
+            try:
+                ck: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+                model = build_model(ck["model_config"])
+                model.load_state_dict(ck["model"])
+            except (OSError, RuntimeError, KeyError, TypeError) as err:
+                raise BackendError(f"cannot load torch weights {path}: {err}") from err
+            self.models[stage] = model.eval().to(self.device)
+            logger.info("torch %s model on %s: %s", stage, self.device, path)
+        self.model = self.models["shape"]
         self._torch = torch
-        logger.info("torch model on %s: %s", self.device, path)
 
-    def infer(self, inputs: NDArray[np.float32]) -> NetworkOutputs:
-        """One forward pass on the whole batch."""
+    def infer(self, inputs: NDArray[np.float32], stage: str = "shape") -> NetworkOutputs:
+        """One forward pass of ``stage``'s network on the whole batch."""
         torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
-            logits, layout, conf = self.model(x)
+            logits, layout, conf = self.models[stage](x)
         return NetworkOutputs(
             occupancy_logits=logits.float().cpu().numpy(),
             layout=layout.float().cpu().numpy(),

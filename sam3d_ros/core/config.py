@@ -209,6 +209,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec("occupancy_threshold", float, 0.5, "Iso-level of the occupancy surface.", min=0.05, max=0.95),
     ParamSpec(
+        "surface_refinement",
+        bool,
+        True,
+        "Honour the measured depth: empty the voxels the camera saw through and move the seen "
+        "surface of each mesh onto the measured depth (sam3d_ros.core.refine).",
+    ),
+    ParamSpec(
         "output_mesh_max_triangles",
         int,
         1000,
@@ -423,6 +430,7 @@ class PipelineConfig:
     use_symmetry: bool
     max_completion_depth: float
     occupancy_threshold: float
+    surface_refinement: bool
     output_mesh_max_triangles: int
     collision_shapes: str
     decomposition_method: str

@@ -151,3 +151,22 @@ FUSION_FREE_LEVEL: Final[float] = 0.2
 
 #: MoveIt: seconds between checks for new subscribers on the planning-scene topic.
 MOVEIT_SUBSCRIBER_CHECK_PERIOD_S: Final[float] = 0.5
+
+#: Surface refinement (core/refine.py): free-space evidence is the nearest depth within
+#: this many pixels of a voxel centre's projection (min filter radius).
+FREE_SPACE_FILTER_PX: Final[int] = 1
+#: ... voxels below this occupancy are not tested (nothing to carve).
+CARVE_MIN_OCCUPANCY: Final[float] = 0.05
+#: ... a voxel is seen-free when its centre lies this many voxels (at least
+#: REFINE_CARVE_MIN_MARGIN_M, metres: sensor noise) in front of that depth.
+REFINE_CARVE_MARGIN_VOXELS: Final[float] = 1.0
+REFINE_CARVE_MIN_MARGIN_M: Final[float] = 0.004
+#: ... measured depth is averaged over this radius (pixels) of the object's trusted pixels
+#: before vertices snap onto it; a pixel needs this many trusted pixels in its window.
+SNAP_SMOOTHING_PX: Final[int] = 1
+SNAP_MIN_NEIGHBOURS: Final[int] = 5
+#: ... vertices within this many voxels of the measured depth snap fully (partly up to
+#: twice that).
+SNAP_BAND_VOXELS: Final[float] = 1.0
+#: ... only vertices whose normal faces the camera by more than this cosine snap.
+SNAP_MIN_FACING_COS: Final[float] = 0.1

@@ -74,6 +74,11 @@ MAX_SIDE: Final[float] = 1.2
 BACK_SHIFT: Final[float] = 0.12
 #: The support plane lies this many voxels above the bottom of the cube.
 FLOOR_VOXELS: Final[int] = 2
+#: Stage 2 (amodal-box cube): side = AMODAL_EXTENT_FACTOR * extent of the union of the
+#: observed box and the amodal box grown by AMODAL_BOX_PAD (relative) + AMODAL_BOX_PAD_M.
+AMODAL_EXTENT_FACTOR: Final[float] = 1.25
+AMODAL_BOX_PAD: Final[float] = 0.15
+AMODAL_BOX_PAD_M: Final[float] = 0.01
 #: Truncation of the projective TSDF channel, in voxels.
 TSDF_TRUNC_VOXELS: Final[float] = 3.0
 #: Robust observed extents use these percentiles of the points' coordinates.
@@ -120,16 +125,20 @@ class GridFrame:
         return np.stack([gx, gy, gz], axis=-1)
 
 
-def grid_frame(points: NDArray[np.floating], plane: SupportPlane | None) -> GridFrame:
-    """The object-centric cube of one object (see the module docstring).
+@dataclass(frozen=True)
+class _ObservedExtent:
+    """The axes of ``G`` and the observed points' robust box in it (metres)."""
 
-    Args:
-        points: (N, 3) observed surface points in the camera frame, metres.
-        plane: the support plane, or None.
+    R: NDArray[np.float64]
+    base: NDArray[np.float64]
+    lo: NDArray[np.float64]
+    hi: NDArray[np.float64]
+    floor: float
+    plane_used: bool
+    P: NDArray[np.float64]
 
-    Raises:
-        EncodingError: fewer than ``MIN_OBJECT_POINTS`` finite points.
-    """
+
+def _observed_extent(points: NDArray[np.floating], plane: SupportPlane | None) -> _ObservedExtent:
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     pts = pts[np.all(np.isfinite(pts), axis=1)]
     if len(pts) < C.MIN_OBJECT_POINTS:
@@ -156,23 +165,110 @@ def grid_frame(points: NDArray[np.floating], plane: SupportPlane | None) -> Grid
     lo = np.percentile(P, EXTENT_PERCENTILES[0], axis=0)
     hi = np.percentile(P, EXTENT_PERCENTILES[1], axis=0)
     floor = 0.0 if plane_used else float(lo[2])
+    return _ObservedExtent(R=R, base=base, lo=lo, hi=hi, floor=floor, plane_used=plane_used, P=P)
+
+
+def grid_frame(points: NDArray[np.floating], plane: SupportPlane | None) -> GridFrame:
+    """The object-centric cube of one object from its observed extent (stage 1; see the
+    module docstring).
+
+    Args:
+        points: (N, 3) observed surface points in the camera frame, metres.
+        plane: the support plane, or None.
+
+    Raises:
+        EncodingError: fewer than ``MIN_OBJECT_POINTS`` finite points.
+    """
+    ob = _observed_extent(points, plane)
+    lo, hi, floor = ob.lo, ob.hi, ob.floor
     extent = max(float(hi[0] - lo[0]), float(hi[1] - lo[1]), float(hi[2]) - floor)
     side = float(np.clip(EXTENT_FACTOR * extent, MIN_SIDE, MAX_SIDE))
     voxel = side / GRID_SIZE
     # horizontal viewing direction in G (camera centre is the camera-frame origin)
-    cam_G = (-base) @ R
+    cam_G = (-ob.base) @ ob.R
     centre_xy = 0.5 * (lo[:2] + hi[:2])
     horiz = centre_xy - cam_G[:2]
-    dist = float(np.linalg.norm(P.mean(axis=0) - cam_G))
+    dist = float(np.linalg.norm(ob.P.mean(axis=0) - cam_G))
     if float(np.linalg.norm(horiz)) >= TOP_DOWN_RATIO * max(dist, 1e-9):
         centre_xy = centre_xy + BACK_SHIFT * side * horiz / float(np.linalg.norm(horiz))
     origin = np.array([centre_xy[0] - side / 2, centre_xy[1] - side / 2, floor - FLOOR_VOXELS * voxel])
     return GridFrame(
-        camera_T_grid=make_transform(R, base),
+        camera_T_grid=make_transform(ob.R, ob.base),
         origin=origin,
         voxel_size=voxel,
         side=side,
-        plane_used=plane_used,
+        plane_used=ob.plane_used,
+    )
+
+
+def decode_layout(
+    layout: NDArray[np.floating], gf: GridFrame
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The amodal box of one layout row (the network's ``layout`` output on the cube ``gf``):
+    (camera_T_box (4, 4) float64, size (3,) full extents in metres), x along the longer
+    horizontal side, z along the cube's z (support normal)."""
+    lay = np.asarray(layout, dtype=np.float64).reshape(-1)
+    centre_g = gf.centre + lay[:3] * gf.side
+    size = np.exp(np.clip(lay[3:6], -6.0, 2.0)) * gf.side
+    yaw = 0.5 * float(np.arctan2(lay[6], lay[7]))
+    c, s = np.cos(yaw), np.sin(yaw)
+    grid_T_box = make_transform(np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]), centre_g)
+    return gf.camera_T_grid @ grid_T_box, size
+
+
+def amodal_grid_frame(
+    points: NDArray[np.floating],
+    plane: SupportPlane | None,
+    camera_T_box: NDArray[np.floating],
+    box_size: NDArray[np.floating],
+) -> GridFrame:
+    """The stage-2 cube of one object, placed and sized by its amodal box (stage 1's layout).
+
+    Same axes as :func:`grid_frame`. In ``G`` the cube covers the union of the observed
+    points' robust box and the amodal box grown by ``AMODAL_BOX_PAD`` (relative) plus
+    ``AMODAL_BOX_PAD_M``; its side is ``AMODAL_EXTENT_FACTOR`` times the union's largest
+    extent (clipped to [MIN_SIDE, MAX_SIDE]), centred on the union horizontally. Vertically
+    the cube starts ``FLOOR_VOXELS`` voxels below the union's bottom, never below the support
+    plane's floor: an object the box puts on top of another one is not completed down to the
+    table. So the hidden part the box predicts lies inside the cube, and an object that is
+    fully seen gets a tighter cube (finer voxels) than stage 1's.
+
+    Args:
+        points: (N, 3) observed surface points, camera frame, metres.
+        plane: the support plane, or None.
+        camera_T_box: (4, 4) pose of the amodal box (centre and axes) in the camera frame.
+        box_size: (3,) full box extents along its axes, metres.
+
+    Raises:
+        EncodingError: too few points, or a non-finite box.
+    """
+    ob = _observed_extent(points, plane)
+    box = np.asarray(camera_T_box, dtype=np.float64)
+    size = np.asarray(box_size, dtype=np.float64).reshape(-1)
+    if (
+        box.shape != (4, 4)
+        or size.shape != (3,)
+        or not (np.all(np.isfinite(box)) and np.all(np.isfinite(size)))
+    ):
+        raise EncodingError(f"amodal box is not a finite 4x4 pose and 3 sizes: {box!r}, {size!r}")
+    half = 0.5 * np.abs(size) * (1.0 + AMODAL_BOX_PAD) + AMODAL_BOX_PAD_M
+    corners = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]) * half
+    cam = corners @ box[:3, :3].T + box[:3, 3]
+    in_g = (cam - ob.base) @ ob.R
+    lo = np.minimum(ob.lo, in_g.min(axis=0))
+    hi = np.maximum(ob.hi, in_g.max(axis=0))
+    floor = max(float(lo[2]), ob.floor) if ob.plane_used else float(lo[2])
+    extent = max(float(hi[0] - lo[0]), float(hi[1] - lo[1]), float(hi[2]) - floor)
+    side = float(np.clip(AMODAL_EXTENT_FACTOR * extent, MIN_SIDE, MAX_SIDE))
+    voxel = side / GRID_SIZE
+    centre_xy = 0.5 * (lo[:2] + hi[:2])
+    origin = np.array([centre_xy[0] - side / 2, centre_xy[1] - side / 2, floor - FLOOR_VOXELS * voxel])
+    return GridFrame(
+        camera_T_grid=make_transform(ob.R, ob.base),
+        origin=origin,
+        voxel_size=voxel,
+        side=side,
+        plane_used=ob.plane_used,
     )
 
 

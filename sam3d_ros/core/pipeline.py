@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from sam3d_ros.core import constants as C
 from sam3d_ros.core.backend import Backend, BackendError
 from sam3d_ros.core.collision import (
+    CollisionError,
     CollisionSet,
     accepted_primitives,
     convex_hull,
@@ -44,9 +45,10 @@ from sam3d_ros.core.decomposition import (
 from sam3d_ros.core.frames import Pose, invert_transform, matrix_from_quaternion, transform_points
 from sam3d_ros.core.fusion import FusionError, TrackVolume, shape_points
 from sam3d_ros.core.images import touches_border
-from sam3d_ros.core.layout import estimate_object_frame, observed_in_frame, visible_fraction
-from sam3d_ros.core.meshing import mesh_from_voxels, mesh_volume
+from sam3d_ros.core.layout import LayoutError, estimate_object_frame, observed_in_frame, visible_fraction
+from sam3d_ros.core.meshing import MeshingError, mesh_from_voxels, mesh_volume
 from sam3d_ros.core.observation import extract_observations
+from sam3d_ros.core.refine import RefinementError, carve_seen_free, free_space_depth, snap_to_depth
 from sam3d_ros.core.support_plane import estimate_support_plane
 from sam3d_ros.core.threads import limit_blas_threads
 from sam3d_ros.core.tracking import (
@@ -223,13 +225,27 @@ class FramePipeline:
 
         results: list[TrackedObject] = []
         timings["meshing"] = 0.0
+        timings["refinement"] = 0.0
         timings["collision"] = 0.0
+        near_depth = free_space_depth(frame.depth) if pairs and cfg.surface_refinement else None
         for (obs, shape), (track, is_new) in zip(pairs, matches, strict=True):
             try:
-                tracked = self._finish_object(frame, scene, obs, shape, track, is_new, f_T_c, timings)
-            except ValueError as err:
-                logger.debug("object %d of frame %d: %s", obs.instance_id, frame.stamp_ns, err)
-                skipped.append(SkippedObject(obs.instance_id, SkipReason.EMPTY_SHAPE, str(err)))
+                tracked = self._finish_object(
+                    frame, scene, obs, shape, track, is_new, f_T_c, timings, near_depth
+                )
+            except (MeshingError, LayoutError, CollisionError, RefinementError) as err:
+                # a shape that gives no usable mesh, frame or collision geometry: the object
+                # is skipped with the reason, never published half-made
+                logger.info(
+                    "object %d of frame %d skipped: %s: %s",
+                    obs.instance_id,
+                    frame.stamp_ns,
+                    type(err).__name__,
+                    err,
+                )
+                skipped.append(
+                    SkippedObject(obs.instance_id, SkipReason.EMPTY_SHAPE, f"{type(err).__name__}: {err}")
+                )
                 continue
             results.append(tracked)
 
@@ -300,20 +316,37 @@ class FramePipeline:
         is_new: bool,
         f_T_c: NDArray[np.float64],
         timings: dict[str, float],
+        near_depth: NDArray[np.float64] | None = None,
     ) -> TrackedObject:
+        """Mesh, refine, pose, collision shapes and track state of one object.
+
+        ``near_depth`` (:func:`~sam3d_ros.core.refine.free_space_depth` of the frame) turns
+        on the surface refinement: seen-free voxels are emptied before meshing and the seen
+        surface is snapped onto the measured depth after it."""
         cfg = self.config
         t0 = time.perf_counter()
+        if near_depth is not None:
+            shape, _ = carve_seen_free(
+                shape,
+                frame,
+                near_depth,
+                max(C.REFINE_CARVE_MARGIN_VOXELS * shape.voxel_size, C.REFINE_CARVE_MIN_MARGIN_M),
+            )
         fused = self._fuse(frame, obs, shape, track, f_T_c)
         mesh_cam = None
         if fused is not None:
             try:
                 mesh_cam = mesh_from_voxels(fused, cfg.occupancy_threshold)
                 shape = fused
-            except ValueError as err:
-                logger.debug("track %d: fused shape unusable (%s); single-frame shape", track.track_id, err)
+            except MeshingError as err:
+                logger.info("track %d: fused shape unusable (%s); single-frame shape", track.track_id, err)
                 track.volume = None
         if mesh_cam is None:
             mesh_cam = mesh_from_voxels(shape, cfg.occupancy_threshold)
+        t_ref = time.perf_counter()
+        if near_depth is not None:
+            mesh_cam = snap_to_depth(mesh_cam, frame, obs, C.SNAP_BAND_VOXELS * shape.voxel_size).mesh
+        refine_s = time.perf_counter() - t_ref
         if 0 < cfg.output_mesh_max_triangles < len(mesh_cam.faces):
             # quadric decimation: message building, hulls and fits scale with the faces
             mesh_cam = simplify_mesh(mesh_cam, cfg.output_mesh_max_triangles)
@@ -330,7 +363,8 @@ class FramePipeline:
             frame, obs, mesh_cam, mesh_obj, track, fixed_T_object, cut_by_border=cut
         )
         t2 = time.perf_counter()
-        timings["meshing"] += (t1 - t0) * 1000.0
+        timings["meshing"] += (t1 - t0 - refine_s) * 1000.0
+        timings["refinement"] += refine_s * 1000.0
         timings["collision"] += (t2 - t1) * 1000.0
         # tracking state for the next frame: box of the final shape in the fixed frame
         verts_f = transform_points(f_T_c, mesh_cam.vertices)

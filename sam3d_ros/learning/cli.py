@@ -54,6 +54,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="fine-tune from these weights (a shipped .pt, e.g. models/v3/geometry_layout.pt) instead of random ones",
     )
+    p.add_argument(
+        "--stage1",
+        type=Path,
+        default=None,
+        help="train the shape stage of a two-stage model: this model directory's network "
+        "(e.g. models/v4) is stage 1, whose layout places each object's cube; exported with it",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint.pt")
     p.add_argument("--export-dir", type=Path, default=None, help="write the ONNX, weights and manifest here")
@@ -83,6 +90,15 @@ def run(args: argparse.Namespace) -> int:
     if args.init_weights and not Path(args.init_weights).is_file():
         print(f"error: --init-weights {args.init_weights} is not a file", file=sys.stderr)
         return 2
+    stage1_onnx = ""
+    if args.stage1 is not None:
+        from sam3d_ros.backends.learned import ModelFileError, stage1_files
+
+        try:
+            stage1_onnx = str(stage1_files(Path(args.stage1))[0])
+        except ModelFileError as err:
+            print(f"error: --stage1: {err}", file=sys.stderr)
+            return 2
     try:
         from sam3d_ros.learning.train import TrainConfig, TrainError, default_cache_dir, train
     except ImportError as err:
@@ -106,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         stop_after_epochs=args.stop_after_epochs,
         init_weights=str(args.init_weights) if args.init_weights else "",
         init_weights_sha256=sha256_file(args.init_weights) if args.init_weights else "",
+        stage1_onnx=stage1_onnx,
+        stage1_sha256=sha256_file(Path(stage1_onnx)) if stage1_onnx else "",
     )
     try:
         record = train(cfg, run_dir, cache, resume=not args.no_resume)
@@ -119,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
             gate = Path(args.source.split(":", 1)[1]).expanduser() / "val"
         eval_frames = 0 if args.no_gate else args.eval_frames  # no gate: export only
         return export_and_evaluate(
-            run_dir, args.export_dir, record, eval_frames, args.seed, gate, args.data_workers
+            run_dir, args.export_dir, record, eval_frames, args.seed, gate, args.data_workers, args.stage1
         )
     return 0
 
@@ -132,8 +150,10 @@ def export_and_evaluate(
     seed: int,
     gate_dataset: Path | None = None,
     workers: int = 1,
+    stage1: Path | None = None,
 ) -> int:
-    """Export ``run_dir/final.pt`` into ``export_dir``, then evaluate it and store the metrics
+    """Export ``run_dir/final.pt`` (with ``stage1``'s layout network as stage 1 of a
+    two-stage model, when given) into ``export_dir``, then evaluate it and store the metrics
     and the quality gate in the manifest: on ``gate_dataset`` (a generated dataset) against
     the extruded-hull baseline and the geometric backend when given, else against the
     geometric backend on ray-cast test frames."""
@@ -146,7 +166,7 @@ def export_and_evaluate(
     model = load_weights(
         run_dir / "final.pt"
     )  # end of the one-cycle schedule (or where the budget stopped it)
-    manifest = export_model(model, export_dir, record)
+    manifest = export_model(model, export_dir, record, stage1=stage1)
     if gate_dataset is not None:
         result = gate_on_dataset(export_dir, gate_dataset, eval_frames or None, workers)
         manifest["validation"] = result

@@ -51,7 +51,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sam3d_ros.core.config import PipelineConfig, default_config
-from sam3d_ros.core.encoding import GRID_SIZE, NUM_CHANNELS, EncodingError, GridFrame, encode_object
+from sam3d_ros.core.encoding import (
+    GRID_SIZE,
+    NUM_CHANNELS,
+    EncodingError,
+    GridFrame,
+    amodal_grid_frame,
+    decode_layout,
+    encode_object,
+)
 from sam3d_ros.core.frames import invert_transform
 from sam3d_ros.core.observation import extract_observations
 from sam3d_ros.core.support_plane import estimate_support_plane
@@ -390,17 +398,55 @@ class _ChunkResult:
     visible: list[float]
 
 
+class _Stage1:
+    """The stage-1 (layout) graph of a two-stage model on ONNX Runtime, one thread: maps a
+    frame's stage-1 encodings (B, C, n, n, n) to their layout rows (B, 8)."""
+
+    def __init__(self, onnx_path: str) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(onnx_path, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def layouts(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        out = self.session.run(["layout"], {self.input: np.ascontiguousarray(x, dtype=np.float32)})
+        return np.asarray(out[0], dtype=np.float32)
+
+
+def stage2_frame(
+    scene: SceneContext, obs: Any, stage1_frame: GridFrame, layout: NDArray[np.floating]
+) -> GridFrame:
+    """The stage-2 cube of ``obs`` from stage 1's layout row on ``stage1_frame`` (the
+    inference rule of :class:`sam3d_ros.backends.learned.LearnedBackend`)."""
+    camera_T_box, size = decode_layout(layout, stage1_frame)
+    return amodal_grid_frame(obs.points, scene.plane, camera_T_box, size)
+
+
 def _build_chunk(
-    out_dir: Path, source: str, split: str, seed: int, start: int, stop: int, config: PipelineConfig
+    out_dir: Path,
+    source: str,
+    split: str,
+    seed: int,
+    start: int,
+    stop: int,
+    config: PipelineConfig,
+    stage1: str = "",
 ) -> _ChunkResult:
-    """Encode frames ``start .. stop - 1`` into ``shard_CCCC_KK.npz`` (C = chunk index)."""
+    """Encode frames ``start .. stop - 1`` into ``shard_CCCC_KK.npz`` (C = chunk index).
+    With ``stage1`` (the stage-1 ONNX of a two-stage model) every object is encoded on the
+    stage-2 cube that stage 1's layout gives, as at inference."""
     src = create_source(source)
     writer = _ShardWriter(out_dir, f"shard_{start // CHUNK_FRAMES:04d}")
     shapes: dict[str, int] = {}
     vis: list[float] = []
+    layout_net = _Stage1(stage1) if stage1 else None
     for lf in src.frames(split, stop, seed, start=start):
         scene = SceneContext(frame=lf.frame, plane=estimate_support_plane(lf.frame, config))
         observations, _ = extract_observations(lf.frame, config)
+        encoded: list[tuple[Any, ObjectTarget, NDArray[np.float32], GridFrame]] = []
         for obs in observations:
             tgt = lf.targets.get(obs.instance_id)
             if tgt is None:
@@ -410,6 +456,20 @@ def _build_chunk(
             except EncodingError as err:
                 logger.debug("scene %d object %d skipped: %s", lf.seed, obs.instance_id, err)
                 continue
+            encoded.append((obs, tgt, feats, gf))
+        if layout_net is not None and encoded:
+            lays = layout_net.layouts(np.stack([e[2] for e in encoded]))
+            staged = []
+            for (obs, tgt, _, gf1), lay in zip(encoded, lays, strict=True):
+                try:
+                    gf2 = stage2_frame(scene, obs, gf1, lay)
+                    feats2, _ = encode_object(scene, obs, gf2)
+                except EncodingError as err:
+                    logger.debug("scene %d object %d: no stage-2 cube: %s", lf.seed, obs.instance_id, err)
+                    continue
+                staged.append((obs, tgt, feats2, gf2))
+            encoded = staged
+        for obs, tgt, feats, gf in encoded:
             lay, lay_mask = layout_target(tgt, gf)
             occ = target_occupancy(tgt, gf)
             writer.add(
@@ -445,8 +505,12 @@ def build_dataset(
     config: PipelineConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
     workers: int = 1,
+    stage1: Path | None = None,
 ) -> dict[str, Any]:
     """Generate ``n_frames`` frames of ``split`` from ``source`` into ``out_dir``.
+
+    With ``stage1`` (the stage-1 ONNX graph of a two-stage model) the objects are encoded
+    on stage 2's amodal-box cubes (see :func:`_build_chunk`); its sha256 is in the recipe.
 
     Frames are encoded in chunks of ``CHUNK_FRAMES`` (in ``workers`` processes when > 1);
     the result does not depend on ``workers``. Idempotent: when ``out_dir/dataset.json``
@@ -463,7 +527,17 @@ def build_dataset(
         raise DataError(f"workers must be >= 1, got {workers}")
     cfg = config or default_config()
     out_dir = Path(out_dir)
-    recipe = {"source": source, "split": split, "n_frames": n_frames, "seed": seed, "grid": GRID_SIZE}
+    recipe: dict[str, Any] = {
+        "source": source,
+        "split": split,
+        "n_frames": n_frames,
+        "seed": seed,
+        "grid": GRID_SIZE,
+    }
+    if stage1 is not None:
+        from sam3d_ros.backends.learned import sha256_file
+
+        recipe["stage1_sha256"] = sha256_file(stage1)
     meta_path = out_dir / "dataset.json"
     if meta_path.is_file():
         meta: dict[str, Any] = json.loads(meta_path.read_text())
@@ -478,7 +552,7 @@ def build_dataset(
         old.unlink()
     t0 = time.time()
     jobs = [
-        (out_dir, source, split, seed, a, min(a + CHUNK_FRAMES, n_frames), cfg)
+        (out_dir, source, split, seed, a, min(a + CHUNK_FRAMES, n_frames), cfg, str(stage1 or ""))
         for a in range(0, n_frames, CHUNK_FRAMES)
     ]
     results: list[_ChunkResult] = []

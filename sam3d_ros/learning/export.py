@@ -2,15 +2,20 @@
 
 Writes into the models directory: ``geometry_layout.onnx`` (opset 17, dynamic batch),
 ``geometry_layout.pt`` (torch state dict + model config, for the ``torch`` backend) and
-``manifest.json`` (sha256 and size of both, input/output names, shapes and meanings, the
+``manifest.json`` (sha256 and size of each file, input/output names, shapes and meanings, the
 encoding and its normalisation, the model config, the training record and, when given,
 the held-out validation metrics). The export checks ONNX Runtime against PyTorch on random
 inputs and records the largest absolute difference.
+
+A two-stage model (``stage1`` given) also ships its stage 1, the layout network whose box
+places each object's stage-2 cube, as ``geometry_layout_stage1.onnx``/``.pt`` (copied from
+the stage-1 model directory; ``files.onnx_stage1``/``files.torch_weights_stage1``).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -18,7 +23,16 @@ from typing import Any, Final
 import numpy as np
 import torch
 
-from sam3d_ros.backends.learned import ONNX_KEY, WEIGHTS_KEY, sha256_file, write_manifest
+from sam3d_ros.backends.learned import (
+    ONNX_KEY,
+    STAGE1_ONNX_KEY,
+    STAGE1_WEIGHTS_KEY,
+    WEIGHTS_KEY,
+    load_manifest,
+    sha256_file,
+    stage1_files,
+    write_manifest,
+)
 from sam3d_ros.core import encoding as E
 from sam3d_ros.learning.model import INPUT_NAME, OUTPUT_NAMES, GeometryLayoutNet, export_onnx
 
@@ -26,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 ONNX_NAME: Final[str] = "geometry_layout.onnx"
 WEIGHTS_NAME: Final[str] = "geometry_layout.pt"
+#: Stage 1 (layout) of a two-stage model.
+STAGE1_ONNX_NAME: Final[str] = "geometry_layout_stage1.onnx"
+STAGE1_WEIGHTS_NAME: Final[str] = "geometry_layout_stage1.pt"
 OPSET: Final[int] = 17
 #: Parity check: random inputs, batch size, tolerance.
 PARITY_BATCH: Final[int] = 3
@@ -85,9 +102,12 @@ def encoding_spec() -> dict[str, Any]:
         "back_shift": E.BACK_SHIFT,
         "floor_voxels": E.FLOOR_VOXELS,
         "tsdf_trunc_voxels": E.TSDF_TRUNC_VOXELS,
+        "amodal_extent_factor": E.AMODAL_EXTENT_FACTOR,
+        "amodal_box_pad": E.AMODAL_BOX_PAD,
+        "amodal_box_pad_m": E.AMODAL_BOX_PAD_M,
         "normalisation": "object-centric cube: z = support-plane normal, x = footprint major axis, origin = "
         "observed centroid projected on the plane; side = clip(extent_factor * observed extent, min_side, "
-        "max_side) metres; lengths in the layout output are divided by the side; occupancy/mask/free/"
+        "max_side) metres (a two-stage model's stage 2: the cube of encoding.amodal_grid_frame, side = amodal_extent_factor * the union of the observed box and the stage-1 box padded by amodal_box_pad relative + amodal_box_pad_m); lengths in the layout output are divided by the side; occupancy/mask/free/"
         "unknown/below-plane in {0, 1}, RGB in [0, 1], tsdf in [-1, 1]",
     }
 
@@ -113,13 +133,19 @@ def parity_check(model: GeometryLayoutNet, onnx_path: Path, seed: int = 0) -> fl
     return diff
 
 
+def _file_entry(path: Path) -> dict[str, Any]:
+    return {"name": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
 def export_model(
     model: GeometryLayoutNet,
     out_dir: Path,
     training: dict[str, Any],
     validation: dict[str, Any] | None = None,
+    stage1: Path | None = None,
 ) -> dict[str, Any]:
-    """Write the ONNX, the state dict and the manifest into ``out_dir``; returns the manifest."""
+    """Write the ONNX, the state dict and the manifest into ``out_dir`` (and, when ``stage1``
+    names a model directory, its layout network as stage 1); returns the manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     onnx_path = out_dir / ONNX_NAME
@@ -127,23 +153,35 @@ def export_model(
     parity = parity_check(model, onnx_path)
     weights_path = out_dir / WEIGHTS_NAME
     torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict()}, weights_path)
+    files = {
+        ONNX_KEY: _file_entry(onnx_path),
+        WEIGHTS_KEY: _file_entry(weights_path),
+    }
+    stages: dict[str, Any] = {
+        "shape": "this network, on the cube of the stage-1 box" if stage1 else "this network"
+    }
+    if stage1 is not None:
+        src_onnx, src_weights = stage1_files(stage1)
+        for src, name, key in (
+            (src_onnx, STAGE1_ONNX_NAME, STAGE1_ONNX_KEY),
+            (src_weights, STAGE1_WEIGHTS_NAME, STAGE1_WEIGHTS_KEY),
+        ):
+            shutil.copyfile(src, out_dir / name)
+            files[key] = _file_entry(out_dir / name)
+        src_manifest = load_manifest(stage1)
+        stages["layout"] = {
+            "source_onnx_sha256": files[STAGE1_ONNX_KEY]["sha256"],
+            "source_trained": src_manifest.get("training", {}).get("finished_at"),
+            "meaning": "stage 1: its layout output (amodal box) on the observed-extent cube places and sizes "
+            "the cube (encoding.amodal_grid_frame) that stage 2 encodes again and predicts the shape on",
+        }
     manifest = {
         "format_version": 1,
         "model": "geometry_layout",
         "description": "distilled geometry and layout network: amodal occupancy (32^3), amodal box and "
         "confidence per object in one forward pass",
-        "files": {
-            ONNX_KEY: {
-                "name": ONNX_NAME,
-                "sha256": sha256_file(onnx_path),
-                "bytes": onnx_path.stat().st_size,
-            },
-            WEIGHTS_KEY: {
-                "name": WEIGHTS_NAME,
-                "sha256": sha256_file(weights_path),
-                "bytes": weights_path.stat().st_size,
-            },
-        },
+        "files": files,
+        "stages": stages,
         **io_spec(),
         "encoding": encoding_spec(),
         "model_config": model.cfg.to_dict(),

@@ -81,6 +81,10 @@ class TrainConfig:
     #: are part of the recipe
     init_weights: str = ""
     init_weights_sha256: str = ""
+    #: two-stage model: the stage-1 (layout) ONNX graph whose boxes place the cubes this
+    #: network (stage 2, the shape) is trained on ("" = one stage); path as given and sha256
+    stage1_onnx: str = ""
+    stage1_sha256: str = ""
 
 
 #: TrainConfig fields that may change between a run and its resumption.
@@ -91,14 +95,18 @@ def _recipe(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in _RESUMABLE_CHANGES}
 
 
-def dataset_dir(cache_dir: Path, source: str, split: str, frames: int, seed: int) -> Path:
+def dataset_dir(
+    cache_dir: Path, source: str, split: str, frames: int, seed: int, stage1_sha256: str = ""
+) -> Path:
     """Where the cached dataset of a recipe lives (``dataset:<root>`` sources are named
-    ``dataset-<root name>-<sha256 of the resolved root, 8 hex>``)."""
+    ``dataset-<root name>-<sha256 of the resolved root, 8 hex>``; stage-2 encodings end in
+    ``_st2-<stage-1 sha256, 8 hex>``)."""
     if source.startswith("dataset:"):
         root = Path(source.split(":", 1)[1]).expanduser().resolve()
         digest = hashlib.sha256(str(root).encode()).hexdigest()[:8]
         source = f"dataset-{root.name}-{digest}"
-    return cache_dir / "datasets" / f"{source}_{split}_{frames}_s{seed}"
+    suffix = f"_st2-{stage1_sha256[:8]}" if stage1_sha256 else ""
+    return cache_dir / "datasets" / f"{source}_{split}_{frames}_s{seed}{suffix}"
 
 
 def epoch_rows(ds: ArrayDataset, low_visibility_repeat: int) -> np.ndarray:
@@ -280,13 +288,26 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     t_start = time.time()
-    train_dir = dataset_dir(cache, cfg.source, "train", cfg.train_frames, cfg.seed)
-    val_dir = dataset_dir(cache, cfg.source, "val", cfg.val_frames, cfg.seed)
+    stage1 = Path(cfg.stage1_onnx) if cfg.stage1_onnx else None
+    train_dir = dataset_dir(cache, cfg.source, "train", cfg.train_frames, cfg.seed, cfg.stage1_sha256)
+    val_dir = dataset_dir(cache, cfg.source, "val", cfg.val_frames, cfg.seed, cfg.stage1_sha256)
     train_meta = build_dataset(
-        train_dir, "train", cfg.train_frames, source=cfg.source, seed=cfg.seed, workers=cfg.data_workers
+        train_dir,
+        "train",
+        cfg.train_frames,
+        source=cfg.source,
+        seed=cfg.seed,
+        workers=cfg.data_workers,
+        stage1=stage1,
     )
     val_meta = build_dataset(
-        val_dir, "val", cfg.val_frames, source=cfg.source, seed=cfg.seed, workers=cfg.data_workers
+        val_dir,
+        "val",
+        cfg.val_frames,
+        source=cfg.source,
+        seed=cfg.seed,
+        workers=cfg.data_workers,
+        stage1=stage1,
     )
     data_s = time.time() - t_start
     train_ds = load_dataset(train_dir)

@@ -1,0 +1,190 @@
+"""Surfaces that honour the measured depth: carve seen-free space, snap the seen surface.
+
+A 32^3 prediction places its surface to about a voxel (5-9 mm); the depth camera measured
+the seen part of the object to about a millimetre. Two steps give the measurement back:
+
+* :func:`carve_seen_free` (on the :class:`VoxelShape`, before meshing): a voxel whose centre
+  lies in front of the measured depth of the pixel it projects to, by more than a margin,
+  was seen through by the camera and is emptied, whatever object that pixel belongs to. The
+  depth is min-filtered over ``FREE_SPACE_FILTER_PX`` first, so a voxel is carved only when
+  every pixel around its projection saw past it (mixed pixels at silhouettes carve nothing).
+  Pixels without depth carve nothing.
+* :func:`snap_to_depth` (on the camera-frame mesh, after meshing): a vertex that faces the
+  camera, projects into the object's *trusted* pixels (those of its filtered observation
+  points: the eroded mask without outliers) and lies within a band of the measured depth
+  there is moved along its camera ray onto the locally averaged measured depth (weight 1
+  inside ``band``, falling linearly to 0 at ``2 * band``, so the snapped patch joins the
+  rest of the surface without a step).
+
+Both work in the camera optical frame (metres); neither moves anything the camera did not
+observe, so the completed back of the object stays the network's.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from sam3d_ros.core import constants as C
+from sam3d_ros.core.frames import transform_points
+from sam3d_ros.core.types import ObjectObservation, RGBDFrame, TriangleMesh, VoxelShape
+
+logger = logging.getLogger(__name__)
+
+
+class RefinementError(ValueError):
+    """Inputs the refinement cannot use (mismatched image sizes, malformed mesh or grid)."""
+
+
+@dataclass(frozen=True)
+class SnapResult:
+    """Outcome of :func:`snap_to_depth`.
+
+    Attributes:
+        mesh: the refined mesh (camera frame, metres; same faces).
+        snapped: number of vertices moved (weight > 0).
+        mean_shift_m: mean |displacement| of the moved vertices, metres (0.0 when none).
+    """
+
+    mesh: TriangleMesh
+    snapped: int
+    mean_shift_m: float
+
+
+def free_space_depth(depth: NDArray[np.floating]) -> NDArray[np.float64]:
+    """(H, W) float64: per pixel the nearest measured depth within ``FREE_SPACE_FILTER_PX``
+    (a min filter), 0.0 where any pixel of the window has no depth (no evidence of free
+    space there). Computed once per frame and shared by its objects."""
+    d = np.asarray(depth, dtype=np.float64)
+    if d.ndim != 2:
+        raise RefinementError(f"depth must be (H, W), got shape {d.shape}")
+    d = np.where(np.isfinite(d) & (d > 0), d, 0.0)
+    return np.asarray(ndimage.minimum_filter(d, size=2 * C.FREE_SPACE_FILTER_PX + 1, mode="nearest"))
+
+
+def carve_seen_free(
+    shape: VoxelShape, frame: RGBDFrame, near_depth: NDArray[np.float64], margin_m: float
+) -> tuple[VoxelShape, int]:
+    """Empty the voxels of ``shape`` the camera saw through (see the module docstring).
+
+    Args:
+        shape: the predicted occupancy.
+        frame: the frame (intrinsics; ``near_depth`` must have its image size).
+        near_depth: :func:`free_space_depth` of the frame's depth, (H, W) metres.
+        margin_m: a voxel centre is free when it lies more than this in front of the depth.
+
+    Returns:
+        (carved shape, number of voxels emptied that had occupancy >= 0.5).
+
+    Raises:
+        RefinementError: ``near_depth`` does not match the camera's image size.
+    """
+    cam = frame.camera
+    if near_depth.shape != (cam.height, cam.width):
+        raise RefinementError(f"depth {near_depth.shape} does not match the camera {(cam.height, cam.width)}")
+    occ = np.asarray(shape.occupancy, dtype=np.float32)
+    idx = np.argwhere(occ > C.CARVE_MIN_OCCUPANCY)
+    if len(idx) == 0:
+        return shape, 0
+    centres_g = shape.origin + (idx + 0.5) * shape.voxel_size
+    p = transform_points(shape.camera_T_grid, centres_g)
+    ui, vi, inside = cam.pixel_indices(p[:, 0], p[:, 1], p[:, 2])
+    d = near_depth[vi, ui]
+    free = inside & (d > 0) & (p[:, 2] < d - margin_m)
+    if not np.any(free):
+        return shape, 0
+    out = occ.copy()
+    fi = idx[free]
+    removed = int((out[fi[:, 0], fi[:, 1], fi[:, 2]] >= 0.5).sum())
+    out[fi[:, 0], fi[:, 1], fi[:, 2]] = 0.0
+    carved = VoxelShape(
+        occupancy=out,
+        voxel_size=shape.voxel_size,
+        origin=shape.origin,
+        camera_T_grid=shape.camera_T_grid,
+        confidence=shape.confidence,
+    )
+    return carved, removed
+
+
+def vertex_normals(mesh: TriangleMesh) -> NDArray[np.float64]:
+    """(V, 3) unit area-weighted vertex normals (outward for counter-clockwise faces; zero
+    for unreferenced vertices)."""
+    v = np.asarray(mesh.vertices, dtype=np.float64)
+    f = np.asarray(mesh.faces, dtype=np.int64)
+    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])  # length = 2 * area
+    vn = np.zeros_like(v)
+    for k in range(3):
+        np.add.at(vn, f[:, k], fn)
+    norm = np.linalg.norm(vn, axis=1, keepdims=True)
+    return np.divide(vn, norm, out=np.zeros_like(vn), where=norm > 0)
+
+
+def trusted_depth(
+    obs: ObjectObservation, shape_hw: tuple[int, int]
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """The object's measured depth averaged over ``SNAP_SMOOTHING_PX`` (only its trusted
+    pixels: those of ``obs.points``) and where it is defined: (H, W) float64 metres and
+    (H, W) bool (at least ``SNAP_MIN_NEIGHBOURS`` trusted pixels in the window)."""
+    h, w = shape_hw
+    pix = np.asarray(obs.pixels, dtype=np.int64).reshape(-1, 2)
+    z = np.asarray(obs.points, dtype=np.float64).reshape(-1, 3)[:, 2]
+    ok = (pix[:, 0] >= 0) & (pix[:, 0] < w) & (pix[:, 1] >= 0) & (pix[:, 1] < h) & np.isfinite(z)
+    zimg = np.zeros((h, w), dtype=np.float64)
+    cnt = np.zeros((h, w), dtype=np.float64)
+    zimg[pix[ok, 1], pix[ok, 0]] = z[ok]
+    cnt[pix[ok, 1], pix[ok, 0]] = 1.0
+    size = 2 * C.SNAP_SMOOTHING_PX + 1
+    # window sums (uniform_filter gives means; the ratio of the two means is the mean depth)
+    zs = ndimage.uniform_filter(zimg, size=size, mode="constant")
+    cs = ndimage.uniform_filter(cnt, size=size, mode="constant")
+    n = cs * size * size
+    valid = (cnt > 0) & (n >= C.SNAP_MIN_NEIGHBOURS - 1e-6)
+    mean = np.divide(zs, cs, out=np.zeros_like(zs), where=cs > 0)
+    return mean, valid
+
+
+def snap_to_depth(mesh: TriangleMesh, frame: RGBDFrame, obs: ObjectObservation, band_m: float) -> SnapResult:
+    """Move the seen part of ``mesh`` (camera frame) onto the measured depth (see the module
+    docstring).
+
+    Args:
+        mesh: the object's mesh in the camera optical frame, metres.
+        frame: the frame (intrinsics, image size).
+        obs: the object's observation (its filtered points and their pixels).
+        band_m: vertices within this of the measured depth snap fully; up to twice this,
+            partly; farther ones (the back, or another surface along the ray) stay.
+
+    Raises:
+        RefinementError: a mesh without vertices or faces.
+    """
+    v = np.asarray(mesh.vertices, dtype=np.float64)
+    if v.ndim != 2 or v.shape[1] != 3 or len(v) == 0 or len(mesh.faces) == 0:
+        raise RefinementError(f"cannot snap a mesh with vertices {v.shape} and {len(mesh.faces)} faces")
+    cam = frame.camera
+    zmean, valid = trusted_depth(obs, (cam.height, cam.width))
+    ui, vi, inside = cam.pixel_indices(v[:, 0], v[:, 1], v[:, 2])
+    cand = inside & valid[vi, ui]
+    if not np.any(cand):
+        return SnapResult(mesh=mesh, snapped=0, mean_shift_m=0.0)
+    ray = v / np.linalg.norm(v, axis=1, keepdims=True)
+    facing = np.einsum("ij,ij->i", vertex_normals(mesh), ray) < -C.SNAP_MIN_FACING_COS
+    dz = zmean[vi, ui] - v[:, 2]
+    weight = np.clip(2.0 - np.abs(dz) / band_m, 0.0, 1.0)
+    weight = np.where(cand & facing, weight, 0.0)
+    moved = weight > 0
+    if not np.any(moved):
+        return SnapResult(mesh=mesh, snapped=0, mean_shift_m=0.0)
+    # along the camera ray: scale the point so that its depth becomes z + weight * dz
+    scale = 1.0 + weight * dz / v[:, 2]
+    out = v * scale[:, None]
+    shift = np.linalg.norm(out[moved] - v[moved], axis=1)
+    return SnapResult(
+        mesh=TriangleMesh(vertices=out, faces=mesh.faces),
+        snapped=int(moved.sum()),
+        mean_shift_m=float(shift.mean()),
+    )

@@ -1,0 +1,177 @@
+"""Surface refinement (core/refine.py): geometric invariants on analytic scenes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trimesh
+
+from sam3d_ros.core import constants as C
+from sam3d_ros.core.camera import CameraIntrinsics
+from sam3d_ros.core.frames import make_transform
+from sam3d_ros.core.refine import (
+    RefinementError,
+    carve_seen_free,
+    free_space_depth,
+    snap_to_depth,
+    vertex_normals,
+)
+from sam3d_ros.core.types import ObjectObservation, RGBDFrame, TriangleMesh, VoxelShape
+
+CAM = CameraIntrinsics(width=320, height=240, fx=300.0, fy=300.0, cx=159.5, cy=119.5)
+CENTRE = np.array([0.01, -0.005, 0.5])
+RADIUS = 0.05
+
+
+def _sphere_depth() -> np.ndarray:
+    """Depth (H, W) of the sphere at CENTRE (NaN where the ray misses it)."""
+    vv, uu = np.mgrid[0 : CAM.height, 0 : CAM.width]
+    d = np.stack([(uu - CAM.cx) / CAM.fx, (vv - CAM.cy) / CAM.fy, np.ones_like(uu, float)], -1)
+    # |t d - c|^2 = r^2: t^2 |d|^2 - 2 t d.c + |c|^2 - r^2 = 0 (nearest root)
+    a = (d * d).sum(-1)
+    b = -2.0 * (d @ CENTRE)
+    c = CENTRE @ CENTRE - RADIUS**2
+    disc = b * b - 4 * a * c
+    with np.errstate(invalid="ignore"):
+        t = (-b - np.sqrt(disc)) / (2 * a)
+    return np.where(disc > 0, t, np.nan).astype(np.float32)  # z = t (d has z = 1)
+
+
+def _frame(depth: np.ndarray, labels: np.ndarray) -> RGBDFrame:
+    h, w = depth.shape
+    return RGBDFrame(
+        stamp_ns=1,
+        frame_id="cam",
+        rgb=np.zeros((h, w, 3), np.uint8),
+        depth=depth,
+        labels=labels,
+        camera=CAM,
+    )
+
+
+def _observation(depth: np.ndarray, erode: int = 2) -> ObjectObservation:
+    from scipy import ndimage
+
+    mask = np.isfinite(depth)
+    trusted = ndimage.binary_erosion(mask, iterations=erode)
+    vi, ui = np.nonzero(trusted)
+    pts = CAM.backproject(ui, vi, depth[vi, ui])
+    return ObjectObservation(
+        instance_id=1,
+        mask=mask,
+        points=pts,
+        pixels=np.stack([ui, vi], axis=1).astype(np.int32),
+        occluder_mask=np.zeros_like(mask),
+    )
+
+
+def _sphere_mesh(radius: float) -> TriangleMesh:
+    m = trimesh.creation.icosphere(subdivisions=4, radius=radius)
+    return TriangleMesh(vertices=np.asarray(m.vertices) + CENTRE, faces=np.asarray(m.faces, dtype=np.int32))
+
+
+def _radial_error(v: np.ndarray) -> np.ndarray:
+    return np.abs(np.linalg.norm(v - CENTRE, axis=1) - RADIUS)
+
+
+@pytest.mark.parametrize("noise_m", [0.0, 0.0015])
+def test_snap_puts_the_seen_surface_on_the_depth_and_leaves_the_back(noise_m: float) -> None:
+    depth = _sphere_depth()
+    rng = np.random.default_rng(0)
+    noisy = depth + rng.normal(0.0, noise_m, depth.shape).astype(np.float32) if noise_m else depth
+    frame = _frame(noisy, np.where(np.isfinite(depth), 1, 0).astype(np.int32))
+    obs = _observation(noisy)
+    mesh = _sphere_mesh(RADIUS + 0.004)  # a prediction 4 mm too large everywhere
+    res = snap_to_depth(mesh, frame, obs, band_m=0.006)
+    before, after = _radial_error(mesh.vertices), _radial_error(res.mesh.vertices)
+    moved = np.linalg.norm(res.mesh.vertices - mesh.vertices, axis=1) > 0
+    assert res.snapped == int(moved.sum()) > 100
+    # only vertices facing the camera move, along their camera ray
+    facing = np.einsum("ij,ij->i", vertex_normals(mesh), mesh.vertices) < 0
+    assert not np.any(moved & ~facing)
+    v0, v1 = mesh.vertices[moved], res.mesh.vertices[moved]
+    cos = np.einsum("ij,ij->i", v0, v1) / (np.linalg.norm(v0, axis=1) * np.linalg.norm(v1, axis=1))
+    assert np.all(cos > 1 - 1e-12)
+    # the back keeps the prediction exactly
+    np.testing.assert_array_equal(res.mesh.vertices[~moved], mesh.vertices[~moved])
+    # fully snapped vertices (trusted interior) lie on the measured sphere: well under the
+    # 4 mm error, and under the depth noise thanks to the local averaging
+    inner = moved & (before > 0.0039)
+    full = np.abs(res.mesh.vertices[:, 2] - mesh.vertices[:, 2]) > 0.9 * 0.004
+    sel = inner & full
+    assert sel.sum() > 50
+    assert float(np.mean(after[sel])) < (0.0006 if noise_m == 0 else 0.8 * noise_m)
+    assert res.mean_shift_m > 0.002
+    np.testing.assert_array_equal(res.mesh.faces, mesh.faces)
+
+
+def test_snap_ignores_surfaces_far_from_the_depth_and_pixels_of_no_trusted_point() -> None:
+    depth = _sphere_depth()
+    frame = _frame(depth, np.where(np.isfinite(depth), 1, 0).astype(np.int32))
+    obs = _observation(depth)
+    far = _sphere_mesh(RADIUS + 0.03)  # 3 cm off: beyond twice the band
+    res = snap_to_depth(far, frame, obs, band_m=0.006)
+    assert res.snapped == 0 and res.mesh is far
+    empty_obs = ObjectObservation(
+        instance_id=1,
+        mask=obs.mask,
+        points=np.zeros((0, 3)),
+        pixels=np.zeros((0, 2), np.int32),
+        occluder_mask=obs.occluder_mask,
+    )
+    assert snap_to_depth(_sphere_mesh(RADIUS), frame, empty_obs, band_m=0.006).snapped == 0
+    with pytest.raises(RefinementError):
+        snap_to_depth(
+            TriangleMesh(vertices=np.zeros((0, 3)), faces=np.zeros((0, 3), np.int32)), frame, obs, 0.006
+        )
+
+
+def _block_shape(voxel: float = 0.005, n: int = 20) -> VoxelShape:
+    """A full n^3 block centred on the optical axis, z from 0.45 to 0.45 + n * voxel."""
+    origin = np.array([-n * voxel / 2, -n * voxel / 2, 0.45])
+    return VoxelShape(
+        occupancy=np.ones((n, n, n), np.float32),
+        voxel_size=voxel,
+        origin=origin,
+        camera_T_grid=make_transform(np.eye(3), np.zeros(3)),
+        confidence=1.0,
+    )
+
+
+def test_carving_empties_exactly_the_space_in_front_of_the_measured_depth() -> None:
+    wall = 0.5
+    depth = np.full((CAM.height, CAM.width), wall, np.float32)
+    depth[:, : CAM.width // 2 - 30] = np.nan  # no depth on the left: no evidence, no carving
+    frame = _frame(depth, np.zeros(depth.shape, np.int32))
+    shape = _block_shape()
+    margin = 0.005
+    carved, removed = carve_seen_free(shape, frame, free_space_depth(depth), margin)
+    n = shape.occupancy.shape[0]
+    idx = np.indices(shape.occupancy.shape).reshape(3, -1).T
+    centres = shape.origin + (idx + 0.5) * shape.voxel_size
+    ui, vi, inside = CAM.pixel_indices(centres[:, 0], centres[:, 1], centres[:, 2])
+    has_depth = np.isfinite(depth[vi, ui])
+    # rows whose neighbourhood has no depth are kept whatever their depth (min filter)
+    near = free_space_depth(depth)[vi, ui] > 0
+    expect_free = inside & near & (centres[:, 2] < wall - margin)
+    got_free = carved.occupancy.reshape(-1) == 0
+    np.testing.assert_array_equal(got_free, expect_free)
+    assert removed == int(expect_free.sum()) > 0
+    # behind the wall (the hidden part) nothing is carved; where no depth, nothing
+    assert not np.any(got_free & (centres[:, 2] > wall - margin))
+    assert not np.any(got_free & ~has_depth)
+    assert carved.occupancy.shape == (n, n, n) and shape.occupancy.min() == 1.0  # input untouched
+
+
+def test_carving_keeps_voxels_at_a_silhouette_and_checks_sizes() -> None:
+    # a near occluder covering the left half of the image at 0.3 m, far background at 1 m
+    depth = np.full((CAM.height, CAM.width), 1.0, np.float32)
+    depth[:, : CAM.width // 2] = 0.3
+    frame = _frame(depth, np.zeros(depth.shape, np.int32))
+    near = free_space_depth(depth)
+    # pixels next to the occluder's edge take the occluder's depth: nothing there is free
+    assert np.all(near[:, CAM.width // 2 - 1 : CAM.width // 2 + C.FREE_SPACE_FILTER_PX] == np.float32(0.3))
+    carved, _ = carve_seen_free(_block_shape(), frame, near, 0.005)
+    assert carved.occupancy.sum() > 0
+    with pytest.raises(RefinementError):
+        carve_seen_free(_block_shape(), frame, near[:-1], 0.005)
