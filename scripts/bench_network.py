@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Speed of the geometry/layout network (a benchmark, not a test).
 
-1. Network: median milliseconds per object of one ONNX Runtime call on a batch of 8 encoded
-   objects (``--threads`` intra-op threads, CPU provider), plus the encoding per object.
+1. Network: median milliseconds per object of the ONNX Runtime calls on a batch of 8 encoded
+   objects (``--threads`` intra-op threads, CPU provider): all stages of the model together
+   and each stage alone (a two-stage model: layout, then shape), plus the encoding per
+   object (a two-stage model encodes each object twice: the observed-extent cube, then the
+   amodal-box cube; the node timing includes both).
 2. Node end to end: median milliseconds per frame of the node's work on ray-cast 640x480
    frames with 5 objects: the pipeline (plane, observations, encoding + network, meshing,
    output-mesh decimation, pose, the frame-path collision shapes of config/default.yaml)
@@ -59,7 +62,9 @@ def main() -> int:
     # --- network: a batch of 8 real encodings
     frames = synthetic_frames(max(args.frames, 2), OBJECTS_PER_FRAME)
     inputs, _, enc_ms = encode_frames(frames, cfg)
-    net = time_network(ort_backend, batch_of(inputs, BATCH), args.repeats)
+    batch = batch_of(inputs, BATCH)
+    net = time_network(ort_backend, batch, args.repeats)
+    net_stages = {st: time_network(ort_backend, batch, args.repeats, st) for st in ort_backend.stages}
 
     # --- end to end per frame, collision excluded
     build = ros_message_builder(cfg.marker_alpha)
@@ -77,6 +82,10 @@ def main() -> int:
         "threads": args.threads,
         "providers": ort_backend.providers,
         "network_ms_per_object_batch8_median": round(statistics.median(net), 2),
+        "network_stages": list(ort_backend.stages),
+        "network_ms_per_object_batch8_median_per_stage": {
+            st: round(statistics.median(v), 2) for st, v in net_stages.items()
+        },
         "encoding_ms_per_object_median": round(statistics.median(enc_ms), 2),
         "node_ms_per_frame_5_objects_median": {
             k: round(statistics.median(t.frame_ms), 1) for k, t in timings.items()

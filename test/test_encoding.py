@@ -12,6 +12,7 @@ from sam3d_ros.core.encoding import (
     GRID_SIZE,
     NUM_CHANNELS,
     EncodingError,
+    amodal_grid_frame,
     encode_object,
     encode_objects,
     grid_frame,
@@ -128,3 +129,45 @@ def test_batch_encoding_and_errors(box_scene) -> None:
 def feats_no_plane_ok(feats: np.ndarray) -> bool:
     """Without a plane, nothing is marked below it."""
     return bool(feats[CHANNELS.index("below_plane")].max() == 0.0)
+
+
+def _in_cube(gf, pts_cam: np.ndarray) -> np.ndarray:
+    g = (pts_cam - gf.camera_T_grid[:3, 3]) @ gf.camera_T_grid[:3, :3]
+    return np.all((g >= gf.origin - 1e-9) & (g <= gf.origin + gf.side + 1e-9), axis=1)
+
+
+def test_amodal_cube_holds_the_box_and_the_observation_and_respects_the_support(box_scene) -> None:
+    _, gf1, _, _, cam = box_scene
+    world = Box(BOX_SIZE, make_transform(np.eye(3), np.array([0.0, 0.0, BOX_SIZE[2] / 2])))
+    frame_pts = None
+    # observed points of the box (the fixture's observation)
+    rendered = render(Scene(objects=(SceneObject(1, world),)), cam)
+    frame = rendered.to_rgbd_frame()
+    cfg = default_config()
+    plane = estimate_support_plane(frame, cfg)
+    obs, _ = extract_observations(frame, cfg)
+    frame_pts = obs[0].points
+    cam_T_box = cam.camera_T_world @ world.world_T_object
+    # a box twice as deep as the real one (a hidden part behind): the cube must hold it all
+    size = np.array([BOX_SIZE[0], 2 * BOX_SIZE[1], BOX_SIZE[2]])
+    shifted = cam_T_box @ make_transform(np.eye(3), np.array([0.0, BOX_SIZE[1] / 2, 0.0]))
+    gf = amodal_grid_frame(frame_pts, plane, shifted, size)
+    corners = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]) * size / 2
+    corners_cam = corners @ shifted[:3, :3].T + shifted[:3, 3]
+    assert np.all(_in_cube(gf, corners_cam))
+    assert _in_cube(gf, frame_pts).mean() > 0.99
+    # same axes as stage 1; the support plane lies FLOOR_VOXELS above the cube's bottom
+    np.testing.assert_allclose(gf.camera_T_grid, gf1.camera_T_grid, atol=1e-9)
+    assert gf.origin[2] == pytest.approx(-FLOOR_VOXELS * gf.voxel_size, abs=1e-9)
+    # a box the layout puts on top of something (bottom 5 cm above the table, the
+    # observation lifted with it): the cube starts under the box, not at the table
+    lift = make_transform(np.eye(3), 0.05 * plane.normal)
+    lifted_pts = frame_pts @ lift[:3, :3].T + lift[:3, 3]
+    gf_up = amodal_grid_frame(lifted_pts, plane, lift @ cam_T_box, np.asarray(BOX_SIZE))
+    from sam3d_ros.core.encoding import AMODAL_BOX_PAD, AMODAL_BOX_PAD_M
+
+    bottom = 0.05 - (BOX_SIZE[2] / 2) * AMODAL_BOX_PAD - AMODAL_BOX_PAD_M  # padded box bottom
+    assert gf_up.origin[2] == pytest.approx(bottom - FLOOR_VOXELS * gf_up.voxel_size, abs=2e-3)
+    assert gf_up.origin[2] > 0.015
+    with pytest.raises(EncodingError):
+        amodal_grid_frame(frame_pts, plane, np.full((4, 4), np.nan), size)

@@ -513,6 +513,7 @@ def test_real_run_without_a_driver_installs_nothing_and_fails(tmp_path: Path) ->
 #: (so an fp32 engine built without clearing TF32 fails the fp32 parity thresholds).
 FAKE_TENSORRT = """
 import ctypes
+import enum
 import json
 
 import numpy as np
@@ -646,10 +647,24 @@ class _Context:
         return True
 
 
+class TensorIOMode(enum.IntEnum):
+    INPUT = 1
+    OUTPUT = 2
+
+
 class _Engine:
     def __init__(self, onnx, meta):
         self.session = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"])
         self.meta = meta
+        self._io = [i.name for i in self.session.get_inputs()] + [o.name for o in self.session.get_outputs()]
+        self.num_io_tensors = len(self._io)
+
+    def get_tensor_name(self, i):
+        return self._io[i]
+
+    def get_tensor_mode(self, name):
+        inputs = {i.name for i in self.session.get_inputs()}
+        return TensorIOMode.INPUT if name in inputs else TensorIOMode.OUTPUT
 
     def create_execution_context(self):
         return _Context(self)

@@ -342,3 +342,98 @@ def test_manifest_text_has_no_machine_paths(tmp_path: Path) -> None:
     text = (tmp_path / "manifest.json").read_text()
     assert home + "/" not in text and "/bin/sam3d-ros" not in text
     assert json.loads(text)["training"]["n"] == [1.5, None]
+
+
+# --------------------------------------------------------------------------- two stages
+
+
+def _two_stage_dir(tmp_path: Path) -> Path:
+    """A two-stage model: the shipped network as stage 2, models/v4's as stage 1 (files
+    copied and listed in the manifest, as ``export_model(..., stage1=...)`` writes them)."""
+    from sam3d_ros.backends.learned import STAGE1_ONNX_KEY, STAGE1_WEIGHTS_KEY, WEIGHTS_KEY, sha256_file
+
+    manifest = load_manifest(MODELS)
+    for key in (ONNX_KEY, WEIGHTS_KEY):
+        shutil.copy(MODELS / manifest["files"][key]["name"], tmp_path)
+    v4 = load_manifest(MODELS / "v4")
+    for key, src_key, name in (
+        (STAGE1_ONNX_KEY, ONNX_KEY, "stage1.onnx"),
+        (STAGE1_WEIGHTS_KEY, WEIGHTS_KEY, "stage1.pt"),
+    ):
+        shutil.copy(MODELS / "v4" / v4["files"][src_key]["name"], tmp_path / name)
+        manifest["files"][key] = {"name": name, "sha256": sha256_file(tmp_path / name)}
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(manifest))
+    return tmp_path
+
+
+def test_two_stage_model_runs_stage_two_on_the_stage_one_box(tmp_path: Path) -> None:
+    from sam3d_ros.backends.learned import stage1_files
+    from sam3d_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from sam3d_ros.core.encoding import encode_objects
+    from sam3d_ros.core.types import SceneContext
+    from sam3d_ros.sim.scenes import random_scene
+
+    d = _two_stage_dir(tmp_path)
+    two = OnnxRuntimeBackend(default_config(), directory=d, intra_op_threads=1, use_cuda=False)
+    assert two.stages == ("layout", "shape")
+    assert stage1_files(d)[0].name == "stage1.onnx"
+    v4 = OnnxRuntimeBackend(default_config(), directory=MODELS / "v4", intra_op_threads=1, use_cuda=False)
+    x = _random_inputs(3, seed=4)
+    # the layout stage is v4's graph, the shape stage the shipped one
+    np.testing.assert_allclose(two.infer(x, "layout").layout, v4.infer(x).layout, atol=1e-5)
+    frame = random_scene(3_000_321, n_objects=3).render().to_rgbd_frame()
+    pipe = FramePipeline(default_config(), two)
+    result = pipe.process(frame)
+    assert len(result.objects) >= 2, result.skipped
+    # stage 1's boxes are those v4 predicts on the observed-extent cubes
+    from sam3d_ros.core.observation import extract_observations
+    from sam3d_ros.core.support_plane import estimate_support_plane
+
+    cfg = default_config()
+    scene = SceneContext(frame=frame, plane=estimate_support_plane(frame, cfg))
+    observations, _ = extract_observations(frame, cfg)
+    shapes = two.reconstruct(scene, observations)
+    inputs, frames = encode_objects(scene, observations)
+    lay = v4.infer(inputs).layout
+    boxes = [b for b in two.last_layouts if b is not None]
+    assert len(boxes) == len(inputs)
+    for (t, size), row, gf, shape in zip(
+        boxes, lay, [f for f in frames if f is not None], shapes, strict=True
+    ):
+        t_ref, size_ref = decode_layout(row, gf)
+        np.testing.assert_allclose(t, t_ref, atol=1e-5)
+        np.testing.assert_allclose(size, size_ref, atol=1e-5)
+        # ... and each shape lives on its stage-2 cube, not on the stage-1 one
+        assert shape is not None
+        assert not np.allclose(shape.origin, gf.origin) or shape.voxel_size != pytest.approx(gf.voxel_size)
+
+
+def test_two_stage_torch_matches_onnxruntime_with_the_exported_layout_only_stage_one(tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="torch is not installed (requirements/dev.txt)")
+    from sam3d_ros.backends.learned import STAGE1_ONNX_KEY, STAGE1_WEIGHTS_KEY
+    from sam3d_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from sam3d_ros.backends.torch_backend import TorchBackend
+    from sam3d_ros.learning.export import export_stage1
+
+    d = _two_stage_dir(tmp_path)
+    manifest = json.loads((d / MANIFEST_NAME).read_text())
+    onnx_entry, weights_entry, parity = export_stage1(MODELS / "v4", d)
+    assert parity < 1e-4
+    manifest["files"][STAGE1_ONNX_KEY], manifest["files"][STAGE1_WEIGHTS_KEY] = onnx_entry, weights_entry
+    (d / MANIFEST_NAME).write_text(json.dumps(manifest))
+    ob = OnnxRuntimeBackend(default_config(), directory=d, intra_op_threads=1, use_cuda=False)
+    tb = TorchBackend(default_config(), directory=d, device="cpu")
+    v4 = OnnxRuntimeBackend(default_config(), directory=MODELS / "v4", intra_op_threads=1, use_cuda=False)
+    assert tb.stages == ob.stages == ("layout", "shape")
+    x = _random_inputs(2, seed=5)
+    ref = v4.infer(x)
+    for stage in ob.stages:
+        a, b = ob.infer(x, stage), tb.infer(x, stage)
+        np.testing.assert_allclose(a.occupancy_logits, b.occupancy_logits, atol=1e-4)
+        np.testing.assert_allclose(a.layout, b.layout, atol=1e-4)
+        np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-4)
+    # the layout-only graph: v4's layout and confidence, no occupancy
+    lay = ob.infer(x, "layout")
+    assert lay.occupancy_logits.shape == (2, 0, 0, 0)
+    np.testing.assert_allclose(lay.layout, ref.layout, atol=1e-4)
+    np.testing.assert_allclose(lay.confidence, ref.confidence, atol=1e-4)

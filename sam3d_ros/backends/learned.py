@@ -63,6 +63,9 @@ GRAPHS: Final[dict[str, tuple[str, str]]] = {
     "shape": (ONNX_KEY, WEIGHTS_KEY),
     "layout": (STAGE1_ONNX_KEY, STAGE1_WEIGHTS_KEY),
 }
+#: The outputs every graph has; a full graph also has ``occupancy_logits``.
+LAYOUT_OUTPUTS: Final[tuple[str, str]] = ("layout", "confidence")
+OCCUPANCY_OUTPUT: Final[str] = "occupancy_logits"
 #: Rows whose occupancy never exceeds this level give no shape (None).
 MIN_PEAK_OCCUPANCY: Final[float] = 0.5
 _HASH_CHUNK = 1 << 20
@@ -77,7 +80,8 @@ class NetworkOutputs:
     """Raw outputs of one batched forward pass (B rows).
 
     Attributes:
-        occupancy_logits: (B, n, n, n) float32.
+        occupancy_logits: (B, n, n, n) float32; (B, 0, 0, 0) from a layout-only graph (a
+            two-stage model's stage 1).
         layout: (B, 8) float32 (see :mod:`sam3d_ros.learning.model`).
         confidence: (B,) float32 in [0, 1].
     """
@@ -85,6 +89,26 @@ class NetworkOutputs:
     occupancy_logits: NDArray[np.float32]
     layout: NDArray[np.float32]
     confidence: NDArray[np.float32]
+
+
+def network_outputs(named: dict[str, Any], batch: int) -> NetworkOutputs:
+    """:class:`NetworkOutputs` from a runtime's outputs by name (``occupancy_logits`` may be
+    missing: a layout-only graph).
+
+    Raises:
+        BackendError: ``layout`` or ``confidence`` missing.
+    """
+    missing = [k for k in LAYOUT_OUTPUTS if k not in named]
+    if missing:
+        raise BackendError(f"the graph has no output(s) {missing}; it has {sorted(named)}")
+    occ = named.get(OCCUPANCY_OUTPUT)
+    return NetworkOutputs(
+        occupancy_logits=(
+            np.zeros((batch, 0, 0, 0), np.float32) if occ is None else np.asarray(occ, dtype=np.float32)
+        ),
+        layout=np.asarray(named["layout"], dtype=np.float32),
+        confidence=np.asarray(named["confidence"], dtype=np.float32).reshape(-1),
+    )
 
 
 def model_dir(configured: str = "") -> Path:

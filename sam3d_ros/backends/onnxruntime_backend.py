@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from sam3d_ros.backends.learned import GRAPHS, LearnedBackend, NetworkOutputs, verified_file
+from sam3d_ros.backends.learned import GRAPHS, LearnedBackend, NetworkOutputs, network_outputs, verified_file
 from sam3d_ros.core.backend import BackendError
 from sam3d_ros.core.config import PipelineConfig
 
@@ -71,11 +71,7 @@ class OnnxRuntimeBackend(LearnedBackend):
         x = np.ascontiguousarray(inputs, dtype=np.float32)
         names = [o.name for o in session.get_outputs()]
         res = dict(zip(names, session.run(names, {session.get_inputs()[0].name: x}), strict=True))
-        return NetworkOutputs(
-            occupancy_logits=np.asarray(res["occupancy_logits"], dtype=np.float32),
-            layout=np.asarray(res["layout"], dtype=np.float32),
-            confidence=np.asarray(res["confidence"], dtype=np.float32).reshape(-1),
-        )
+        return network_outputs(res, len(x))
 
     def describe(self) -> str:
         """Backend, providers, threads and model."""

@@ -25,6 +25,7 @@ from sam3d_ros.backends.learned import (
     GRAPHS,
     LearnedBackend,
     NetworkOutputs,
+    network_outputs,
     sha256_file,
     verified_file,
 )
@@ -35,7 +36,6 @@ from sam3d_ros.core.encoding import GRID_SIZE, NUM_CHANNELS
 logger = logging.getLogger(__name__)
 
 INPUT_NAME: Final[str] = "observation"
-OUTPUT_NAMES: Final[tuple[str, ...]] = ("occupancy_logits", "layout", "confidence")
 #: Batch size the profile is tuned for and its upper bound.
 OPT_BATCH: Final[int] = 8
 MAX_BATCH_CAP: Final[int] = 64
@@ -143,6 +143,13 @@ def _use_timing_cache(config: Any, path: Path) -> None:
     config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
 
+def _output_names(trt: Any, engine: Any) -> tuple[str, ...]:
+    """The output tensor names of ``engine`` (a layout-only stage-1 graph has no
+    ``occupancy_logits``)."""
+    names = (engine.get_tensor_name(i) for i in range(engine.num_io_tensors))
+    return tuple(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+
+
 class TensorRTBackend(LearnedBackend):
     """One cached TensorRT engine per stage graph, executed with cuda-python device buffers
     (shared by the stages, which run one after the other on one stream)."""
@@ -175,6 +182,7 @@ class TensorRTBackend(LearnedBackend):
         self.keys: dict[str, EngineKey] = {}
         self.engines: dict[str, Any] = {}
         self.contexts: dict[str, Any] = {}
+        self.outputs: dict[str, tuple[str, ...]] = {}  # the engine's output tensors
         for stage in self.stages:
             onnx_path = verified_file(self.model_dir, self.manifest, GRAPHS[stage][0])
             try:
@@ -195,6 +203,7 @@ class TensorRTBackend(LearnedBackend):
                 raise BackendError(f"TensorRT cannot deserialize a freshly built engine for {onnx_path}")
             self.keys[stage], self.engines[stage] = key, engine
             self.contexts[stage] = engine.create_execution_context()
+            self.outputs[stage] = _output_names(trt, engine)
         #: the shape stage's key, engine and context (the one graph of a one-stage model)
         self.key, self.engine, self.context = (
             self.keys["shape"],
@@ -214,7 +223,9 @@ class TensorRTBackend(LearnedBackend):
             self._buffers[name] = (ptr, nbytes)
         return ptr
 
-    def _run_chunk(self, x: NDArray[np.float32], context: Any) -> dict[str, NDArray[np.float32]]:
+    def _run_chunk(
+        self, x: NDArray[np.float32], context: Any, outputs: tuple[str, ...]
+    ) -> dict[str, NDArray[np.float32]]:
         cudart = self._cudart
         kind_h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         kind_d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
@@ -224,7 +235,7 @@ class TensorRTBackend(LearnedBackend):
         _cuda_check(cudart.cudaMemcpyAsync(ptr, x.ctypes.data, x.nbytes, kind_h2d, self.stream), "memcpy h2d")
         context.set_tensor_address(INPUT_NAME, ptr)
         outs: dict[str, NDArray[np.float32]] = {}
-        for name in OUTPUT_NAMES:
+        for name in outputs:
             shape = tuple(context.get_tensor_shape(name))
             arr = np.empty(shape, dtype=np.float32)
             optr = self._device_buffer(name, max(arr.nbytes, 4))
@@ -244,16 +255,13 @@ class TensorRTBackend(LearnedBackend):
     def infer(self, inputs: NDArray[np.float32], stage: str = "shape") -> NetworkOutputs:
         """Run the batch through ``stage``'s engine (in chunks of at most ``max_batch`` rows)."""
         x = np.ascontiguousarray(inputs, dtype=np.float32)
-        context = self.contexts[stage]
+        context, outputs = self.contexts[stage], self.outputs[stage]
         parts = [
-            self._run_chunk(np.ascontiguousarray(x[i : i + self.max_batch]), context)
+            self._run_chunk(np.ascontiguousarray(x[i : i + self.max_batch]), context, outputs)
             for i in range(0, len(x), self.max_batch)
         ]
-        return NetworkOutputs(
-            occupancy_logits=np.concatenate([p["occupancy_logits"] for p in parts]),
-            layout=np.concatenate([p["layout"] for p in parts]),
-            confidence=np.concatenate([p["confidence"].reshape(-1) for p in parts]),
-        )
+        named = {name: np.concatenate([p[name] for p in parts]) for name in outputs}
+        return network_outputs(named, len(x))
 
     def close(self) -> None:
         """Free device buffers and the stream."""

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from sam3d_ros.backends.learned import GRAPHS, LearnedBackend, NetworkOutputs, verified_file
+from sam3d_ros.backends.learned import GRAPHS, LearnedBackend, NetworkOutputs, network_outputs, verified_file
 from sam3d_ros.core.backend import BackendError
 from sam3d_ros.core.config import PipelineConfig
 
@@ -56,12 +56,18 @@ class TorchBackend(LearnedBackend):
         torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
-            logits, layout, conf = self.models[stage](x)
-        return NetworkOutputs(
-            occupancy_logits=logits.float().cpu().numpy(),
-            layout=layout.float().cpu().numpy(),
-            confidence=conf.float().cpu().numpy().reshape(-1),
-        )
+            model = self.models[stage]
+            if stage == "layout":  # stage 1 needs the encoder and the global heads only
+                layout, conf = model.layout_forward(x)
+                named = {"layout": layout.float().cpu().numpy(), "confidence": conf.float().cpu().numpy()}
+            else:
+                logits, layout, conf = model(x)
+                named = {
+                    "occupancy_logits": logits.float().cpu().numpy(),
+                    "layout": layout.float().cpu().numpy(),
+                    "confidence": conf.float().cpu().numpy(),
+                }
+        return network_outputs(named, len(x))
 
     def describe(self) -> str:
         """Backend, device and model."""

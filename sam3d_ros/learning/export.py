@@ -8,8 +8,9 @@ the held-out validation metrics). The export checks ONNX Runtime against PyTorch
 inputs and records the largest absolute difference.
 
 A two-stage model (``stage1`` given) also ships its stage 1, the layout network whose box
-places each object's stage-2 cube, as ``geometry_layout_stage1.onnx``/``.pt`` (copied from
-the stage-1 model directory; ``files.onnx_stage1``/``files.torch_weights_stage1``).
+places each object's stage-2 cube: the stage-1 model directory's weights copied as
+``geometry_layout_stage1.pt`` and their layout-only graph (no decoder) exported as
+``geometry_layout_stage1.onnx`` (``files.onnx_stage1``/``files.torch_weights_stage1``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ from sam3d_ros.backends.learned import (
     write_manifest,
 )
 from sam3d_ros.core import encoding as E
-from sam3d_ros.learning.model import INPUT_NAME, OUTPUT_NAMES, GeometryLayoutNet, export_onnx
+from sam3d_ros.learning.model import (
+    INPUT_NAME,
+    LAYOUT_OUTPUT_NAMES,
+    OUTPUT_NAMES,
+    GeometryLayoutNet,
+    build_model,
+    export_onnx,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +120,11 @@ def encoding_spec() -> dict[str, Any]:
     }
 
 
-def parity_check(model: GeometryLayoutNet, onnx_path: Path, seed: int = 0) -> float:
-    """Largest |ONNX Runtime - PyTorch| over all outputs on random inputs.
+def parity_check(
+    model: GeometryLayoutNet, onnx_path: Path, seed: int = 0, layout_only: bool = False
+) -> float:
+    """Largest |ONNX Runtime - PyTorch| over all outputs on random inputs (``layout_only``:
+    the layout-only graph against the full network's layout and confidence).
 
     Raises:
         ExportError: above ``PARITY_ATOL``.
@@ -124,13 +135,33 @@ def parity_check(model: GeometryLayoutNet, onnx_path: Path, seed: int = 0) -> fl
     n = model.cfg.grid
     x = rng.random((PARITY_BATCH, model.cfg.in_channels, n, n, n), dtype=np.float32)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+    names = LAYOUT_OUTPUT_NAMES if layout_only else OUTPUT_NAMES
+    got = sess.run(list(names), {INPUT_NAME: x})
     with torch.inference_mode():
-        ref = [t.numpy() for t in model.eval()(torch.from_numpy(x))]
+        full = dict(zip(OUTPUT_NAMES, (t.numpy() for t in model.eval()(torch.from_numpy(x))), strict=True))
+    ref = [full[k] for k in names]
     diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(got, ref, strict=True))
     if diff > PARITY_ATOL:
-        raise ExportError(f"ONNX Runtime differs from PyTorch by {diff:.3g} > {PARITY_ATOL}")
+        raise ExportError(
+            f"ONNX Runtime ({onnx_path.name}) differs from PyTorch by {diff:.3g} > {PARITY_ATOL}"
+        )
     return diff
+
+
+def export_stage1(stage1: Path, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """Stage 1 of a two-stage model from the model directory ``stage1``: its (stage-1)
+    torch weights copied as ``STAGE1_WEIGHTS_NAME`` and their layout-only graph exported as
+    ``STAGE1_ONNX_NAME``. Returns (ONNX file entry, weights file entry, parity)."""
+    _, src_weights = stage1_files(stage1)
+    weights = out_dir / STAGE1_WEIGHTS_NAME
+    shutil.copyfile(src_weights, weights)
+    ck = torch.load(weights, map_location="cpu", weights_only=True)
+    net = build_model(ck["model_config"])
+    net.load_state_dict(ck["model"])
+    onnx_path = out_dir / STAGE1_ONNX_NAME
+    export_onnx(net.eval(), str(onnx_path), opset=OPSET, layout_only=True)
+    parity = parity_check(net, onnx_path, layout_only=True)
+    return _file_entry(onnx_path), _file_entry(weights), parity
 
 
 def _file_entry(path: Path) -> dict[str, Any]:
@@ -160,20 +191,18 @@ def export_model(
     stages: dict[str, Any] = {
         "shape": "this network, on the cube of the stage-1 box" if stage1 else "this network"
     }
+    stage1_parity = None
     if stage1 is not None:
-        src_onnx, src_weights = stage1_files(stage1)
-        for src, name, key in (
-            (src_onnx, STAGE1_ONNX_NAME, STAGE1_ONNX_KEY),
-            (src_weights, STAGE1_WEIGHTS_NAME, STAGE1_WEIGHTS_KEY),
-        ):
-            shutil.copyfile(src, out_dir / name)
-            files[key] = _file_entry(out_dir / name)
+        files[STAGE1_ONNX_KEY], files[STAGE1_WEIGHTS_KEY], stage1_parity = export_stage1(stage1, out_dir)
         src_manifest = load_manifest(stage1)
         stages["layout"] = {
-            "source_onnx_sha256": files[STAGE1_ONNX_KEY]["sha256"],
+            "source_weights_sha256": files[STAGE1_WEIGHTS_KEY]["sha256"],
             "source_trained": src_manifest.get("training", {}).get("finished_at"),
-            "meaning": "stage 1: its layout output (amodal box) on the observed-extent cube places and sizes "
-            "the cube (encoding.amodal_grid_frame) that stage 2 encodes again and predicts the shape on",
+            "source_command": src_manifest.get("training", {}).get("command"),
+            "outputs": list(LAYOUT_OUTPUT_NAMES),
+            "meaning": "stage 1, the layout-only graph (encoder and global heads) of the source network: "
+            "its amodal box on the observed-extent cube places and sizes the cube "
+            "(encoding.amodal_grid_frame) that stage 2 encodes again and predicts the shape on",
         }
     manifest = {
         "format_version": 1,
@@ -190,6 +219,7 @@ def export_model(
             "torch": torch.__version__,
             "opset": OPSET,
             "parity_max_abs_diff": parity,
+            "stage1_parity_max_abs_diff": stage1_parity,
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
         "training": training,

@@ -174,15 +174,24 @@ def batch_of(inputs: NDArray[np.float32], batch: int) -> NDArray[np.float32]:
     return np.ascontiguousarray(np.concatenate([inputs] * reps)[:batch])
 
 
-def time_network(backend: LearnedBackend, batch: NDArray[np.float32], repeats: int) -> list[float]:
-    """Milliseconds per object of ``repeats`` calls of ``backend.infer(batch)`` (after
-    :data:`WARMUP_CALLS` untimed calls)."""
+def time_network(
+    backend: LearnedBackend, batch: NDArray[np.float32], repeats: int, stage: str | None = None
+) -> list[float]:
+    """Milliseconds per object of ``repeats`` calls of ``backend.infer(batch, stage)`` (after
+    :data:`WARMUP_CALLS` untimed calls); ``stage`` None: every stage of the model in turn
+    (both graphs of a two-stage model, on the same batch), timed together."""
+    stages = tuple(backend.stages) if stage is None else (stage,)
+
+    def call() -> None:
+        for st in stages:
+            backend.infer(batch, st)
+
     for _ in range(WARMUP_CALLS):
-        backend.infer(batch)
+        call()
     out = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        backend.infer(batch)
+        call()
         out.append((time.perf_counter() - t0) * 1000.0 / len(batch))
     return out
 
