@@ -786,9 +786,11 @@ def test_engine_and_parity_steps_on_a_fake_tensorrt(tmp_path: Path, monkeypatch)
         (tmp_path / "o" / gc.LOG_NAME).read_text()[-3000:],
     )
     per = engines.data["models"]["models"]
-    assert {p: (e["first_start_builds"], e["second_start_builds"]) for p, e in per.items()} == {
-        "fp16": (1, 0),
-        "fp32": (1, 0),
+    # the shipped two-stage model: one engine per graph (layout, shape) on the first start,
+    # none on the second
+    assert {p: (e["graphs"], e["first_start_builds"], e["second_start_builds"]) for p, e in per.items()} == {
+        "fp16": (2, 2, 0),
+        "fp32": (2, 2, 0),
     }
     assert per["fp32"]["gpu"] == "FakeGPU 80GB sm_90" and per["fp32"]["tensorrt"] == "10.99.0"
     assert all(
@@ -804,6 +806,8 @@ def test_engine_and_parity_steps_on_a_fake_tensorrt(tmp_path: Path, monkeypatch)
     assert fp32["max_abs_logit"] == 0.0  # TF32 cleared: the fake then computes in plain fp32
     assert 0.0 < fp16["max_abs_logit"] <= gc.PARITY_THRESHOLDS["fp16"].max_abs_logit
     assert fp16["meshed"] >= 3 and fp16["mesh_mismatches"] == 0
+    # the layout-only stage-1 graph is compared too (layout and confidence; no occupancy)
+    assert parity.data["models"]["fp32/layout"]["passed"] and parity.data["models"]["fp16/layout"]["passed"]
 
 
 def test_real_run_with_a_driver_and_a_ready_venv(tmp_path: Path) -> None:

@@ -145,13 +145,13 @@ def test_carving_empties_exactly_the_space_in_front_of_the_measured_depth() -> N
     frame = _frame(depth, np.zeros(depth.shape, np.int32))
     shape = _block_shape()
     margin = 0.005
-    carved, removed = carve_seen_free(shape, frame, free_space_depth(depth), margin)
+    carved, removed = carve_seen_free(shape, frame, margin)
     n = shape.occupancy.shape[0]
     idx = np.indices(shape.occupancy.shape).reshape(3, -1).T
     centres = shape.origin + (idx + 0.5) * shape.voxel_size
     ui, vi, inside = CAM.pixel_indices(centres[:, 0], centres[:, 1], centres[:, 2])
     has_depth = np.isfinite(depth[vi, ui])
-    # rows whose neighbourhood has no depth are kept whatever their depth (min filter)
+    # voxels whose pixel neighbourhood has no depth are kept whatever their depth (min filter)
     near = free_space_depth(depth)[vi, ui] > 0
     expect_free = inside & near & (centres[:, 2] < wall - margin)
     got_free = carved.occupancy.reshape(-1) == 0
@@ -171,7 +171,17 @@ def test_carving_keeps_voxels_at_a_silhouette_and_checks_sizes() -> None:
     near = free_space_depth(depth)
     # pixels next to the occluder's edge take the occluder's depth: nothing there is free
     assert np.all(near[:, CAM.width // 2 - 1 : CAM.width // 2 + C.FREE_SPACE_FILTER_PX] == np.float32(0.3))
-    carved, _ = carve_seen_free(_block_shape(), frame, near, 0.005)
-    assert carved.occupancy.sum() > 0
+    shape = _block_shape()  # x from -5 to 5 cm at z 0.45-0.55: straddles the edge (u = 159.5)
+    carved, removed = carve_seen_free(shape, frame, 0.005)
+    # behind the occluder (left) nothing is free; right of the edge the background at 1 m
+    # frees the whole block, except the column whose window reaches the occluder
+    idx = np.indices(shape.occupancy.shape).reshape(3, -1).T
+    centres = shape.origin + (idx + 0.5) * shape.voxel_size
+    ui, _, _ = CAM.pixel_indices(centres[:, 0], centres[:, 1], centres[:, 2])
+    kept = carved.occupancy.reshape(-1) > 0
+    assert np.all(kept[ui < CAM.width // 2 - 1])
+    assert not np.any(kept[ui > CAM.width // 2 + C.FREE_SPACE_FILTER_PX])
+    assert removed == int((~kept).sum()) > 0
+    bad = _frame(depth[:-1], np.zeros(depth[:-1].shape, np.int32))
     with pytest.raises(RefinementError):
-        carve_seen_free(_block_shape(), frame, near[:-1], 0.005)
+        carve_seen_free(_block_shape(), bad, 0.005)

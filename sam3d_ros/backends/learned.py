@@ -40,10 +40,10 @@ from sam3d_ros.core.encoding import (
     GRID_SIZE,
     EncodingError,
     GridFrame,
-    amodal_grid_frame,
     decode_layout,
     encode_object,
     encode_objects,
+    stage2_grid_frame,
 )
 from sam3d_ros.core.types import ObjectObservation, SceneContext, VoxelShape
 
@@ -300,7 +300,7 @@ class LearnedBackend(Backend):
         """Encode all objects, run one batched pass per stage, decode (see the module
         docstring). A two-stage model first predicts each object's amodal box on its
         observed-extent cube (stage 1), then encodes it again on the cube that box gives
-        (:func:`~sam3d_ros.core.encoding.amodal_grid_frame`) and predicts the shape there.
+        (:func:`~sam3d_ros.core.encoding.stage2_grid_frame`) and predicts the shape there.
 
         Raises:
             BackendError: the runtime failed on the batch (the pipeline skips the frame's
@@ -320,12 +320,15 @@ class LearnedBackend(Backend):
             return decode_outputs(out, frames)
         frames2: list[GridFrame | None] = []
         feats2: list[NDArray[np.float32]] = []
-        for obs, gf, box in zip(observations, frames, self.last_layouts, strict=True):
-            if gf is None or box is None:
+        rows = iter(out.layout)
+        for obs, gf in zip(observations, frames, strict=True):
+            if gf is None:
                 frames2.append(None)
                 continue
             try:
-                f2, gf2 = encode_object(scene, obs, amodal_grid_frame(obs.points, scene.plane, *box))
+                f2, gf2 = encode_object(
+                    scene, obs, stage2_grid_frame(obs.points, scene.plane, gf, next(rows))
+                )
             except EncodingError as err:  # a degenerate box: the observed-extent cube
                 logger.debug("object %d: stage-1 box unusable (%s); stage-1 cube", obs.instance_id, err)
                 f2, gf2 = encode_object(scene, obs, gf)

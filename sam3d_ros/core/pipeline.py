@@ -48,7 +48,7 @@ from sam3d_ros.core.images import touches_border
 from sam3d_ros.core.layout import LayoutError, estimate_object_frame, observed_in_frame, visible_fraction
 from sam3d_ros.core.meshing import MeshingError, mesh_from_voxels, mesh_volume
 from sam3d_ros.core.observation import extract_observations
-from sam3d_ros.core.refine import RefinementError, carve_seen_free, free_space_depth, snap_to_depth
+from sam3d_ros.core.refine import RefinementError, carve_seen_free, snap_to_depth
 from sam3d_ros.core.support_plane import estimate_support_plane
 from sam3d_ros.core.threads import limit_blas_threads
 from sam3d_ros.core.tracking import (
@@ -227,12 +227,9 @@ class FramePipeline:
         timings["meshing"] = 0.0
         timings["refinement"] = 0.0
         timings["collision"] = 0.0
-        near_depth = free_space_depth(frame.depth) if pairs and cfg.surface_refinement else None
         for (obs, shape), (track, is_new) in zip(pairs, matches, strict=True):
             try:
-                tracked = self._finish_object(
-                    frame, scene, obs, shape, track, is_new, f_T_c, timings, near_depth
-                )
+                tracked = self._finish_object(frame, scene, obs, shape, track, is_new, f_T_c, timings)
             except (MeshingError, LayoutError, CollisionError, RefinementError) as err:
                 # a shape that gives no usable mesh, frame or collision geometry: the object
                 # is skipped with the reason, never published half-made
@@ -316,22 +313,18 @@ class FramePipeline:
         is_new: bool,
         f_T_c: NDArray[np.float64],
         timings: dict[str, float],
-        near_depth: NDArray[np.float64] | None = None,
     ) -> TrackedObject:
         """Mesh, refine, pose, collision shapes and track state of one object.
 
-        ``near_depth`` (:func:`~sam3d_ros.core.refine.free_space_depth` of the frame) turns
-        on the surface refinement: seen-free voxels are emptied before meshing and the seen
-        surface is snapped onto the measured depth after it."""
+        With ``surface_refinement`` seen-free voxels are emptied before meshing and the seen
+        surface is snapped onto the measured depth after it (:mod:`sam3d_ros.core.refine`)."""
         cfg = self.config
+        refine = cfg.surface_refinement
         t0 = time.perf_counter()
-        if near_depth is not None:
-            shape, _ = carve_seen_free(
-                shape,
-                frame,
-                near_depth,
-                max(C.REFINE_CARVE_MARGIN_VOXELS * shape.voxel_size, C.REFINE_CARVE_MIN_MARGIN_M),
-            )
+        if refine:
+            margin = max(C.REFINE_CARVE_MARGIN_VOXELS * shape.voxel_size, C.REFINE_CARVE_MIN_MARGIN_M)
+            shape, _ = carve_seen_free(shape, frame, margin)
+        t_carved = time.perf_counter()
         fused = self._fuse(frame, obs, shape, track, f_T_c)
         mesh_cam = None
         if fused is not None:
@@ -344,9 +337,9 @@ class FramePipeline:
         if mesh_cam is None:
             mesh_cam = mesh_from_voxels(shape, cfg.occupancy_threshold)
         t_ref = time.perf_counter()
-        if near_depth is not None:
+        if refine:
             mesh_cam = snap_to_depth(mesh_cam, frame, obs, C.SNAP_BAND_VOXELS * shape.voxel_size).mesh
-        refine_s = time.perf_counter() - t_ref
+        refine_s = time.perf_counter() - t_ref + (t_carved - t0)
         if 0 < cfg.output_mesh_max_triangles < len(mesh_cam.faces):
             # quadric decimation: message building, hulls and fits scale with the faces
             mesh_cam = simplify_mesh(mesh_cam, cfg.output_mesh_max_triangles)

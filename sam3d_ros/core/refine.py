@@ -55,37 +55,39 @@ class SnapResult:
     mean_shift_m: float
 
 
-def free_space_depth(depth: NDArray[np.floating]) -> NDArray[np.float64]:
-    """(H, W) float64: per pixel the nearest measured depth within ``FREE_SPACE_FILTER_PX``
+def free_space_depth(depth: NDArray[np.floating]) -> NDArray[np.float32]:
+    """(H, W) float32: per pixel the nearest measured depth within ``FREE_SPACE_FILTER_PX``
     (a min filter), 0.0 where any pixel of the window has no depth (no evidence of free
-    space there). Computed once per frame and shared by its objects."""
-    d = np.asarray(depth, dtype=np.float64)
+    space there)."""
+    d = np.asarray(depth, dtype=np.float32)
     if d.ndim != 2:
         raise RefinementError(f"depth must be (H, W), got shape {d.shape}")
-    d = np.where(np.isfinite(d) & (d > 0), d, 0.0)
+    with np.errstate(invalid="ignore"):
+        d = np.where(np.isfinite(d) & (d > 0), d, np.float32(0.0))
     return np.asarray(ndimage.minimum_filter(d, size=2 * C.FREE_SPACE_FILTER_PX + 1, mode="nearest"))
 
 
-def carve_seen_free(
-    shape: VoxelShape, frame: RGBDFrame, near_depth: NDArray[np.float64], margin_m: float
-) -> tuple[VoxelShape, int]:
+def carve_seen_free(shape: VoxelShape, frame: RGBDFrame, margin_m: float) -> tuple[VoxelShape, int]:
     """Empty the voxels of ``shape`` the camera saw through (see the module docstring).
+
+    The free-space depth (:func:`free_space_depth`) is computed on the crop of the image
+    where the tested voxel centres project (plus the filter radius), not the whole image.
 
     Args:
         shape: the predicted occupancy.
-        frame: the frame (intrinsics; ``near_depth`` must have its image size).
-        near_depth: :func:`free_space_depth` of the frame's depth, (H, W) metres.
+        frame: the frame (depth (H, W) metres and intrinsics of the same size).
         margin_m: a voxel centre is free when it lies more than this in front of the depth.
 
     Returns:
         (carved shape, number of voxels emptied that had occupancy >= 0.5).
 
     Raises:
-        RefinementError: ``near_depth`` does not match the camera's image size.
+        RefinementError: the depth image does not match the camera's image size.
     """
     cam = frame.camera
-    if near_depth.shape != (cam.height, cam.width):
-        raise RefinementError(f"depth {near_depth.shape} does not match the camera {(cam.height, cam.width)}")
+    depth = np.asarray(frame.depth)
+    if depth.shape != (cam.height, cam.width):
+        raise RefinementError(f"depth {depth.shape} does not match the camera {(cam.height, cam.width)}")
     occ = np.asarray(shape.occupancy, dtype=np.float32)
     idx = np.argwhere(occ > C.CARVE_MIN_OCCUPANCY)
     if len(idx) == 0:
@@ -93,7 +95,13 @@ def carve_seen_free(
     centres_g = shape.origin + (idx + 0.5) * shape.voxel_size
     p = transform_points(shape.camera_T_grid, centres_g)
     ui, vi, inside = cam.pixel_indices(p[:, 0], p[:, 1], p[:, 2])
-    d = near_depth[vi, ui]
+    if not np.any(inside):
+        return shape, 0
+    r = C.FREE_SPACE_FILTER_PX
+    u0, u1 = max(int(ui[inside].min()) - r, 0), min(int(ui[inside].max()) + r + 1, cam.width)
+    v0, v1 = max(int(vi[inside].min()) - r, 0), min(int(vi[inside].max()) + r + 1, cam.height)
+    near = free_space_depth(depth[v0:v1, u0:u1])
+    d = near[np.where(inside, vi - v0, 0), np.where(inside, ui - u0, 0)]
     free = inside & (d > 0) & (p[:, 2] < d - margin_m)
     if not np.any(free):
         return shape, 0
@@ -124,28 +132,58 @@ def vertex_normals(mesh: TriangleMesh) -> NDArray[np.float64]:
     return np.divide(vn, norm, out=np.zeros_like(vn), where=norm > 0)
 
 
-def trusted_depth(
-    obs: ObjectObservation, shape_hw: tuple[int, int]
-) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+@dataclass(frozen=True)
+class TrustedDepth:
     """The object's measured depth averaged over ``SNAP_SMOOTHING_PX`` (only its trusted
-    pixels: those of ``obs.points``) and where it is defined: (H, W) float64 metres and
-    (H, W) bool (at least ``SNAP_MIN_NEIGHBOURS`` trusted pixels in the window)."""
+    pixels: those of ``obs.points``), on the crop of the image that holds them.
+
+    Attributes:
+        mean: (h, w) float64 metres, the crop's averaged depth.
+        valid: (h, w) bool, a trusted pixel with at least ``SNAP_MIN_NEIGHBOURS`` trusted
+            pixels in its window.
+        u0, v0: image column and row of the crop's pixel (0, 0).
+    """
+
+    mean: NDArray[np.float64]
+    valid: NDArray[np.bool_]
+    u0: int
+    v0: int
+
+    def lookup(
+        self, ui: NDArray[np.intp], vi: NDArray[np.intp]
+    ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+        """(depth, valid) at image pixels (ui, vi); invalid outside the crop."""
+        h, w = self.valid.shape
+        lu, lv = ui - self.u0, vi - self.v0
+        inside = (lu >= 0) & (lu < w) & (lv >= 0) & (lv < h)
+        lu, lv = np.where(inside, lu, 0), np.where(inside, lv, 0)
+        return self.mean[lv, lu], inside & self.valid[lv, lu]
+
+
+def trusted_depth(obs: ObjectObservation, shape_hw: tuple[int, int]) -> TrustedDepth | None:
+    """The :class:`TrustedDepth` of ``obs`` in an image of ``shape_hw`` (H, W); None when
+    the observation has no point inside the image."""
     h, w = shape_hw
     pix = np.asarray(obs.pixels, dtype=np.int64).reshape(-1, 2)
     z = np.asarray(obs.points, dtype=np.float64).reshape(-1, 3)[:, 2]
     ok = (pix[:, 0] >= 0) & (pix[:, 0] < w) & (pix[:, 1] >= 0) & (pix[:, 1] < h) & np.isfinite(z)
-    zimg = np.zeros((h, w), dtype=np.float64)
-    cnt = np.zeros((h, w), dtype=np.float64)
-    zimg[pix[ok, 1], pix[ok, 0]] = z[ok]
-    cnt[pix[ok, 1], pix[ok, 0]] = 1.0
-    size = 2 * C.SNAP_SMOOTHING_PX + 1
-    # window sums (uniform_filter gives means; the ratio of the two means is the mean depth)
+    if not np.any(ok):
+        return None
+    pix, z = pix[ok], z[ok]
+    r = C.SNAP_SMOOTHING_PX
+    u0, v0 = int(pix[:, 0].min()) - r, int(pix[:, 1].min()) - r
+    cw, ch = int(pix[:, 0].max()) + r + 1 - u0, int(pix[:, 1].max()) + r + 1 - v0
+    zimg = np.zeros((ch, cw), dtype=np.float64)
+    cnt = np.zeros((ch, cw), dtype=np.float64)
+    zimg[pix[:, 1] - v0, pix[:, 0] - u0] = z
+    cnt[pix[:, 1] - v0, pix[:, 0] - u0] = 1.0
+    size = 2 * r + 1
+    # window means of depth*count and count: their ratio is the mean trusted depth
     zs = ndimage.uniform_filter(zimg, size=size, mode="constant")
     cs = ndimage.uniform_filter(cnt, size=size, mode="constant")
-    n = cs * size * size
-    valid = (cnt > 0) & (n >= C.SNAP_MIN_NEIGHBOURS - 1e-6)
+    valid = (cnt > 0) & (cs * size * size >= C.SNAP_MIN_NEIGHBOURS - 1e-6)
     mean = np.divide(zs, cs, out=np.zeros_like(zs), where=cs > 0)
-    return mean, valid
+    return TrustedDepth(mean=mean, valid=valid, u0=u0, v0=v0)
 
 
 def snap_to_depth(mesh: TriangleMesh, frame: RGBDFrame, obs: ObjectObservation, band_m: float) -> SnapResult:
@@ -166,14 +204,17 @@ def snap_to_depth(mesh: TriangleMesh, frame: RGBDFrame, obs: ObjectObservation, 
     if v.ndim != 2 or v.shape[1] != 3 or len(v) == 0 or len(mesh.faces) == 0:
         raise RefinementError(f"cannot snap a mesh with vertices {v.shape} and {len(mesh.faces)} faces")
     cam = frame.camera
-    zmean, valid = trusted_depth(obs, (cam.height, cam.width))
+    trusted = trusted_depth(obs, (cam.height, cam.width))
+    if trusted is None:
+        return SnapResult(mesh=mesh, snapped=0, mean_shift_m=0.0)
     ui, vi, inside = cam.pixel_indices(v[:, 0], v[:, 1], v[:, 2])
-    cand = inside & valid[vi, ui]
+    zmean, valid = trusted.lookup(ui, vi)
+    cand = inside & valid
     if not np.any(cand):
         return SnapResult(mesh=mesh, snapped=0, mean_shift_m=0.0)
     ray = v / np.linalg.norm(v, axis=1, keepdims=True)
     facing = np.einsum("ij,ij->i", vertex_normals(mesh), ray) < -C.SNAP_MIN_FACING_COS
-    dz = zmean[vi, ui] - v[:, 2]
+    dz = zmean - v[:, 2]
     weight = np.clip(2.0 - np.abs(dz) / band_m, 0.0, 1.0)
     weight = np.where(cand & facing, weight, 0.0)
     moved = weight > 0

@@ -56,9 +56,8 @@ from sam3d_ros.core.encoding import (
     NUM_CHANNELS,
     EncodingError,
     GridFrame,
-    amodal_grid_frame,
-    decode_layout,
     encode_object,
+    stage2_grid_frame,
 )
 from sam3d_ros.core.frames import invert_transform
 from sam3d_ros.core.observation import extract_observations
@@ -420,9 +419,8 @@ def stage2_frame(
     scene: SceneContext, obs: Any, stage1_frame: GridFrame, layout: NDArray[np.floating]
 ) -> GridFrame:
     """The stage-2 cube of ``obs`` from stage 1's layout row on ``stage1_frame`` (the
-    inference rule of :class:`sam3d_ros.backends.learned.LearnedBackend`)."""
-    camera_T_box, size = decode_layout(layout, stage1_frame)
-    return amodal_grid_frame(obs.points, scene.plane, camera_T_box, size)
+    inference rule, :func:`sam3d_ros.core.encoding.stage2_grid_frame`)."""
+    return stage2_grid_frame(obs.points, scene.plane, stage1_frame, layout)
 
 
 def _build_chunk(

@@ -202,7 +202,7 @@ def export_model(
             "outputs": list(LAYOUT_OUTPUT_NAMES),
             "meaning": "stage 1, the layout-only graph (encoder and global heads) of the source network: "
             "its amodal box on the observed-extent cube places and sizes the cube "
-            "(encoding.amodal_grid_frame) that stage 2 encodes again and predicts the shape on",
+            "(encoding.stage2_grid_frame) that stage 2 encodes again and predicts the shape on",
         }
     manifest = {
         "format_version": 1,
