@@ -86,3 +86,46 @@ def test_training_resumes_and_exports(tiny_cache: Path, tmp_path: Path) -> None:
     manifest = load_manifest(out)
     assert verified_file(out, manifest, "onnx").is_file()
     assert manifest["export"]["parity_max_abs_diff"] < 1e-4
+
+
+def test_stage_two_dataset_is_encoded_on_the_stage_one_boxes(tiny_cache: Path, tmp_path: Path) -> None:
+    """``build_dataset(stage1=...)`` encodes every object on the cube its stage-1 layout
+    places (the inference rule), records the stage-1 sha256 in the recipe and the cache name."""
+    from sam3d_ros.backends.learned import sha256_file, stage1_files
+    from sam3d_ros.core.config import default_config
+    from sam3d_ros.core.encoding import encode_object, encode_objects
+    from sam3d_ros.core.observation import extract_observations
+    from sam3d_ros.core.support_plane import estimate_support_plane
+    from sam3d_ros.core.types import SceneContext
+    from sam3d_ros.learning.data import _Stage1, stage2_frame
+    from sam3d_ros.learning.train import dataset_dir
+
+    root = Path(__file__).resolve().parents[1]
+    onnx = stage1_files(root / "models" / "v4")[0]
+    sha = sha256_file(onnx)
+    d = dataset_dir(tmp_path, "raycast", "val", 1, 0, sha)
+    assert d.name.endswith(f"_st2-{sha[:8]}") and d != dataset_dir(tmp_path, "raycast", "val", 1, 0)
+    meta = build_dataset(d, "val", 1, stage1=onnx)
+    assert meta["recipe"]["stage1_sha256"] == sha
+    ds = load_dataset(d)
+    # the same frame encoded by hand: stage-1 cubes -> stage-1 layouts -> stage-2 cubes
+    cfg = default_config()
+    lf = next(iter(create_source("raycast").frames("val", 1, 0)))
+    scene = SceneContext(frame=lf.frame, plane=estimate_support_plane(lf.frame, cfg))
+    observations, _ = extract_observations(lf.frame, cfg)
+    observations = [o for o in observations if o.instance_id in lf.targets]
+    x1, frames1 = encode_objects(scene, observations)
+    layouts = _Stage1(str(onnx)).layouts(x1)
+    encoded = [o for o, f in zip(observations, frames1, strict=True) if f is not None]
+    gfs = [f for f in frames1 if f is not None]
+    x2 = np.stack(
+        [
+            encode_object(scene, o, stage2_frame(scene, o, g, lay))[0]
+            for o, g, lay in zip(encoded, gfs, layouts, strict=True)
+        ]
+    )
+    assert len(ds) == len(x2)
+    got = np.stack([ds.batch([i])["inputs"][0] for i in range(len(ds))])
+    # channels 0-5 are binary (exact after quantisation); the stage-1 cube differs
+    np.testing.assert_array_equal(got[:, :6], x2[:, :6])
+    assert not np.array_equal(got[:, :6], x1[:, :6])

@@ -172,6 +172,20 @@ def _observed_extent(points: NDArray[np.floating], plane: SupportPlane | None) -
     return _ObservedExtent(R=R, base=base, lo=lo, hi=hi, floor=floor, plane_used=plane_used, P=P)
 
 
+def _cube(ob: _ObservedExtent, centre_xy: NDArray[np.float64], side: float, floor: float) -> GridFrame:
+    """The cube of side ``side`` in ``ob``'s axes, centred on ``centre_xy`` horizontally,
+    its bottom ``FLOOR_VOXELS`` voxels below the height ``floor``."""
+    voxel = side / GRID_SIZE
+    origin = np.array([centre_xy[0] - side / 2, centre_xy[1] - side / 2, floor - FLOOR_VOXELS * voxel])
+    return GridFrame(
+        camera_T_grid=make_transform(ob.R, ob.base),
+        origin=origin,
+        voxel_size=voxel,
+        side=side,
+        plane_used=ob.plane_used,
+    )
+
+
 def grid_frame(points: NDArray[np.floating], plane: SupportPlane | None) -> GridFrame:
     """The object-centric cube of one object from its observed extent (stage 1; see the
     module docstring).
@@ -187,7 +201,6 @@ def grid_frame(points: NDArray[np.floating], plane: SupportPlane | None) -> Grid
     lo, hi, floor = ob.lo, ob.hi, ob.floor
     extent = max(float(hi[0] - lo[0]), float(hi[1] - lo[1]), float(hi[2]) - floor)
     side = float(np.clip(EXTENT_FACTOR * extent, MIN_SIDE, MAX_SIDE))
-    voxel = side / GRID_SIZE
     # horizontal viewing direction in G (camera centre is the camera-frame origin)
     cam_G = (-ob.base) @ ob.R
     centre_xy = 0.5 * (lo[:2] + hi[:2])
@@ -195,14 +208,7 @@ def grid_frame(points: NDArray[np.floating], plane: SupportPlane | None) -> Grid
     dist = float(np.linalg.norm(ob.P.mean(axis=0) - cam_G))
     if float(np.linalg.norm(horiz)) >= TOP_DOWN_RATIO * max(dist, 1e-9):
         centre_xy = centre_xy + BACK_SHIFT * side * horiz / float(np.linalg.norm(horiz))
-    origin = np.array([centre_xy[0] - side / 2, centre_xy[1] - side / 2, floor - FLOOR_VOXELS * voxel])
-    return GridFrame(
-        camera_T_grid=make_transform(ob.R, ob.base),
-        origin=origin,
-        voxel_size=voxel,
-        side=side,
-        plane_used=ob.plane_used,
-    )
+    return _cube(ob, centre_xy, side, floor)
 
 
 def decode_layout(
@@ -280,16 +286,8 @@ def amodal_grid_frame(
     floor = max(float(lo[2]), ob.floor) if ob.plane_used else float(lo[2])
     extent = max(float(hi[0] - lo[0]), float(hi[1] - lo[1]), float(hi[2]) - floor)
     side = float(np.clip(AMODAL_EXTENT_FACTOR * extent, MIN_SIDE, MAX_SIDE))
-    voxel = side / GRID_SIZE
     centre_xy = 0.5 * (lo[:2] + hi[:2])
-    origin = np.array([centre_xy[0] - side / 2, centre_xy[1] - side / 2, floor - FLOOR_VOXELS * voxel])
-    return GridFrame(
-        camera_T_grid=make_transform(ob.R, ob.base),
-        origin=origin,
-        voxel_size=voxel,
-        side=side,
-        plane_used=ob.plane_used,
-    )
+    return _cube(ob, centre_xy, side, floor)
 
 
 def encode_object(

@@ -289,25 +289,22 @@ def train(
     torch.set_num_threads(cfg.threads)
     t_start = time.time()
     stage1 = Path(cfg.stage1_onnx) if cfg.stage1_onnx else None
-    train_dir = dataset_dir(cache, cfg.source, "train", cfg.train_frames, cfg.seed, cfg.stage1_sha256)
-    val_dir = dataset_dir(cache, cfg.source, "val", cfg.val_frames, cfg.seed, cfg.stage1_sha256)
-    train_meta = build_dataset(
-        train_dir,
-        "train",
-        cfg.train_frames,
-        source=cfg.source,
-        seed=cfg.seed,
-        workers=cfg.data_workers,
-        stage1=stage1,
-    )
-    val_meta = build_dataset(
-        val_dir,
-        "val",
-        cfg.val_frames,
-        source=cfg.source,
-        seed=cfg.seed,
-        workers=cfg.data_workers,
-        stage1=stage1,
+    dirs = {
+        split: dataset_dir(cache, cfg.source, split, frames, cfg.seed, cfg.stage1_sha256)
+        for split, frames in (("train", cfg.train_frames), ("val", cfg.val_frames))
+    }
+    train_dir, val_dir = dirs["train"], dirs["val"]
+    train_meta, val_meta = (
+        build_dataset(
+            dirs[split],
+            split,
+            frames,
+            source=cfg.source,
+            seed=cfg.seed,
+            workers=cfg.data_workers,
+            stage1=stage1,
+        )
+        for split, frames in (("train", cfg.train_frames), ("val", cfg.val_frames))
     )
     data_s = time.time() - t_start
     train_ds = load_dataset(train_dir)
