@@ -11,7 +11,7 @@ import pytest
 from sam3d_ros.core.config import default_config
 from sam3d_ros.core.images import encode_image
 from sam3d_ros.core.types import InputError, SkipReason
-from sam3d_ros.ros.conversions import camera_from_info, frame_from_messages
+from sam3d_ros.stream.conversions import camera_from_info, frame_from_messages
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sam3d_ros.ros.sync import (
+from sam3d_ros.stream.sync import (
     ApproximateTimeSync,
     InputAccounting,
     StampGate,

@@ -23,7 +23,7 @@ from sam3d_ros.core.frames import transform_points
 from sam3d_ros.core.stats import StatsSnapshot
 from sam3d_ros.core.types import FrameResult, ObjectResult, TriangleMesh
 from sam3d_ros.msg import ObjectReconstruction, ObjectReconstructionArray
-from sam3d_ros.ros.sync import TopicCounts
+from sam3d_ros.stream.sync import TopicCounts
 
 MESH_NS = "sam3d_mesh"
 LABEL_NS = "sam3d_label"

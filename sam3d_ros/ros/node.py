@@ -44,17 +44,17 @@ from sam3d_ros.core.types import FrameResult, InputError, SkipReason
 from sam3d_ros.core.worker import LatestWinsWorker
 from sam3d_ros.msg import ObjectReconstructionArray
 from sam3d_ros.ros import builders
-from sam3d_ros.ros.conversions import frame_from_messages, header_stamp_ns
 from sam3d_ros.ros.moveit import PlanningSceneSync
 from sam3d_ros.ros.params import declare_parameters, load_config, parameter_values
-from sam3d_ros.ros.sync import (
+from sam3d_ros.ros.tf import PlanningFrameSource
+from sam3d_ros.stream.conversions import frame_from_messages, header_stamp_ns
+from sam3d_ros.stream.sync import (
     ApproximateTimeSync,
     InputAccounting,
     StampGate,
     message_filters_source,
     own_sync_source,
 )
-from sam3d_ros.ros.tf import PlanningFrameSource
 
 logger = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CameraInfo, Image
 
 from sam3d_ros.msg import ObjectReconstructionArray
-from sam3d_ros.ros.conversions import stamp_to_ns
 from sam3d_ros.ros.player import sensor_qos
+from sam3d_ros.stream.conversions import stamp_to_ns
 from sam3d_ros.tools.bagio import BagReader, InputTopics
 
 POSITION_TOL_M = 1e-5

@@ -33,8 +33,8 @@ from sam3d_ros.core.backend import Backend
 from sam3d_ros.core.config import PipelineConfig
 from sam3d_ros.core.pipeline import FramePipeline
 from sam3d_ros.core.types import FrameResult, InputError, ObjectResult, RGBDFrame, SkipReason
-from sam3d_ros.ros.conversions import frame_from_messages, header_stamp_ns
-from sam3d_ros.ros.sync import ApproximateTimeSync, StampGate
+from sam3d_ros.stream.conversions import frame_from_messages, header_stamp_ns
+from sam3d_ros.stream.sync import ApproximateTimeSync, StampGate
 from sam3d_ros.tools.bagio import BagReader, BagWriter, InputTopics
 from sam3d_ros.tools.plyio import write_ply
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from sam3d_ros.core import constants as C
 from sam3d_ros.core.types import SkipReason
-from sam3d_ros.ros.conversions import header_stamp_ns
+from sam3d_ros.stream.conversions import header_stamp_ns
 
 
 class SyncError(ValueError):
