@@ -103,9 +103,13 @@ def accounting_problems(values: dict[str, str]) -> list[str]:
         return ["no frames_synced in /diagnostics"]
     synced = int(values["frames_synced"])
     skipped = sum(int(v) for k, v in values.items() if k.startswith("frames_skipped/"))
+    waiting = int(values.get("frames_waiting_camera_info", "0"))
     problems = []
-    if synced != int(values["frames_out"]) + skipped:
-        problems.append(f"frames_synced {synced} != frames_out {values['frames_out']} + skipped {skipped}")
+    if synced != int(values["frames_out"]) + skipped + waiting:
+        problems.append(
+            f"frames_synced {synced} != frames_out {values['frames_out']} + skipped {skipped}"
+            f" + waiting for CameraInfo {waiting}"
+        )
     topics = [k.split("/", 1)[1] for k in values if k.startswith("messages_received/")]
     if len(topics) != 3:
         problems.append(f"expected 3 synchronised topics, got {topics}")

@@ -67,7 +67,12 @@ class NodeUnderTest:
     def send_info(self, rendered: Any) -> None:
         msg = info_msg(rendered.camera.intrinsics, T0)
         assert wait_for(
-            lambda: (self.pubs["info"].publish(msg), self.node._camera_info is not None)[1], 10.0, 0.05
+            lambda: (
+                self.pubs["info"].publish(msg),
+                self.node.stream is not None and self.node.stream.latest_camera_info is not None,
+            )[1],
+            10.0,
+            0.05,
         )
 
     def assert_accounted(self) -> dict[str, str]:
@@ -201,14 +206,15 @@ def test_invalid_camera_info_is_skipped(live: NodeUnderTest, rendered: Any) -> N
     assert wait_for(
         lambda: (
             live.pubs["info"].publish(bad),
-            live.node._camera_info is bad or list(live.node._camera_info.k) == [0.0] * 9,
+            live.node.stream.latest_camera_info is bad
+            or list(live.node.stream.latest_camera_info.k) == [0.0] * 9,
         )[1]
     )
     publish_frame(live.pubs, frame_msgs(rendered, T0 + 5), info=False)
     assert wait_for(lambda: live.skipped(SkipReason.INVALID_CAMERA_INFO) == 1)
     bad.k = [float("nan")] * 9
     live.pubs["info"].publish(bad)
-    assert wait_for(lambda: np.isnan(live.node._camera_info.k[0]))
+    assert wait_for(lambda: np.isnan(live.node.stream.latest_camera_info.k[0]))
     publish_frame(live.pubs, frame_msgs(rendered, T0 + 6), info=False)
     assert wait_for(lambda: live.skipped(SkipReason.INVALID_CAMERA_INFO) == 2)
 

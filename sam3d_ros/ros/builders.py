@@ -266,12 +266,14 @@ def diagnostics_msg(
     *,
     inputs: Mapping[str, TopicCounts] | None = None,
     frames_synced: int | None = None,
+    frames_waiting: int = 0,
 ) -> DiagnosticArray:
     """/diagnostics entry: rates, per-stage latency, skips by reason, backend, and the input
     accounting: per synchronised topic ``messages_received/<topic>``, ``unmatched/<topic>``
     and ``queued/<topic>``, and ``frames_synced``; every received message is accounted for:
     ``received = frames_synced + unmatched + queued`` per topic, and every synced set is
-    processed (``frames_out``), skipped (``frames_skipped/<reason>``) or still in the worker."""
+    processed (``frames_out``), skipped (``frames_skipped/<reason>``), waiting for its
+    CameraInfo (``frames_waiting_camera_info``) or still in the worker."""
     inputs = inputs or {}
     level = DiagnosticStatus.OK
     message = "ok"
@@ -298,6 +300,7 @@ def diagnostics_msg(
     ]
     if frames_synced is not None:
         values.append(KeyValue(key="frames_synced", value=str(frames_synced)))
+        values.append(KeyValue(key="frames_waiting_camera_info", value=str(frames_waiting)))
     for topic, counts in inputs.items():
         values += [
             KeyValue(key=f"messages_received/{topic}", value=str(counts.received)),

@@ -126,7 +126,10 @@ class PlanningSceneSync:
 
     Attributes:
         available: False when ``moveit_msgs`` is missing (every call is then a no-op).
-        sent: every message published, in order (bounded; for tests and diagnostics).
+
+    ``moveit_mode`` and ``moveit_id_prefix`` are read here once (read-only parameters); the
+    collision shapes come with each :meth:`update`, from the parameters the frame was
+    processed with, so the planning scene always matches the published messages.
     """
 
     def __init__(self, node: Node, config: PipelineConfig) -> None:
@@ -137,7 +140,6 @@ class PlanningSceneSync:
         self._attached: set[str] = set()  # object ids the planning scene reports as attached
         self._last_subs = 0
         self._timers: list[Any] = []
-        self.sent: list[Any] = []
         self._mm = load_moveit_msgs()
         self.available = self._mm is not None
         self._pub: Any = None
@@ -179,12 +181,17 @@ class PlanningSceneSync:
         """``<moveit_id_prefix><track_id>``."""
         return f"{self._config.moveit_id_prefix}{int(track_id)}"
 
-    def update(self, scene: SceneUpdate) -> None:
-        """Publish ADD / MOVE / REMOVE for one frame's tracking update."""
+    def update(self, scene: SceneUpdate, kinds: frozenset[str]) -> None:
+        """Publish ADD / MOVE / REMOVE for one frame's tracking update.
+
+        Args:
+            scene: the frame's tracking update.
+            kinds: the collision representations to send (``collision_kinds()`` of the
+                parameters the frame was processed with, as in its published messages).
+        """
         mm = self._mm
         if mm is None or self._pub is None:
             return
-        kinds = self._config.collision_kinds()
         stamp, frame = scene.result.stamp_ns, scene.fixed_frame
         out = []
         with self._lock:
@@ -322,12 +329,9 @@ class PlanningSceneSync:
             ps.world.collision_objects = list(msgs)
             ps.robot_state.is_diff = True
             self._pub.publish(ps)
-            self.sent.append(ps)
         else:
             for m in msgs:
                 self._pub.publish(m)
-                self.sent.append(m)
-        del self.sent[: max(0, len(self.sent) - 10_000)]
 
     def _late_joiner_msgs_locked(self) -> list[Any]:
         """The current set as ADDs when the subscriber count grew since the last check

@@ -5,6 +5,10 @@ camera -> planning-frame transform source (tf2 when importable, see :mod:`sam3d_
 activate: subscriptions (sensor-data QoS) and the synchroniser; frames go to a background
 worker where the latest frame wins. deactivate/cleanup undo those steps.
 
+The frame path itself (synchronisation, CameraInfo pairing by stamp, stamp checks, decode,
+camera pose, pipeline, counters) is :class:`~sam3d_ros.stream.frames.FrameStream`, the same
+routine the offline replay runs; callbacks here convert ROS time, delegate and publish.
+
 Run here with ``python -m sam3d_ros.ros.node --ros-args --params-file config/default.yaml``
 (autostarts to active; ``--no-autostart`` leaves it unconfigured for a lifecycle manager).
 """
@@ -18,7 +22,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import rclpy
@@ -40,21 +43,15 @@ from sam3d_ros.core.backend import Backend, BackendError
 from sam3d_ros.core.config import PARAMETERS_BY_NAME, ConfigError, PipelineConfig, validate_value
 from sam3d_ros.core.pipeline import FramePipeline
 from sam3d_ros.core.stats import RuntimeStats
-from sam3d_ros.core.types import FrameResult, InputError, SkipReason
+from sam3d_ros.core.types import SkipReason
 from sam3d_ros.core.worker import LatestWinsWorker
 from sam3d_ros.msg import ObjectReconstructionArray
 from sam3d_ros.ros import builders
 from sam3d_ros.ros.moveit import PlanningSceneSync
 from sam3d_ros.ros.params import declare_parameters, load_config, parameter_values
 from sam3d_ros.ros.tf import PlanningFrameSource
-from sam3d_ros.stream.conversions import frame_from_messages, header_stamp_ns
-from sam3d_ros.stream.sync import (
-    ApproximateTimeSync,
-    InputAccounting,
-    StampGate,
-    message_filters_source,
-    own_sync_source,
-)
+from sam3d_ros.stream.frames import CAMERA_INFO_WAIT_S, FrameSet, FrameStream, ProcessedFrame
+from sam3d_ros.stream.sync import message_filters_source
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +73,12 @@ def input_qos(cfg: PipelineConfig) -> QoSProfile:
     )
 
 
-@dataclass(frozen=True)
-class _FrameJob:
-    rgb: Any
-    depth: Any
-    mask: Any
-    info: Any | None
-    received: float
+#: Seconds between two checks for frames whose CameraInfo wait ran out.
+CAMERA_INFO_EXPIRY_PERIOD_S = CAMERA_INFO_WAIT_S / 5.0
+
+
+def _monotonic_ns() -> int:
+    return time.monotonic_ns()
 
 
 class Sam3dNode(LifecycleNode):
@@ -108,26 +104,34 @@ class Sam3dNode(LifecycleNode):
         self._config: PipelineConfig | None = None
         self._backend: Backend | None = None
         self._pipeline: FramePipeline | None = None
-        self._worker: LatestWinsWorker[_FrameJob] | None = None
-        self._sync: ApproximateTimeSync | None = None
+        self._stream: FrameStream | None = None
+        self._worker: LatestWinsWorker[FrameSet] | None = None
         self._subs: list[Any] = []
         self._pubs: dict[str, Any] = {}
         self._reset_srv: Any = None
         self._diag_timer: Any = None
+        self._expiry_timer: Any = None
         self._state_lock = threading.Lock()
         self._active = False
-        self._camera_info: Any | None = None
-        self._gate = StampGate()
-        self._inputs = InputAccounting(())
         self._published_ids: set[int] = set()
         self._moveit: PlanningSceneSync | None = None
         self._planning_frames: PlanningFrameSource | None = None
-        self._reset_pending = threading.Event()
         self._last_frame_id = ""
         self._skip_log_times: dict[str, float] = {}
         self._start_time = time.monotonic()
-        self.stats = RuntimeStats()
+        self._idle_stats = RuntimeStats()  # before the first configure
         self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    @property
+    def stats(self) -> RuntimeStats:
+        """The frame counters of the current configuration (see :class:`FrameStream`)."""
+        stream = self._stream
+        return stream.stats if stream is not None else self._idle_stats
+
+    @property
+    def stream(self) -> FrameStream | None:
+        """The frame path (None while unconfigured)."""
+        return self._stream
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -142,11 +146,20 @@ class Sam3dNode(LifecycleNode):
             self.get_logger().error(f"configure failed: backend {config.backend!r}: {err}")
             return TransitionCallbackReturn.FAILURE
         self._config = config
-        self._gate = StampGate(config.stamp_jump_threshold, config.max_stamp_ahead)
-        self._inputs = InputAccounting((config.rgb_topic, config.depth_topic, config.mask_topic))
-        self.stats = RuntimeStats(window=config.stats_window)
         self._backend = backend
         self._pipeline = FramePipeline(config, backend)
+        self._planning_frames = PlanningFrameSource(self, config)
+        self._stream = FrameStream(
+            config,
+            self._pipeline,
+            (config.rgb_topic, config.depth_topic, config.mask_topic),
+            self._deliver,
+            pose_lookup=self._planning_frames.fixed_T_camera,
+            on_skip=self._log_skip,
+            on_restart=self._on_source_restart,
+            clock_ns=lambda: self.get_clock().now().nanoseconds,
+            receive_clock_ns=_monotonic_ns,
+        )
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self._pubs = {
             "objects": self.create_publisher(ObjectReconstructionArray, "~/objects", reliable),
@@ -155,7 +168,6 @@ class Sam3dNode(LifecycleNode):
             "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", reliable),
         }
         self._reset_srv = self.create_service(Trigger, "~/reset", self._on_reset)
-        self._planning_frames = PlanningFrameSource(self, config)
         if config.moveit_enabled:
             self._moveit = PlanningSceneSync(self, config)
         self._diag_timer = self.create_timer(config.diagnostics_period, self.publish_diagnostics)
@@ -163,21 +175,29 @@ class Sam3dNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        cfg = self._require_config()
+        cfg, stream = self._require_config(), self._require_stream()
         self._worker = LatestWinsWorker(
-            self._process_job,
-            self._on_job_dropped,
+            self._process_frame,
+            self._on_frame_dropped,
             name="sam3d-reconstruct",
-            on_cancelled=self._on_job_cancelled,
+            on_cancelled=self._on_frame_cancelled,
         )
-        self._sync = self._make_sync(cfg)
+        self._subscribe_images(cfg, stream)
         self._subs.append(
-            self.create_subscription(CameraInfo, cfg.info_topic, self._on_camera_info, input_qos(cfg))
+            self.create_subscription(
+                CameraInfo,
+                cfg.info_topic,
+                lambda msg: stream.add_camera_info(msg, _monotonic_ns()),
+                input_qos(cfg),
+            )
+        )
+        self._expiry_timer = self.create_timer(
+            CAMERA_INFO_EXPIRY_PERIOD_S, lambda: stream.expire(_monotonic_ns())
         )
         self._active = True
         self.get_logger().info(
             f"active: {cfg.rgb_topic}, {cfg.depth_topic}, {cfg.mask_topic} (slop {cfg.sync_slop} s), "
-            f"camera info {cfg.info_topic}, {cfg.input_reliability}"
+            f"camera info {cfg.info_topic} (paired by stamp), {cfg.input_reliability}"
         )
         return TransitionCallbackReturn.SUCCESS
 
@@ -186,11 +206,16 @@ class Sam3dNode(LifecycleNode):
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
+        if self._expiry_timer is not None:
+            self.destroy_timer(self._expiry_timer)
+            self._expiry_timer = None
+        stream = self._stream
+        if stream is not None:  # what the synchroniser still queues is unmatched now
+            stream.detach_sync()
+            stream.drop_waiting(SkipReason.NOT_ACTIVE, "waiting for its CameraInfo at deactivation")
         if self._worker is not None:
             self._worker.stop()
             self._worker = None
-        self._sync = None
-        self._inputs.detach()  # what the synchroniser still queues is unmatched now
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -236,83 +261,75 @@ class Sam3dNode(LifecycleNode):
             self._pipeline.close()
         if self._backend is not None:
             self._backend.close()
+        if self._stream is not None:  # the counters of the last configuration stay readable
+            self._idle_stats = self._stream.stats
+        self._stream = None
         self._backend = None
         self._pipeline = None
         self._config = None
 
-    # ------------------------------------------------------------------ inputs
-    def _make_sync(self, cfg: PipelineConfig) -> Any:
-        """message_filters when importable, else our synchroniser with the same semantics;
-        either way every message is counted in ``self._inputs`` (received, unmatched)."""
+    # ------------------------------------------------------------------ inputs (executor thread)
+    def _subscribe_images(self, cfg: PipelineConfig, stream: FrameStream) -> None:
+        """message_filters when importable, else the stream's own synchroniser with the same
+        semantics; either way the stream counts every message (received, unmatched)."""
         topics = (cfg.rgb_topic, cfg.depth_topic, cfg.mask_topic)
-        inputs, qos = self._inputs, input_qos(cfg)
+        qos = input_qos(cfg)
         try:
             import message_filters  # type: ignore[import-not-found]
         except ImportError:
-            sync = ApproximateTimeSync(3, cfg.sync_queue_size, cfg.sync_slop, self._on_synced)
-            inputs.attach(own_sync_source(sync))
-
-            def on_image(msg: Image, i: int) -> None:
-                inputs.received(i)
-                sync.add(msg, i)
-
+            stream.use_own_sync()
             for i, topic in enumerate(topics):
                 self._subs.append(
-                    self.create_subscription(Image, topic, lambda msg, i=i: on_image(msg, i), qos)
+                    self.create_subscription(
+                        Image, topic, lambda msg, i=i: stream.add_image(msg, i, _monotonic_ns()), qos
+                    )
                 )
-            return sync
+            return
         mf_subs = [message_filters.Subscriber(self, Image, t, qos_profile=qos) for t in topics]
         for i, mf_sub in enumerate(mf_subs):  # counted before the synchroniser sees it
-            mf_sub.registerCallback(lambda _msg, i=i: inputs.received(i))
+            mf_sub.registerCallback(lambda _msg, i=i: stream.image_received(i))
         mf_sync = message_filters.ApproximateTimeSynchronizer(mf_subs, cfg.sync_queue_size, cfg.sync_slop)
-        mf_sync.registerCallback(self._on_synced)
-        inputs.attach(message_filters_source(mf_sync))
+        mf_sync.registerCallback(lambda rgb, depth, mask: stream.on_synced(rgb, depth, mask, _monotonic_ns()))
+        stream.use_external_sync(message_filters_source(mf_sync))
         self._subs.extend(s.sub for s in mf_subs)
         self.get_logger().info("synchronising with message_filters.ApproximateTimeSynchronizer")
-        return mf_sync
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_info = msg
-
-    def _on_synced(self, rgb: Image, depth: Image, mask: Image) -> None:
-        """Executor thread: stamp checks, then hand the set to the worker (never blocks)."""
-        self._inputs.synced()
-        if not self._active or self._worker is None:  # a set completed while deactivating
-            self._skip_frame(SkipReason.NOT_ACTIVE, f"frame {header_stamp_ns(rgb)} arrived while not active")
-            return
-        if self._camera_info is None:  # checked before the gate: the stamp is not consumed
-            self._skip_frame(
-                SkipReason.MISSING_CAMERA_INFO,
-                f"no CameraInfo received yet on {self._require_config().info_topic}",
+    def _deliver(self, frame_set: FrameSet) -> None:
+        """An admitted set (stamp checked, CameraInfo paired): to the worker, never blocks."""
+        worker = self._worker
+        if not self._active or worker is None:  # a set completed while deactivating
+            self._require_stream().skip(
+                SkipReason.NOT_ACTIVE,
+                f"frame {frame_set.stamp_ns} arrived while not active",
+                frame_set.stamp_ns,
             )
             return
-        verdict = self._gate.check(header_stamp_ns(rgb), self.get_clock().now().nanoseconds)
-        if verdict.reason is not None:
-            self._skip_frame(verdict.reason, verdict.detail)
-            return
-        if verdict.detail:
-            self.get_logger().warning(f"input {verdict.detail}")
-        if verdict.restarted:  # the source restarted: forget tracks, markers and buffered transforms
-            self._reset_tracks()
-            if self._planning_frames is not None:
-                self._planning_frames.clear()
-        self.stats.frame_in()
-        self._worker.submit(_FrameJob(rgb, depth, mask, self._camera_info, time.monotonic()))
+        worker.submit(frame_set)
 
-    def _on_job_dropped(self, job: _FrameJob) -> None:
-        self._skip_frame(
+    def _on_source_restart(self) -> None:
+        """The input's time went back (a bag loop, a driver restart): the stream resets the
+        tracks; markers, planning-scene objects and buffered transforms go too."""
+        self._clear_published()
+        if self._planning_frames is not None:
+            self._planning_frames.clear()
+
+    def _on_frame_dropped(self, frame_set: FrameSet) -> None:
+        self._require_stream().skip(
             SkipReason.SUPERSEDED,
-            f"frame {header_stamp_ns(job.rgb)} replaced by a newer one before processing",
+            f"frame {frame_set.stamp_ns} replaced by a newer one before processing",
+            frame_set.stamp_ns,
         )
 
-    def _on_job_cancelled(self, job: _FrameJob) -> None:
-        self._skip_frame(
-            SkipReason.NOT_ACTIVE,
-            f"frame {header_stamp_ns(job.rgb)} was pending when the node was deactivated",
-        )
+    def _on_frame_cancelled(self, frame_set: FrameSet) -> None:
+        stream = self._stream
+        detail = f"frame {frame_set.stamp_ns} was pending when the node was deactivated"
+        if stream is not None:
+            stream.skip(SkipReason.NOT_ACTIVE, detail, frame_set.stamp_ns)
+        else:
+            self._idle_stats.frame_skipped(SkipReason.NOT_ACTIVE.value, detail)
 
-    def _skip_frame(self, reason: SkipReason, detail: str) -> None:
-        self.stats.frame_skipped(reason.value, detail)
+    def _log_skip(self, reason: SkipReason, detail: str, stamp_ns: int) -> None:
+        """A skipped frame (already counted): a warning, at most one per reason per period."""
         now = time.monotonic()
         last = self._skip_log_times.get(reason.value)
         if reason is not SkipReason.SUPERSEDED and (last is None or now - last >= SKIP_LOG_PERIOD_S):
@@ -320,63 +337,34 @@ class Sam3dNode(LifecycleNode):
             self.get_logger().warning(f"frame skipped ({reason.value}): {detail}")
 
     # ------------------------------------------------------------------ worker thread
-    def _process_job(self, job: _FrameJob) -> None:
-        """Worker thread: decode, look up the camera pose in the planning frame (may wait up
-        to ``tf_timeout``), reconstruct, publish."""
-        pipeline, cfg, planning_frames = self._pipeline, self._config, self._planning_frames
-        if pipeline is None or cfg is None or not self._active:
-            self._skip_frame(
-                SkipReason.NOT_ACTIVE, f"frame {header_stamp_ns(job.rgb)} dequeued while not active"
+    def _process_frame(self, frame_set: FrameSet) -> None:
+        """Worker thread: the stream processes the frame (decode, camera pose in the planning
+        frame, which may wait up to ``tf_timeout``, pipeline, counters); then publish."""
+        stream = self._stream
+        if stream is None or not self._active:
+            target = stream.stats if stream is not None else self._idle_stats
+            target.frame_skipped(
+                SkipReason.NOT_ACTIVE.value, f"frame {frame_set.stamp_ns} dequeued while not active"
             )
             return
-        if self._reset_pending.is_set():  # ~/reset: forget tracks on this thread
-            self._reset_pending.clear()
-            pipeline.reset()
-        try:
-            frame = frame_from_messages(job.rgb, job.depth, job.info, job.mask, cfg)
-            # tf2 when in use (a failed lookup raises TfUnavailableError, an InputError: the
-            # frame is skipped as tf_unavailable); None: the static camera_to_planning_transform
-            fixed_T_camera = (
-                planning_frames.fixed_T_camera(cfg, frame.frame_id, frame.stamp_ns)
-                if planning_frames is not None
-                else None
-            )
-            update = pipeline.process_scene(frame, fixed_T_camera)
-            result = update.result
-        except InputError as err:
-            self._skip_frame(err.reason, err.detail)
+        out = stream.process(frame_set, publishable=self.context.ok)
+        if out is None:
             return
-        except Exception as err:
-            self.get_logger().error(f"frame skipped (internal_error): {type(err).__name__}: {err}")
-            logger.exception("internal error while processing a frame")
-            self._skip_frame(SkipReason.INTERNAL_ERROR, f"{type(err).__name__}: {err}")
-            return
-        for skipped in result.skipped:
+        for skipped in out.update.result.skipped:
             self.get_logger().debug(
                 f"object {skipped.instance_id} skipped ({skipped.reason.value}): {skipped.detail}"
             )
-        if not self.context.ok():  # shut down under us: the outputs cannot be published
-            self._skip_frame(
-                SkipReason.NOT_ACTIVE, f"frame {result.stamp_ns}: context shut down before publishing"
-            )
-            return
-        # count before publishing, so anyone who sees the output also sees the counters
-        self.stats.frame_out(
-            {**result.timings_ms, "end_to_end": (time.monotonic() - job.received) * 1000.0},
-            len(result.objects),
-            [s.reason.value for s in result.skipped],
-        )
-        self._publish(result)
+        self._publish(out)
         moveit = self._moveit
         if moveit is not None:
             try:
-                moveit.update(update)
-            except Exception as err:
+                moveit.update(out.update, out.config.collision_kinds())
+            except Exception as err:  # the frame's outputs are out; the error is reported
                 logger.exception("planning-scene update failed")
                 self.get_logger().error(f"planning-scene update failed: {type(err).__name__}: {err}")
 
-    def _publish(self, result: FrameResult) -> None:
-        cfg = self._require_config()
+    def _publish(self, out: ProcessedFrame) -> None:
+        result, cfg = out.update.result, out.config
         with self._state_lock:
             pubs = dict(self._pubs)
             previous = set(self._published_ids)
@@ -384,22 +372,21 @@ class Sam3dNode(LifecycleNode):
             self._last_frame_id = result.frame_id
         if not pubs:
             return
-        out = builders.frame_output_msgs(result, previous, cfg.marker_alpha, markers=cfg.publish_markers)
-        pubs["objects"].publish(out.objects)
-        pubs["poses"].publish(out.poses)
-        if out.markers is not None:
-            pubs["markers"].publish(out.markers)
+        msgs = builders.frame_output_msgs(result, previous, cfg.marker_alpha, markers=cfg.publish_markers)
+        pubs["objects"].publish(msgs.objects)
+        pubs["poses"].publish(msgs.poses)
+        if msgs.markers is not None:
+            pubs["markers"].publish(msgs.markers)
 
     # ------------------------------------------------------------------ services, diagnostics
     def reset_state(self) -> None:
-        """Forget tracks, stamps and queued inputs; RViz markers are deleted."""
-        self._gate.reset()
-        if self._sync is not None and hasattr(self._sync, "clear"):
-            self._sync.clear()
-        self._reset_tracks()
+        """Forget tracks, stamps and queued inputs; RViz markers and planning-scene objects
+        are deleted."""
+        if self._stream is not None:
+            self._stream.reset()
+        self._clear_published()
 
-    def _reset_tracks(self) -> None:
-        self._reset_pending.set()
+    def _clear_published(self) -> None:
         if self._moveit is not None:
             self._moveit.remove_all(self.get_clock().now().nanoseconds)
         with self._state_lock:
@@ -426,6 +413,7 @@ class Sam3dNode(LifecycleNode):
         """The /diagnostics message of the current state (published periodically)."""
         state = "active" if self._active else "inactive"
         backend = self._backend.describe() if self._backend is not None else "none"
+        stream = self._stream
         return builders.diagnostics_msg(
             self.get_clock().now().nanoseconds,
             self.get_name(),
@@ -433,12 +421,14 @@ class Sam3dNode(LifecycleNode):
             self.stats.snapshot(),
             state,
             time.monotonic() - self._start_time,
-            inputs=self._inputs.snapshot(),
-            frames_synced=self._inputs.frames_synced,
+            inputs=stream.inputs.snapshot() if stream is not None else {},
+            frames_synced=stream.inputs.frames_synced if stream is not None else 0,
+            frames_waiting=stream.waiting if stream is not None else 0,
         )
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        """Validate changes against the specs; applied values take effect on the next frame."""
+        """Validate changes against the specs; applied values take effect on the next frame
+        (read-only parameters are refused by rclpy before this)."""
         try:
             changes = {}
             for p in params:
@@ -447,9 +437,14 @@ class Sam3dNode(LifecycleNode):
                     changes[p.name] = validate_value(spec, p.value)
             if self._config is not None and changes:
                 new_config = self._config.replace(**changes)
+                if self._stream is not None:
+                    self._stream.apply_config(new_config)
+                if "diagnostics_period" in changes and self._diag_timer is not None:
+                    self.destroy_timer(self._diag_timer)
+                    self._diag_timer = self.create_timer(
+                        new_config.diagnostics_period, self.publish_diagnostics
+                    )
                 self._config = new_config
-                if self._pipeline is not None:
-                    self._pipeline.config = new_config
         except ConfigError as err:
             return SetParametersResult(successful=False, reason=str(err))
         return SetParametersResult(successful=True)
@@ -459,11 +454,23 @@ class Sam3dNode(LifecycleNode):
             raise RuntimeError("node is not configured")
         return self._config
 
+    def _require_stream(self) -> FrameStream:
+        if self._stream is None:
+            raise RuntimeError("node is not configured")
+        return self._stream
+
     # ------------------------------------------------------------------ helpers for tests/tools
     def wait_idle(self, timeout: float) -> bool:
-        """Wait until the worker has nothing pending or running (tests and tools)."""
+        """Wait until no frame waits for its CameraInfo and the worker has nothing pending
+        or running (tests and tools)."""
+        deadline = time.monotonic() + timeout
+        stream = self._stream
+        while stream is not None and stream.waiting and time.monotonic() < deadline:
+            time.sleep(0.01)
         worker = self._worker
-        return worker.wait_idle(timeout) if worker is not None else True
+        left = max(0.0, deadline - time.monotonic())
+        idle = worker.wait_idle(left) if worker is not None else True
+        return idle and (stream is None or stream.waiting == 0)
 
     def current_parameters(self) -> dict[str, Any]:
         return parameter_values(self)

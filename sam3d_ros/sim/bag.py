@@ -9,6 +9,11 @@ topics of :mod:`sam3d_ros.core.constants`:
 * ``DEFAULT_INFO_TOPIC``: ``sensor_msgs/msg/CameraInfo`` (plumb_bob, zero distortion);
 * ``DEFAULT_MASK_TOPIC``: ``sensor_msgs/msg/Image`` 16UC1 instance labels (0 = background).
 
+By default the CameraInfo is logged just before the images (``camera_info="before_images"``);
+``"after_images"`` logs it :data:`CAMERA_INFO_LAG_NS` after them, as many recorded bags
+have it, and ``"once"`` only with the first frame (a driver that latches it), so the replay
+and the node can be tested on both.
+
 Ground truth goes to ``ground_truth.json`` inside the bag directory (rosbag2 ignores extra
 files). Its schema (version 1)::
 
@@ -60,6 +65,11 @@ _IMAGE = "sensor_msgs/msg/Image"
 _INFO = "sensor_msgs/msg/CameraInfo"
 
 Storage = Literal["mcap", "sqlite3"]
+#: When each frame's CameraInfo is logged (see the module docstring).
+CameraInfoTiming = Literal["before_images", "after_images", "once"]
+CAMERA_INFO_TIMINGS: tuple[str, ...] = ("before_images", "after_images", "once")
+#: Log-time lag of a CameraInfo logged "after_images" (3 ms, as drivers publish it).
+CAMERA_INFO_LAG_NS = 3_000_000
 
 
 class BagError(RuntimeError):
@@ -169,6 +179,7 @@ def write_bag(
     frame_id: str = SIM_FRAME_ID,
     store: Stores = DEFAULT_STORE,
     write_ground_truth: bool = True,
+    camera_info: CameraInfoTiming = "before_images",
 ) -> Path:
     """Write ``frames`` to a new rosbag2 directory ``path``.
 
@@ -180,6 +191,7 @@ def write_bag(
         frame_id: header frame_id of all messages.
         store: the rosbags typestore for the message definitions.
         write_ground_truth: also write ``ground_truth.json`` into the bag directory.
+        camera_info: when each frame's CameraInfo is logged (see the module docstring).
 
     Returns:
         The bag directory.
@@ -211,6 +223,7 @@ def write_bag(
         (f.with_stamp(s).to_rgbd_frame(frame_id) for f, s in zip(frames, stamps, strict=True)),
         storage,
         store=store,
+        camera_info=camera_info,
     )
     if write_ground_truth:
         stamped = [f.with_stamp(s) for f, s in zip(frames, stamps, strict=True)]
@@ -225,6 +238,7 @@ def write_rgbd_frames(
     storage: Storage = "mcap",
     *,
     store: Stores = DEFAULT_STORE,
+    camera_info: CameraInfoTiming = "before_images",
 ) -> int:
     """Stream RGB-D frames into a new rosbag2 directory ``path`` (the writer behind
     :func:`write_bag`; also used by the dataset export of :mod:`sam3d_ros.sim.dataset`).
@@ -232,6 +246,7 @@ def write_rgbd_frames(
     Each frame becomes the four messages of the module docstring, stamped with
     ``frame.stamp_ns`` (header and bag time) and ``frame.frame_id``. Depth NaN is written
     as 0 mm; labels must be in 0..65535; stamps must be >= 0 and strictly increasing.
+    ``camera_info`` says when the CameraInfo is logged (see the module docstring).
 
     Returns:
         The number of frames written.
@@ -242,6 +257,8 @@ def write_rgbd_frames(
         raise BagError(f"unknown storage {storage!r}; expected 'mcap' or 'sqlite3'")
     if bag.exists():
         raise BagError(f"bag path already exists: {bag}")
+    if camera_info not in CAMERA_INFO_TIMINGS:
+        raise BagError(f"unknown camera_info timing {camera_info!r}; expected one of {CAMERA_INFO_TIMINGS}")
     ts = get_typestore(store)
     header_t = ts.types["std_msgs/msg/Header"]
     count = 0
@@ -267,14 +284,20 @@ def write_rgbd_frames(
                         f"labels must be in 0..65535, got [{int(labels.min())}, {int(labels.max())}]"
                     )
                 header = header_t(stamp=_stamp(ts, stamp), frame_id=f.frame_id)
-                msgs = {
-                    "info": (_info_msg(ts, header, f.camera), _INFO),
-                    "rgb": (_image_msg(ts, header, f.rgb, "rgb8"), _IMAGE),
-                    "depth": (_image_msg(ts, header, depth_to_mm(f.depth), "16UC1"), _IMAGE),
-                    "mask": (_image_msg(ts, header, labels.astype(np.uint16), "16UC1"), _IMAGE),
+                info = ts.serialize_cdr(_info_msg(ts, header, f.camera), _INFO)
+                if camera_info == "before_images" or (camera_info == "once" and count == 0):
+                    writer.write(conns["info"], stamp, info)
+                images = {
+                    "rgb": (f.rgb, "rgb8"),
+                    "depth": (depth_to_mm(f.depth), "16UC1"),
+                    "mask": (labels.astype(np.uint16), "16UC1"),
                 }
-                for key, (msg, msgtype) in msgs.items():
-                    writer.write(conns[key], stamp, ts.serialize_cdr(msg, msgtype))
+                for key, (arr, encoding) in images.items():
+                    writer.write(
+                        conns[key], stamp, ts.serialize_cdr(_image_msg(ts, header, arr, encoding), _IMAGE)
+                    )
+                if camera_info == "after_images":
+                    writer.write(conns["info"], stamp + CAMERA_INFO_LAG_NS, info)
                 count += 1
     except (OSError, ValueError, KeyError) as err:
         raise BagError(f"failed to write bag {bag}: {err}") from err

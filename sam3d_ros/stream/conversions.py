@@ -7,6 +7,7 @@ No rclpy import here.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from sam3d_ros.core.images import (
     DEPTH_ENCODINGS,
     LABEL_ENCODINGS,
     decode_image,
+    encode_image,
     to_depth_m,
     to_labels,
     to_rgb,
@@ -101,3 +103,38 @@ def frame_from_messages(
         camera=camera,
         config=config,
     )
+
+
+def _header(stamp_ns: int, frame_id: str) -> SimpleNamespace:
+    stamp = SimpleNamespace(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+    return SimpleNamespace(stamp=stamp, frame_id=frame_id)
+
+
+def messages_from_frame(frame: RGBDFrame) -> tuple[Any, Any, Any, Any]:
+    """Stand-ins with the fields of ``sensor_msgs/Image`` and ``sensor_msgs/CameraInfo``
+    (rgb8 colour, 32FC1 depth in metres with NaN invalid, 16UC1 labels, K of the frame's
+    intrinsics), for code that runs the message path without a ROS graph (the benchmark).
+
+    Returns:
+        ``(rgb, depth, info, mask)``; :func:`frame_from_messages` gives ``frame`` back.
+    """
+    header = _header(frame.stamp_ns, frame.frame_id)
+    rgb, depth, mask = (
+        SimpleNamespace(header=header, **encode_image(a, enc))
+        for a, enc in (
+            (frame.rgb, "rgb8"),
+            (frame.depth.astype(np.float32), "32FC1"),
+            (frame.labels.astype(np.uint16), "16UC1"),
+        )
+    )
+    cam = frame.camera
+    info = SimpleNamespace(
+        header=header,
+        width=cam.width,
+        height=cam.height,
+        distortion_model="plumb_bob",
+        d=[0.0] * 5,
+        k=[cam.fx, 0.0, cam.cx, 0.0, cam.fy, cam.cy, 0.0, 0.0, 1.0],
+        p=[cam.fx, 0.0, cam.cx, 0.0, 0.0, cam.fy, cam.cy, 0.0, 0.0, 0.0, 1.0, 0.0],
+    )
+    return rgb, depth, info, mask

@@ -99,7 +99,17 @@ class BagReader:
         yield from self._reader.messages(connections=self._connections)
 
     def deserialize(self, raw: bytes, msgtype: str) -> Any:
-        return self._reader.deserialize(raw, msgtype)
+        """One message from its CDR bytes.
+
+        Raises:
+            BagError: the bytes are not a valid ``msgtype`` (a corrupt or truncated message).
+        """
+        from rosbags.serde import SerdeError
+
+        try:
+            return self._reader.deserialize(raw, msgtype)
+        except SerdeError as err:
+            raise BagError(f"{len(raw)} bytes are not a valid {msgtype}: {err}") from err
 
     def close(self) -> None:
         self._reader.close()

@@ -15,7 +15,6 @@ import json
 import sys
 import threading
 import time
-from collections import defaultdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,12 @@ from rclpy.node import Node
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CameraInfo, Image
 
+from sam3d_ros.core.config import PipelineConfig, default_config
 from sam3d_ros.msg import ObjectReconstructionArray
 from sam3d_ros.ros.player import sensor_qos
 from sam3d_ros.stream.conversions import stamp_to_ns
+from sam3d_ros.stream.frames import CAMERA_INFO_WAIT_S
+from sam3d_ros.stream.sync import ApproximateTimeSync
 from sam3d_ros.tools.bagio import BagReader, InputTopics
 
 POSITION_TOL_M = 1e-5
@@ -90,14 +92,24 @@ def compare(live: list[dict[str, Any]], offline: list[dict[str, Any]]) -> list[s
 
 
 def play_lockstep(
-    node: Node, bag: Path, topics: InputTopics, node_ns: str, timeout: float = 30.0, prefix: str = ""
+    node: Node,
+    bag: Path,
+    topics: InputTopics,
+    node_ns: str,
+    timeout: float = 30.0,
+    prefix: str = "",
+    config: PipelineConfig | None = None,
 ) -> list[dict[str, Any]]:
-    """Publish the bag frame by frame and collect the node's outputs.
+    """Publish the bag set by set (each synchronised set, then its result is awaited) and
+    collect the node's outputs. The sets are formed as the node forms them (its
+    synchroniser, in log order); before a set, every CameraInfo logged up to the end of the
+    set's CameraInfo wait is published, as a node playing the bag in real time receives it.
 
     Args:
         topics: the input topics in the bag.
         node_ns: the node's private namespace (its outputs are ``<node_ns>/objects``).
         prefix: prepended to the bag's topics when publishing (e.g. a test namespace).
+        config: the node's ``sync_slop`` and ``sync_queue_size`` (default: the defaults).
     """
     received: dict[int, dict[str, Any]] = {}
     cond = threading.Condition()
@@ -127,27 +139,48 @@ def play_lockstep(
             f"sam3d_node is not subscribed to {sorted(pubs)} after {timeout} s: is it running?"
         )
 
-    frames: dict[int, dict[str, Any]] = defaultdict(dict)
+    image_topics = (topics.rgb, topics.depth, topics.mask)
     types = {topics.rgb: Image, topics.depth: Image, topics.mask: Image, topics.info: CameraInfo}
+    infos: list[tuple[int, CameraInfo]] = []  # (log time, message)
+    sets: list[tuple[int, tuple[Any, ...]]] = []  # (log time of the set's last image, images)
+    log_now = [0]
+    # the node's synchroniser forms the sets, in the bag's log order
+    cfg = config or default_config()
+    sync = ApproximateTimeSync(
+        3, cfg.sync_queue_size, cfg.sync_slop, lambda *msgs: sets.append((log_now[0], msgs))
+    )
     with BagReader(bag, topics) as reader:
-        for conn, _, raw in reader.raw_messages():
+        for conn, log_ns, raw in reader.raw_messages():
             msg = deserialize_message(raw, types[conn.topic])
-            frames[stamp_to_ns(msg.header.stamp)][conn.topic] = msg
-    order = [topics.info, topics.depth, topics.mask, topics.rgb]
+            if conn.topic == topics.info:
+                infos.append((log_ns, msg))
+            else:
+                log_now[0] = log_ns
+                sync.add(msg, image_topics.index(conn.topic))
     out = []
-    for stamp in sorted(frames):
-        parts = frames[stamp]
-        if not all(t in parts for t in (topics.rgb, topics.depth, topics.mask)):
-            continue
+    sent_infos = 0
+    wait_ns = round(CAMERA_INFO_WAIT_S * 1e9)
+    for set_log_ns, images in sets:
+        stamp = stamp_to_ns(images[0].header.stamp)
+
+        def send_infos(until_ns: int) -> None:
+            nonlocal sent_infos
+            while sent_infos < len(infos) and infos[sent_infos][0] <= until_ns:
+                pubs[topics.info].publish(infos[sent_infos][1])
+                sent_infos += 1
+
+        send_infos(set_log_ns)  # logged before the set's last image
         # A best-effort node (the default input_reliability) can still lose a set between
         # processes. Re-send until the result arrives (a set the node did get is then
         # counted there as a duplicate stamp and ignored).
         deadline = time.monotonic() + timeout
         got = False
         while not got and time.monotonic() < deadline:
-            for t in order:
-                if t in parts:
-                    pubs[t].publish(parts[t])
+            for t, msg in zip(image_topics, images, strict=True):
+                pubs[t].publish(msg)
+            # what a node playing the bag in real time receives while the set waits for its
+            # CameraInfo: every CameraInfo logged up to the end of that wait
+            send_infos(set_log_ns + wait_ns)
             with cond:
                 got = cond.wait_for(partial(received.__contains__, stamp), timeout=RESEND_PERIOD_S)
         if got:

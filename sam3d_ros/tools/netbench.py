@@ -37,6 +37,8 @@ from sam3d_ros.core.types import FrameResult, RGBDFrame, SceneContext
 from sam3d_ros.sim.noise import DepthNoiseConfig, apply_depth_noise
 from sam3d_ros.sim.raycast import Box, Cylinder, Scene, SceneObject, Shape, Sphere, Table, look_at, render
 from sam3d_ros.sim.scenes import MAX_OBJECTS, d435_intrinsics, random_scene
+from sam3d_ros.stream.conversions import messages_from_frame
+from sam3d_ros.stream.frames import FrameSet, FrameStream
 
 logger = logging.getLogger(__name__)
 
@@ -203,26 +205,40 @@ def time_pipeline(
     passes: int,
     build_messages: MessageBuilder | None = None,
 ) -> PipelineTiming:
-    """The node's work per frame: :meth:`FramePipeline.process` plus ``build_messages``
-    (timed as :data:`MESSAGES_STAGE`; None: not measured), ``passes`` times over
-    ``frames`` after one untimed frame. Convex decomposition is excluded (the node runs it
-    asynchronously). The pipeline is closed afterwards; ``backend`` is not.
+    """The node's work per frame: :meth:`FrameStream.process` (decode of the image
+    messages, camera pose, pipeline, counters: the one frame path the node and the replay
+    run) plus ``build_messages`` (timed as :data:`MESSAGES_STAGE`; None: not measured),
+    ``passes`` times over ``frames`` after one untimed frame. The messages are built once
+    beforehand (:func:`messages_from_frame`). Convex decomposition is excluded (the node
+    runs it asynchronously). The pipeline is closed afterwards; ``backend`` is not.
 
     Raises:
-        BenchError: no frames.
+        BenchError: no frames, or a frame the stream skipped (with its reason).
     """
     if not frames:
         raise BenchError("time_pipeline needs at least one frame")
     pipe = FramePipeline(config, backend)
+    stream = FrameStream(config, pipe, ("rgb", "depth", "mask"), lambda _set: None)
+    sets = []
+    for fr in frames:
+        rgb, depth, info, mask = messages_from_frame(fr)
+        sets.append(FrameSet(rgb, depth, mask, info, fr.stamp_ns, 0, True))
+
+    def run(frame_set: FrameSet) -> FrameResult:
+        out = stream.process(frame_set)
+        if out is None:
+            raise BenchError(f"frame {frame_set.stamp_ns} was skipped: {stream.stats.snapshot().last_skip}")
+        return out.update.result
+
     try:
-        pipe.process(frames[0])
+        run(sets[0])
         frame_ms: list[float] = []
         stages: dict[str, list[float]] = {}
         objects: list[int] = []
         for _ in range(passes):
-            for fr in frames:
+            for frame_set in sets:
                 t0 = time.perf_counter()
-                r = pipe.process(fr)
+                r = run(frame_set)
                 t1 = time.perf_counter()
                 if build_messages is not None:
                     build_messages(r)

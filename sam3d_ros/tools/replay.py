@@ -26,16 +26,17 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
+
+from tqdm import tqdm
 
 from sam3d_ros.backends.registry import create_backend
 from sam3d_ros.core.backend import Backend
 from sam3d_ros.core.config import PipelineConfig
 from sam3d_ros.core.pipeline import FramePipeline
-from sam3d_ros.core.types import FrameResult, InputError, ObjectResult, RGBDFrame, SkipReason
-from sam3d_ros.stream.conversions import frame_from_messages, header_stamp_ns
-from sam3d_ros.stream.sync import ApproximateTimeSync, StampGate
-from sam3d_ros.tools.bagio import BagReader, BagWriter, InputTopics
+from sam3d_ros.core.types import FrameResult, ObjectResult, RGBDFrame, SkipReason
+from sam3d_ros.stream.frames import FrameSet, FrameStream
+from sam3d_ros.tools.bagio import BagError, BagReader, BagWriter, InputTopics
 from sam3d_ros.tools.plyio import write_ply
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 OUT_OBJECTS = "/sam3d_node/objects"
 OUT_MARKERS = "/sam3d_node/markers"
 OUT_POSES = "/sam3d_node/poses"
+#: Skipped frames and undecodable messages listed with their detail in the summary.
+MAX_SKIP_EXAMPLES = 1000
 
 
 class FrameObserver(Protocol):
@@ -114,30 +117,6 @@ def frame_record(result: FrameResult, out_dir: Path) -> dict[str, Any]:
     }
 
 
-@dataclass
-class _Progress:
-    total: int
-    enabled: bool
-    start: float = field(default_factory=time.monotonic)
-    last: float = 0.0
-
-    def update(self, done: int, final: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not final and now - self.last < 0.5):
-            return
-        self.last = now
-        elapsed = max(now - self.start, 1e-9)
-        rate = done / elapsed
-        eta = (self.total - done) / rate if rate > 0 and self.total >= done else 0.0
-        width = 30
-        filled = int(width * min(done / self.total, 1.0)) if self.total else width
-        bar = "#" * filled + "-" * (width - filled)
-        sys.stderr.write(f"\r[replay] [{bar}] {done}/{self.total} frames  {rate:5.2f} fps  ETA {eta:5.0f} s")
-        if final:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
 def replay_bag(
     bag: Path,
     out_dir: Path,
@@ -151,7 +130,9 @@ def replay_bag(
     progress: bool = True,
     on_result: Callable[[FrameResult], None] | None = None,
 ) -> dict[str, Any]:
-    """Replay ``bag`` through the pipeline; returns the summary (also written to disk).
+    """Replay ``bag`` through the node's frame path (:class:`FrameStream`: the same
+    synchronisation, CameraInfo pairing by stamp, stamp checks, conversions and pipeline);
+    returns the summary (also written to disk). Receive time is the bag's log time.
 
     Raises:
         BagError: the bag is missing, unreadable, or lacks the input topics (the message
@@ -162,139 +143,137 @@ def replay_bag(
     backend = backend or create_backend(config)
     # offline: decompositions run inline so every frame carries its parts deterministically
     pipeline = FramePipeline(config, backend, synchronous_decomposition=True)
-    observers = list(observers or [])
-    skipped_frames: Counter[str] = Counter()
-    skipped_objects: Counter[str] = Counter()
-    skip_examples: list[dict[str, Any]] = []
-    timings: dict[str, list[float]] = {}
-    counters = {"messages": 0, "synced": 0, "processed": 0, "objects": 0}
-    gate = StampGate(config.stamp_jump_threshold, config.max_stamp_ahead)
-    camera_info: list[Any] = [None]
     writer = BagWriter(out_bag, out_bag_storage) if out_bag is not None else None
-    results_path = out_dir / "results.jsonl"
     t_start = time.monotonic()
-
-    with BagReader(bag, topics) as reader:
-        counts = reader.message_counts()
-        expected_frames = min(counts.get(t, 0) for t in (topics.rgb, topics.depth, topics.mask))
-        bar = _Progress(expected_frames, progress)
-
-        def skip(reason: SkipReason, detail: str, stamp_ns: int) -> None:
-            skipped_frames[reason.value] += 1
-            if len(skip_examples) < 1000:
-                skip_examples.append({"stamp_ns": stamp_ns, "reason": reason.value, "detail": detail})
-            logger.warning("frame %d skipped (%s): %s", stamp_ns, reason.value, detail)
-
-        with results_path.open("w") as results_file:
-
-            def on_synced(rgb: Any, depth: Any, mask: Any) -> None:
-                counters["synced"] += 1
-                stamp = header_stamp_ns(rgb)
-                verdict = gate.check(stamp)  # offline: no clock to compare with
-                if verdict.reason is not None:
-                    skip(verdict.reason, verdict.detail, stamp)
-                    return
-                if verdict.restarted:  # as the node: a restarted source starts new tracks
-                    logger.warning("frame %d: %s", stamp, verdict.detail)
-                    pipeline.reset()
-                try:
-                    frame = frame_from_messages(rgb, depth, camera_info[0], mask, config)
-                    result = pipeline.process(frame)
-                except InputError as err:
-                    skip(err.reason, err.detail, stamp)
-                    return
-                except Exception as err:
-                    logger.exception("internal error on frame %d", stamp)
-                    skip(SkipReason.INTERNAL_ERROR, f"{type(err).__name__}: {err}", stamp)
-                    return
-                record = frame_record(result, out_dir)
-                results_file.write(json.dumps(record, separators=(",", ":")) + "\n")
-                counters["processed"] += 1
-                counters["objects"] += len(result.objects)
-                skipped_objects.update(s.reason.value for s in result.skipped)
-                for k, v in result.timings_ms.items():
-                    timings.setdefault(k, []).append(v)
-                if writer is not None:
-                    _write_outputs(writer, result, previous_ids, config.marker_alpha)
-                    previous_ids.clear()
-                    previous_ids.update(o.track_id for o in result.objects)
-                for obs in observers:
-                    obs.on_frame(counters["processed"] - 1, frame, result, record)
-                if on_result is not None:
-                    on_result(result)
-                bar.update(counters["processed"])
-
-            previous_ids: set[int] = set()
-            received: Counter[str] = Counter({t: 0 for t in (topics.rgb, topics.depth, topics.mask)})
-            undecodable: Counter[str] = Counter()
-            sync = ApproximateTimeSync(3, config.sync_queue_size, config.sync_slop, on_synced)
-            index = {topics.rgb: 0, topics.depth: 1, topics.mask: 2}
-            for conn, log_ns, raw in reader.raw_messages():
-                counters["messages"] += 1
-                if writer is not None:
-                    writer.write(conn.topic, conn.msgtype, log_ns, raw)
-                if conn.topic in index:
-                    received[conn.topic] += 1
-                try:
-                    msg = reader.deserialize(raw, conn.msgtype)
-                except Exception as err:  # noqa: BLE001 - a corrupt message is skipped, counted
-                    undecodable[conn.topic] += 1
-                    if len(skip_examples) < 1000:
-                        skip_examples.append(
-                            {"stamp_ns": log_ns, "reason": "undecodable", "detail": f"{conn.topic}: {err}"}
-                        )
-                    logger.warning("message on %s at %d cannot be deserialized: %s", conn.topic, log_ns, err)
-                    continue
-                if conn.topic == topics.info:
-                    camera_info[0] = msg
-                else:
-                    sync.add(msg, index[conn.topic])
-        bar.update(counters["processed"], final=True)
+    image_topics = (topics.rgb, topics.depth, topics.mask)
+    index = {t: i for i, t in enumerate(image_topics)}
+    with BagReader(bag, topics) as reader, (out_dir / "results.jsonl").open("w") as results_file:
+        expected_frames = min(reader.message_counts().get(t, 0) for t in image_topics)
+        bar = tqdm(total=expected_frames, desc="replay", unit="frame", disable=not progress, file=sys.stderr)
+        run = _ReplayRun(out_dir, results_file, writer, config, list(observers or []), on_result, bar)
+        stream = FrameStream(config, pipeline, image_topics, run.on_frame_set, on_skip=run.on_skip)
+        run.stream = stream
+        stream.use_own_sync()
+        for conn, log_ns, raw in reader.raw_messages():
+            run.messages += 1
+            if writer is not None:
+                writer.write(conn.topic, conn.msgtype, log_ns, raw)
+            try:
+                msg = reader.deserialize(raw, conn.msgtype)
+            except BagError as err:  # a corrupt message is skipped, counted
+                run.undecodable[conn.topic] += 1
+                run.example(log_ns, "undecodable", f"{conn.topic}: {err}")
+                logger.warning("message on %s at %d cannot be deserialized: %s", conn.topic, log_ns, err)
+                continue
+            if conn.topic == topics.info:
+                stream.add_camera_info(msg, log_ns)
+            else:
+                stream.add_image(msg, index[conn.topic], log_ns)
+        stream.flush()  # the end of the bag: frames still waiting for a CameraInfo go now
+        bar.close()
     if writer is not None:
         writer.close()
-
-    # at the end of the bag, what is still queued will never be part of a set either
-    unmatched_by_topic = {
-        t: sync.dropped_unmatched[i] + sync.pending()[i] for t, i in sorted(index.items(), key=lambda x: x[1])
-    }
-    unmatched = sum(unmatched_by_topic.values())
-    wall = time.monotonic() - t_start
-    summary = {
-        "bag": str(bag),
-        "backend": backend.describe(),
-        "topics": {"rgb": topics.rgb, "depth": topics.depth, "info": topics.info, "mask": topics.mask},
-        "messages_read": counters["messages"],
-        "frames_synchronized": counters["synced"],
-        "frames_processed": counters["processed"],
-        "frames_skipped": dict(skipped_frames),
-        "unmatched_messages": unmatched,
-        "messages_received": dict(received),
-        "unmatched": unmatched_by_topic,
-        "messages_undecodable": dict(undecodable),
-        "objects": counters["objects"],
-        "objects_skipped": dict(skipped_objects),
-        "timings_ms": {
-            k: {
-                "median": round(statistics.median(v), 2),
-                "mean": round(statistics.fmean(v), 2),
-                "max": round(max(v), 2),
-            }
-            for k, v in sorted(timings.items())
-        },
-        "wall_s": round(wall, 3),
-        "throughput_fps": round(counters["processed"] / wall, 3) if wall > 0 else 0.0,
-        "skip_examples": skip_examples,
-        "outputs": {
-            "results": "results.jsonl",
-            "meshes": "meshes/",
-            "report": "report.html",
-            "out_bag": str(out_bag) if out_bag else None,
-        },
-    }
-    for obs in observers:
+    pipeline.close()
+    summary = run.summary(bag, backend, topics, time.monotonic() - t_start, out_bag)
+    for obs in run.observers:
         obs.finish(summary)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+@dataclass
+class _ReplayRun:
+    """What one replay writes and counts; :meth:`on_frame_set` is the stream's ``deliver``."""
+
+    out_dir: Path
+    results_file: TextIO
+    writer: BagWriter | None
+    config: PipelineConfig
+    observers: list[FrameObserver]
+    on_result: Callable[[FrameResult], None] | None
+    bar: Any
+    stream: FrameStream | None = None
+    messages: int = 0
+    objects: int = 0
+    undecodable: Counter[str] = field(default_factory=Counter)
+    skipped_objects: Counter[str] = field(default_factory=Counter)
+    skip_examples: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, list[float]] = field(default_factory=dict)
+    previous_ids: set[int] = field(default_factory=set)
+
+    def example(self, stamp_ns: int, reason: str, detail: str) -> None:
+        if len(self.skip_examples) < MAX_SKIP_EXAMPLES:
+            self.skip_examples.append({"stamp_ns": stamp_ns, "reason": reason, "detail": detail})
+
+    def on_skip(self, reason: SkipReason, detail: str, stamp_ns: int) -> None:
+        self.example(stamp_ns, reason.value, detail)
+        logger.warning("frame %d skipped (%s): %s", stamp_ns, reason.value, detail)
+        self.bar.update(1)
+
+    def on_frame_set(self, frame_set: FrameSet) -> None:
+        """Process an admitted set at once (offline: no worker, nothing superseded)."""
+        assert self.stream is not None
+        out = self.stream.process(frame_set)
+        self.bar.update(1)
+        if out is None:
+            return
+        result = out.update.result
+        record = frame_record(result, self.out_dir)
+        self.results_file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.objects += len(result.objects)
+        self.skipped_objects.update(s.reason.value for s in result.skipped)
+        for k, v in result.timings_ms.items():
+            self.timings.setdefault(k, []).append(v)
+        if self.writer is not None:
+            _write_outputs(self.writer, result, self.previous_ids, out.config.marker_alpha)
+            self.previous_ids = {o.track_id for o in result.objects}
+        processed = self.stream.stats.snapshot().frames_out
+        for obs in self.observers:
+            obs.on_frame(processed - 1, out.frame, result, record)
+        if self.on_result is not None:
+            self.on_result(result)
+
+    def summary(
+        self, bag: Path, backend: Backend, topics: InputTopics, wall: float, out_bag: Path | None
+    ) -> dict[str, Any]:
+        """The replay summary (output contract, see the module docstring)."""
+        assert self.stream is not None
+        stream = self.stream
+        stream.detach_sync()  # at the end of the bag, what is still queued is unmatched
+        counts = stream.inputs.snapshot()
+        snap = stream.stats.snapshot()
+        return {
+            "bag": str(bag),
+            "backend": backend.describe(),
+            "topics": {"rgb": topics.rgb, "depth": topics.depth, "info": topics.info, "mask": topics.mask},
+            "messages_read": self.messages,
+            "frames_synchronized": stream.inputs.frames_synced,
+            "frames_processed": snap.frames_out,
+            "frames_skipped": dict(snap.frames_skipped),
+            "unmatched_messages": sum(c.unmatched for c in counts.values()),
+            "messages_received": {t: c.received + self.undecodable.get(t, 0) for t, c in counts.items()},
+            "unmatched": {t: c.unmatched for t, c in counts.items()},
+            "messages_undecodable": dict(self.undecodable),
+            "objects": self.objects,
+            "objects_skipped": dict(self.skipped_objects),
+            "timings_ms": {
+                k: {
+                    "median": round(statistics.median(v), 2),
+                    "mean": round(statistics.fmean(v), 2),
+                    "max": round(max(v), 2),
+                }
+                for k, v in sorted(self.timings.items())
+            },
+            "wall_s": round(wall, 3),
+            "throughput_fps": round(snap.frames_out / wall, 3) if wall > 0 else 0.0,
+            "skip_examples": self.skip_examples,
+            "outputs": {
+                "results": "results.jsonl",
+                "meshes": "meshes/",
+                "report": "report.html",
+                "out_bag": str(out_bag) if out_bag else None,
+            },
+        }
 
 
 def _write_outputs(writer: BagWriter, result: FrameResult, previous_ids: set[int], alpha: float) -> None:
