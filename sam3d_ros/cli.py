@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import cast
 
 from sam3d_ros._paths import default_params_file
 from sam3d_ros.core import constants as C
@@ -81,8 +82,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _print_replay_summary(out: Path) -> None:
-    """Per-object table: id, pose, extents, vertices, latency."""
-    from sam3d_ros.tools.plyio import read_ply
+    """Per-object table: id, pose, extents, vertices, latency (an unreadable mesh file of the
+    replay just written raises trimesh's ValueError)."""
+    import trimesh
 
     print(
         f"{'stamp_ns':>20} {'id':>3} {'position xyz (m)':>26} {'extents xyz (m)':>23} {'verts':>6} {'conf':>5} {'ms':>7}"
@@ -94,7 +96,8 @@ def _print_replay_summary(out: Path) -> None:
             for obj in rec["objects"]:
                 pos = " ".join(f"{v:+.3f}" for v in obj["pose"]["position"])
                 ext = " ".join(f"{v:.3f}" for v in obj["extents"])
-                n_verts = len(read_ply(out / obj["mesh"]).vertices)
+                mesh = cast("trimesh.Trimesh", trimesh.load(out / obj["mesh"], force="mesh", process=False))
+                n_verts = len(mesh.vertices)
                 print(
                     f"{rec['stamp_ns']:>20} {obj['track_id']:>3} {pos:>26} {ext:>23} {n_verts:>6} "
                     f"{obj['confidence']:>5.2f} {total:>7.1f}"
@@ -110,21 +113,21 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    """``sam3d-ros train``: the geometry and layout network (needs torch; see sam3d_ros.learning.cli)."""
-    from sam3d_ros.learning import cli as learning_cli
+    """``sam3d-ros train``: the geometry and layout network (needs torch; see sam3d_ros.tools.train)."""
+    from sam3d_ros.tools import train
 
     p = sub.add_parser("train", help="train the geometry/layout network; export ONNX + manifest")
-    learning_cli.add_arguments(p)
-    p.set_defaults(func=learning_cli.run)
+    train.add_arguments(p)
+    p.set_defaults(func=train.run)
 
 
 def _add_gate(sub: argparse._SubParsersAction) -> None:
-    """``sam3d-ros gate``: the network's quality gate on a generated dataset (no torch needed)."""
-    from sam3d_ros.learning import cli as learning_cli
+    """``sam3d-ros gate``: the network's quality gate on a generated dataset (see sam3d_ros.tools.gate)."""
+    from sam3d_ros.tools import gate
 
     p = sub.add_parser("gate", help="measure the network's quality gate on a generated dataset")
-    learning_cli.add_gate_arguments(p)
-    p.set_defaults(func=learning_cli.run_gate)
+    gate.add_arguments(p)
+    p.set_defaults(func=gate.run)
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:

@@ -15,7 +15,7 @@ from geometry_helpers import Box, Cylinder, Scene, Sphere, look_at, surface_dist
 from sam3d_ros.backends.registry import create_backend
 from sam3d_ros.core import constants as C
 from sam3d_ros.core.collision import compute_collision_shapes, convex_hull, fit_primitives
-from sam3d_ros.core.completion import complete_shape
+from sam3d_ros.core.completion import CompletionError, complete_shape
 from sam3d_ros.core.config import default_config
 from sam3d_ros.core.frames import invert_transform, transform_points
 from sam3d_ros.core.layout import estimate_object_frame, visible_fraction
@@ -425,7 +425,7 @@ def test_determinism(multi_scene) -> None:
         np.testing.assert_array_equal(a[3], b[3])
 
 
-def test_complete_shape_odd_input_returns_none() -> None:
+def test_complete_shape_odd_input_raises_completion_error() -> None:
     frame = _single(BOX).frame()
     few = ObjectObservation(
         1,
@@ -434,11 +434,13 @@ def test_complete_shape_odd_input_returns_none() -> None:
         np.zeros((5, 2), np.int32),
         np.zeros_like(frame.labels, bool),
     )
-    assert complete_shape(SceneContext(frame, None), few, CFG) is None
+    with pytest.raises(CompletionError, match=f"5 finite points of 5, need >= {C.MIN_OBJECT_POINTS}"):
+        complete_shape(SceneContext(frame, None), few, CFG)
     nan = ObjectObservation(
         1, frame.labels == 1, np.full((100, 3), np.nan), np.zeros((100, 2), np.int32), frame.labels < 0
     )
-    assert complete_shape(SceneContext(frame, None), nan, CFG) is None
+    with pytest.raises(CompletionError, match=r"0 finite points of 100"):
+        complete_shape(SceneContext(frame, None), nan, CFG)
 
 
 # ------------------------------------------------------------------------------- meshing
@@ -661,8 +663,9 @@ def test_fuzz_odd_frames_never_crash(seed: int) -> None:
     assert {o.instance_id for o in obs}.isdisjoint({s.instance_id for s in skipped})
     for o in obs:
         assert np.isfinite(o.points).all()
-        vs = complete_shape(SceneContext(odd, plane), o, CFG)
-        if vs is None:
+        try:
+            vs = complete_shape(SceneContext(odd, plane), o, CFG)
+        except CompletionError:
             continue
         try:
             mesh = mesh_from_voxels(vs, CFG.occupancy_threshold)

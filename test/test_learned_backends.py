@@ -344,6 +344,27 @@ def test_manifest_text_has_no_machine_paths(tmp_path: Path) -> None:
     assert json.loads(text)["training"]["n"] == [1.5, None]
 
 
+#: Substrings that give away one machine's layout; the shipped manifests name the cache only
+#: as ``~/.cache/...`` (the documented default), repository files relative to the root.
+MACHINE_PATH_MARKERS = ("/home/", "/work/", "/tmp/", "/root/", "/Users/", "venv", "site-packages", ".cache")
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    sorted(MODELS.glob("**/manifest.json")),
+    ids=lambda p: str(p.relative_to(MODELS)),
+)
+def test_shipped_manifests_have_no_machine_paths(manifest: Path) -> None:
+    text = manifest.read_text().replace("~/.cache/", "~/<cache>/")
+    found = [m for m in MACHINE_PATH_MARKERS if m in text]
+    assert not found, f"{manifest.relative_to(ROOT)} names machine paths: {found}"
+
+
+def test_every_shipped_manifest_is_checked_for_machine_paths() -> None:
+    names = {str(p.relative_to(MODELS)) for p in MODELS.glob("**/manifest.json")}
+    assert {"manifest.json", "v3/manifest.json", "v4/manifest.json"} <= names
+
+
 # --------------------------------------------------------------------------- two stages
 
 

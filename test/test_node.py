@@ -405,6 +405,31 @@ def test_parameters_declared_with_ranges_and_validated(live: NodeUnderTest) -> N
     assert result.successful and node._config is not None and node._config.mesh_resolution == 32
 
 
+def test_runtime_parameters_take_effect_and_frame_path_ones_are_read_only(
+    live: NodeUnderTest, rendered: Any
+) -> None:
+    """What the frame path, the counters and the MoveIt stream read once is read-only;
+    every other parameter takes effect on the next frame."""
+    node = live.node
+    for name, value in (
+        ("sync_slop", 0.2),
+        ("sync_queue_size", 3),
+        ("stats_window", 5),
+        ("moveit_enabled", False),
+        ("moveit_mode", "planning_scene"),
+        ("moveit_id_prefix", "x_"),
+    ):
+        assert node.describe_parameter(name).read_only, name
+        assert not node.set_parameters([Parameter(name, value=value)])[0].successful, name
+    assert node.set_parameters([Parameter("diagnostics_period", value=0.5)])[0].successful
+    assert node._diag_timer is not None and node._diag_timer.timer_period_ns == 500_000_000
+    assert node.set_parameters([Parameter("marker_alpha", value=0.25)])[0].successful
+    publish_frame(live.pubs, frame_msgs(rendered, T0 + 400), info=False)
+    assert wait_for(lambda: len(live.markers) >= 1)
+    meshes = [m for m in live.markers[-1].markers if m.ns == "sam3d_mesh" and m.action == Marker.ADD]
+    assert meshes and all(abs(m.color.a - 0.25) < 1e-6 for m in meshes)
+
+
 def test_padded_and_big_endian_images_give_the_same_result(live: NodeUnderTest, rendered: Any) -> None:
     rgb, depth, info, mask = frame_msgs(rendered, T0 + 100)
     publish_frame(live.pubs, (rgb, depth, info, mask), info=False)

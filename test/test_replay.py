@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import trimesh
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
@@ -34,7 +35,6 @@ from sam3d_ros.sim.noise import DepthNoiseConfig
 from sam3d_ros.sim.raycast import RenderedFrame
 from sam3d_ros.sim.scenes import render_sequence, sequence
 from sam3d_ros.tools.bagio import BagError, kilted_typestore
-from sam3d_ros.tools.plyio import read_ply
 from sam3d_ros.tools.replay import OUT_MARKERS, OUT_OBJECTS, OUT_POSES, replay_bag
 from sam3d_ros.tools.report import HtmlReport
 
@@ -74,6 +74,11 @@ SUMMARY_KEYS = {
     "skip_examples",
     "outputs",
 }
+
+
+def load_mesh(path: Path) -> trimesh.Trimesh:
+    """A mesh file the replay wrote, as written (no merging or reordering)."""
+    return trimesh.load(path, force="mesh", process=False)
 
 
 @pytest.fixture(scope="module")
@@ -266,8 +271,8 @@ def check_object_record(obj: dict[str, Any], out: Path, frame: RGBDFrame, true_v
         assert len(prim["dimensions"]) == {"box": 3, "sphere": 1, "cylinder": 2}[prim["type"]]
     assert obj["mesh"] == f"meshes/{frame.stamp_ns}_{obj['track_id']}.ply"
     assert col["convex_hull"] == f"meshes/{frame.stamp_ns}_{obj['track_id']}_hull.ply"
-    mesh = read_ply(out / obj["mesh"])
-    hull = read_ply(out / col["convex_hull"])
+    mesh = load_mesh(out / obj["mesh"])
+    hull = load_mesh(out / col["convex_hull"])
     assert len(mesh.vertices) > 100 and len(mesh.faces) > 100 and len(hull.faces) >= 4
     assert int(mesh.faces.max()) < len(mesh.vertices)
     # extents are the mesh's size in the object frame
@@ -420,7 +425,7 @@ def test_out_bag_holds_inputs_and_outputs(
                 assert [o.pose.position.x, o.pose.position.y, o.pose.position.z] == pytest.approx(
                     r["pose"]["position"], abs=1e-5
                 )
-                assert len(o.mesh.vertices) == len(read_ply(tmp_path / "out" / r["mesh"]).vertices)
+                assert len(o.mesh.vertices) == len(load_mesh(tmp_path / "out" / r["mesh"]).vertices)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -52,7 +52,7 @@ def test_dataset_roundtrip_and_targets(tiny_cache: Path) -> None:
 def test_teacher_outputs_enable_distillation(tiny_cache: Path, tmp_path: Path) -> None:
     import shutil
 
-    from sam3d_ros.learning.model import build_model
+    from sam3d_ros.backends.torch_model import build_model
     from sam3d_ros.learning.train import TrainConfig, compute_losses, dataset_dir
 
     d = tmp_path / "ds"

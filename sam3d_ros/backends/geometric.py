@@ -4,10 +4,11 @@ free-space carving (see :mod:`sam3d_ros.core.completion`). Pure numpy/scipy; no 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sam3d_ros.core.backend import Backend
-from sam3d_ros.core.completion import complete_shape
+from sam3d_ros.core.completion import CompletionError, complete_shape
+from sam3d_ros.core.config import PipelineConfig
 from sam3d_ros.core.types import ObjectObservation, SceneContext, VoxelShape
 
 logger = logging.getLogger(__name__)
@@ -18,22 +19,34 @@ class GeometricBackend(Backend):
 
     name = "geometric"
 
+    def __init__(self, config: PipelineConfig) -> None:
+        super().__init__(config)
+        self._failures: dict[int, str] = {}
+
     def reconstruct(
         self, scene: SceneContext, observations: Sequence[ObjectObservation]
     ) -> list[VoxelShape | None]:
         """One :class:`VoxelShape` (or None) per observation, in the same order.
 
-        An object whose completion fails (bad input, numerical trouble) yields None and a
-        logged warning; it never aborts the other objects of the frame.
+        An object that gives no shape (:class:`~sam3d_ros.core.completion.CompletionError`:
+        too few points, too large, everything carved) yields None, with the reason in
+        :meth:`failure_details`; it never aborts the other objects of the frame. Any other
+        exception is a bug and propagates.
         """
+        self._failures = {}
         shapes: list[VoxelShape | None] = []
         for obs in observations:
             try:
                 shapes.append(complete_shape(scene, obs, self.config))
-            except Exception as err:  # noqa: BLE001 - one bad object must not fail the frame
-                logger.warning("geometric completion of object %d failed: %r", obs.instance_id, err)
+            except CompletionError as err:
+                logger.debug("geometric completion of object %d gave no shape: %s", obs.instance_id, err)
+                self._failures[obs.instance_id] = f"{type(err).__name__}: {err}"
                 shapes.append(None)
         return shapes
+
+    def failure_details(self) -> Mapping[int, str]:
+        """Why objects of the last :meth:`reconstruct` call got None (the completion error)."""
+        return dict(self._failures)
 
     def describe(self) -> str:
         """One line naming the backend."""

@@ -82,7 +82,7 @@ class NetworkOutputs:
     Attributes:
         occupancy_logits: (B, n, n, n) float32; (B, 0, 0, 0) from a layout-only graph (a
             two-stage model's stage 1).
-        layout: (B, 8) float32 (see :mod:`sam3d_ros.learning.model`).
+        layout: (B, 8) float32 (see :mod:`sam3d_ros.backends.torch_model`).
         confidence: (B,) float32 in [0, 1].
     """
 

@@ -1,7 +1,8 @@
 """The network on ONNX Runtime: CPU execution provider, CUDA when available.
 
-Intra-op threads: ``$SAM3D_ORT_THREADS`` (default 2; 0 lets ONNX Runtime decide). The
-ONNX file is verified against the manifest's sha256 before the session is created.
+Intra-op threads: the ``ort_threads`` parameter (default 2; 0 lets ONNX Runtime decide); the
+CUDA execution provider when ``ort_use_cuda`` is set and onnxruntime offers it. The ONNX file
+is verified against the manifest's sha256 before the session is created.
 """
 
 from __future__ import annotations

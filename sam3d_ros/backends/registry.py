@@ -32,11 +32,6 @@ def available_backends() -> list[str]:
     return sorted(_BACKENDS)
 
 
-def register_backend(name: str, target: str) -> None:
-    """Register ``"module:Class"`` under ``name`` (for plug-ins and tests)."""
-    _BACKENDS[name] = target
-
-
 def _load(name: str) -> Callable[[PipelineConfig], Backend]:
     try:
         target = _BACKENDS[name]

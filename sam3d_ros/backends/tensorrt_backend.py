@@ -1,8 +1,9 @@
 """The network on TensorRT (NVIDIA GPU; needs ``tensorrt`` and ``cuda-python``).
 
-One engine per stage graph is built from the verified ONNX (``$SAM3D_TRT_PRECISION`` fp16 or fp32, one
-optimisation profile for batch 1..max_objects) and cached in ``$SAM3D_ENGINE_CACHE``
-(default ``~/.cache/sam3d_ros/engines``) with a sidecar; see
+One engine per stage graph is built from the verified ONNX (the ``trt_precision`` parameter,
+fp16 or fp32; one optimisation profile for batch 1..max_objects) and cached in the
+``engine_cache_dir`` parameter's directory (empty: ``$SAM3D_ENGINE_CACHE``, else
+``~/.cache/sam3d_ros/engines``) with a sidecar; see
 :mod:`sam3d_ros.backends.engine_cache` for when a cached engine is reused or rebuilt. An
 engine that TensorRT cannot deserialize is rebuilt once.
 

@@ -2,7 +2,7 @@
 
 Loads the state dict ``manifest["files"]["torch_weights"]`` (and, for a two-stage model,
 ``torch_weights_stage1``; verified against their sha256) into
-:class:`sam3d_ros.learning.model.GeometryLayoutNet`; CUDA when available.
+:class:`sam3d_ros.backends.torch_model.GeometryLayoutNet`; CUDA when available.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class TorchBackend(LearnedBackend):
         try:
             import torch
 
-            from sam3d_ros.learning.model import build_model
+            from sam3d_ros.backends.torch_model import build_model
         except ImportError as err:
             raise BackendError(f"the torch backend needs torch (requirements/dev.txt): {err}") from err
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -1,5 +1,8 @@
 """The distilled geometry and layout network (PyTorch; the reference implementation).
 
+The torch backend (:mod:`sam3d_ros.backends.torch_backend`) runs it; training and the ONNX
+export (:mod:`sam3d_ros.learning`) build and save it.
+
 Input ``observation``: (B, C, 32, 32, 32) float32, the encoding of
 :mod:`sam3d_ros.core.encoding` (C = ``NUM_CHANNELS``), one row per object.
 
@@ -135,24 +138,3 @@ def build_model(cfg: dict[str, Any] | ModelConfig | None = None) -> GeometryLayo
     if isinstance(cfg, dict):
         cfg = ModelConfig(**cfg)
     return GeometryLayoutNet(cfg)
-
-
-def export_onnx(model: GeometryLayoutNet, path: str, opset: int = 17, layout_only: bool = False) -> None:
-    """Export ``model`` (eval mode) to ONNX with a dynamic batch dimension; ``layout_only``:
-    the graph of :meth:`GeometryLayoutNet.layout_forward` (outputs ``LAYOUT_OUTPUT_NAMES``)."""
-    model = model.eval()
-    n = model.cfg.grid
-    dummy = torch.zeros(2, model.cfg.in_channels, n, n, n)
-    graph: nn.Module = LayoutNet(model).eval() if layout_only else model
-    outputs = list(LAYOUT_OUTPUT_NAMES if layout_only else OUTPUT_NAMES)
-    torch.onnx.export(
-        graph,
-        (dummy,),
-        path,
-        input_names=[INPUT_NAME],
-        output_names=outputs,
-        dynamic_axes={INPUT_NAME: {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
-        opset_version=opset,
-        do_constant_folding=True,
-        dynamo=False,
-    )

@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError, cKDTree
 
 from sam3d_ros.core.frames import make_transform
+from sam3d_ros.core.logs import warn_once
 from sam3d_ros.core.meshing import (
     drop_back_to_back_faces,
     face_areas_and_centroids,
@@ -404,20 +405,12 @@ def margins_from_reference(
     return np.where(obs[idx], margin_observed, margin_completed).astype(np.float64)
 
 
-_warned: set[str] = set()
-
-
-def _warn_once(key: str, message: str, *args: object) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        logger.warning(message, *args)
-
-
 def simplify_mesh(mesh: TriangleMesh, max_triangles: int) -> TriangleMesh:
     """A mesh with at most ``max_triangles`` faces approximating ``mesh`` (same frame).
 
     Uses quadric decimation (``fast_simplification``) when installed, else vertex
-    clustering on a grid whose cell grows until the budget is met (logged once). Meshes
+    clustering on a grid whose cell grows until the budget is met (also when decimation
+    fails with ValueError/RuntimeError; each fallback is logged once per process). Meshes
     already under budget are returned unchanged. Decimating a closed mesh can leave
     back-to-back face pairs and sheets pinched into one edge; both are repaired
     (:func:`~sam3d_ros.core.meshing.drop_back_to_back_faces`,
@@ -431,7 +424,9 @@ def simplify_mesh(mesh: TriangleMesh, max_triangles: int) -> TriangleMesh:
     try:
         import fast_simplification  # type: ignore[import-untyped]
     except ImportError:
-        _warn_once("fast_simplification", "fast_simplification not installed: vertex clustering is used")
+        warn_once(
+            logger, "fast_simplification", "fast_simplification not installed: vertex clustering is used"
+        )
         out = _cluster_simplify(mesh, max_triangles)
     else:
         # aim a little below the budget: decimation may stop a few faces short of it
@@ -443,8 +438,18 @@ def simplify_mesh(mesh: TriangleMesh, max_triangles: int) -> TriangleMesh:
                 target_reduction=reduction,
             )
             out = TriangleMesh(np.asarray(pts, dtype=np.float64), np.asarray(tri, dtype=np.int32))
-        except Exception as err:  # noqa: BLE001 - a library failure falls back, never raises
-            logger.debug("fast_simplification failed (%s); vertex clustering", err)
+        except (ValueError, RuntimeError) as err:  # its argument checks; C++ errors
+            warn_once(
+                logger,
+                "fast_simplification_failed",
+                "fast_simplification failed on a %d-face mesh (target reduction %.4f, budget %d): %s: %s; "
+                "vertex clustering is used (reported once)",
+                n_faces,
+                reduction,
+                max_triangles,
+                type(err).__name__,
+                err,
+            )
             out = _cluster_simplify(mesh, max_triangles)
     if not is_watertight(out) and is_watertight(mesh):
         out = split_pinched_edges(drop_back_to_back_faces(out))

@@ -34,7 +34,6 @@ All lengths are metres; ``camera_T_grid`` maps ``G`` to the camera optical frame
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 from numpy.typing import NDArray
@@ -42,27 +41,20 @@ from scipy import ndimage
 
 from sam3d_ros.core import constants as C
 from sam3d_ros.core.config import PipelineConfig
-from sam3d_ros.core.frames import make_transform, rotation_from_z_and_x
+from sam3d_ros.core.frames import make_transform
+from sam3d_ros.core.object_frame import support_axes
 from sam3d_ros.core.types import ObjectObservation, SceneContext, VoxelShape
 
 logger = logging.getLogger(__name__)
 
-#: Camera "up" in the optical frame (y points down).
-_CAMERA_UP = np.array([0.0, -1.0, 0.0])
-
-#: Below this ratio of horizontal to total camera-object distance the view is treated as
-#: top-down (no horizontal viewing direction; the footprint is fully visible).
-_TOP_DOWN_RATIO = 0.1
-
-#: Robust footprint extents use these percentiles of the points' coordinates.
-_EXTENT_PERCENTILES = (0.5, 99.5)
-
 
 class CompletionError(ValueError):
-    """Raised for unusable observations (non-finite points, wrong shapes)."""
+    """Raised for observations that give no shape (points not (N, 3), too few finite points,
+    an object too large for a grid, everything carved away); the message names the values.
+    The geometric backend turns it into a skipped object with this message as the detail."""
 
 
-def complete_shape(scene: SceneContext, obs: ObjectObservation, config: PipelineConfig) -> VoxelShape | None:
+def complete_shape(scene: SceneContext, obs: ObjectObservation, config: PipelineConfig) -> VoxelShape:
     """Amodal occupancy of one object from its observation (see the module docstring).
 
     Args:
@@ -74,55 +66,42 @@ def complete_shape(scene: SceneContext, obs: ObjectObservation, config: Pipeline
 
     Returns:
         A :class:`VoxelShape` (float32 occupancy in [0, 1], ``GRID_PAD_VOXELS`` empty voxels
-        on every side) or None when nothing is left (too few points, everything carved,
-        object too large for a grid).
+        on every side).
 
         ``confidence = min(1, N / CONFIDENCE_FULL_POINTS) * (1 - 0.5 * completed)`` where
         N is the number of observed points and ``completed`` the fraction of the final
         voxels that were added by symmetry (not observed or extruded).
 
     Raises:
-        CompletionError: when ``obs.points`` is not an (N, 3) array.
+        CompletionError: ``obs.points`` is not an (N, 3) array, fewer than
+            ``MIN_OBJECT_POINTS`` of them are finite, the grid would exceed ``MAX_GRID_DIM``
+            voxels along an axis, or every voxel was carved away.
     """
     pts = np.asarray(obs.points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 3:
         raise CompletionError(f"points must have shape (N, 3), got {pts.shape}")
     pts = pts[np.all(np.isfinite(pts), axis=1)]
     if len(pts) < C.MIN_OBJECT_POINTS:
-        logger.debug("object %d: %d finite points, nothing to complete", obs.instance_id, len(pts))
-        return None
+        raise CompletionError(
+            f"object {obs.instance_id}: {len(pts)} finite points of {len(obs.points)}, "
+            f"need >= {C.MIN_OBJECT_POINTS}"
+        )
     mcd = config.max_completion_depth
 
     # ---- grid frame G ------------------------------------------------------------------
-    plane = scene.plane
-    z_axis = _CAMERA_UP
-    base_point = pts.mean(axis=0)
-    floor_h: float | None = None
-    if plane is not None:
-        n = np.asarray(plane.normal, dtype=np.float64)
-        n_norm = float(np.linalg.norm(n))
-        if np.isfinite(n_norm) and n_norm > 1e-9 and math.isfinite(plane.offset):
-            n = n / n_norm
-            off = plane.offset / n_norm
-            h = pts @ n + off
-            above = h >= C.PLANE_CONTACT_TOL
-            if above.sum() >= C.MIN_OBJECT_POINTS:
-                pts = pts[above]
-                h = h[above]
-                z_axis = n
-                centroid = pts.mean(axis=0)
-                base_point = centroid - (centroid @ n + off) * n
-                floor_h = max(0.0, float(h.min()) - mcd)
-            else:
-                logger.debug(
-                    "object %d: only %d of %d points above the support plane; ignoring the plane",
-                    obs.instance_id,
-                    int(above.sum()),
-                    len(pts),
-                )
-    x_axis = _footprint_major_axis(pts - base_point, z_axis)
-    R = rotation_from_z_and_x(z_axis, x_axis)
+    axes = support_axes(pts, scene.plane)  # the same axes as the network's encoding
+    if scene.plane is not None and not axes.plane_used:
+        logger.debug(
+            "object %d: only %d of %d points above the support plane; ignoring the plane",
+            obs.instance_id,
+            axes.above_plane,
+            len(pts),
+        )
+    R, base_point, pts = axes.R, axes.base, axes.points
     camera_T_grid = make_transform(R, base_point)
+    floor_h: float | None = None
+    if axes.heights is not None:
+        floor_h = max(0.0, float(axes.heights.min()) - mcd)
     P = (pts - base_point) @ R  # (N, 3) in G
     plane_used = floor_h is not None
     if floor_h is None:
@@ -137,13 +116,13 @@ def complete_shape(scene: SceneContext, obs: ObjectObservation, config: Pipeline
     centre_G = P.mean(axis=0)
     horiz = centre_G[:2] - cam_G[:2]
     dist = float(np.linalg.norm(centre_G - cam_G))
-    top_down = float(np.linalg.norm(horiz)) < _TOP_DOWN_RATIO * max(dist, 1e-9)
+    top_down = float(np.linalg.norm(horiz)) < C.TOP_DOWN_RATIO * max(dist, 1e-9)
     d = np.array([1.0, 0.0]) if top_down else horiz / np.linalg.norm(horiz)
     lat = np.array([-d[1], d[0]])
     pd = P[:, :2] @ d
     pl = P[:, :2] @ lat
-    lo_l, hi_l = np.percentile(pl, _EXTENT_PERCENTILES)
-    front, back = np.percentile(pd, _EXTENT_PERCENTILES)
+    lo_l, hi_l = np.percentile(pl, C.COMPLETION_EXTENT_PERCENTILES)
+    front, back = np.percentile(pd, C.COMPLETION_EXTENT_PERCENTILES)
     width = float(hi_l - lo_l) + 2.0 * grow_m
     t_mid = float(front + back) / 2.0
     t_far = t_mid if top_down else max(t_mid, float(front) + min(width / 2.0, mcd / 2.0))
@@ -160,18 +139,14 @@ def complete_shape(scene: SceneContext, obs: ObjectObservation, config: Pipeline
     longest = float((hi - lo).max())
     voxel = min(max(longest / config.mesh_resolution, config.min_voxel_size), C.MAX_VOXEL_SIZE)
     pad = C.GRID_PAD_VOXELS
-    core = np.floor((hi - lo) / voxel).astype(np.int64) + 1
-    dims = core + 2 * pad
-    if int(dims.max()) > C.MAX_GRID_DIM:
-        logger.warning(
-            "object %d: grid %s exceeds MAX_GRID_DIM=%d (extent %.3f m, voxel %.4f m); skipped",
-            obs.instance_id,
-            dims.tolist(),
-            C.MAX_GRID_DIM,
-            longest,
-            voxel,
+    # checked in floating point: a huge extent must not wrap around in the integer cast
+    dims_f = np.floor((hi - lo) / voxel) + 1 + 2 * pad
+    if not float(dims_f.max()) <= C.MAX_GRID_DIM:
+        raise CompletionError(
+            f"object {obs.instance_id}: grid {dims_f.tolist()} exceeds MAX_GRID_DIM={C.MAX_GRID_DIM} "
+            f"(extent {longest:.3f} m, voxel {voxel:.4f} m)"
         )
-        return None
+    dims = dims_f.astype(np.int64)
     origin = lo - pad * voxel
     nx, ny, nz = (int(v) for v in dims)
 
@@ -240,8 +215,10 @@ def complete_shape(scene: SceneContext, obs: ObjectObservation, config: Pipeline
     occ3 = occ2 & ~free & ~too_deep
     n_final = int(occ3.sum())
     if n_final == 0:
-        logger.debug("object %d: every voxel was carved away", obs.instance_id)
-        return None
+        raise CompletionError(
+            f"object {obs.instance_id}: every voxel of the {nx}x{ny}x{nz} grid was carved away "
+            f"({int(occ0_seen.sum())} voxels observed, voxel {voxel:.4f} m)"
+        )
 
     # (e) smoothing
     occf = ndimage.gaussian_filter(occ3.astype(np.float32), sigma=C.SMOOTH_SIGMA_VOXELS, mode="constant")
@@ -263,20 +240,6 @@ def _disk_xy(radius: int) -> NDArray[np.bool_]:
     """(2r+1, 2r+1, 1) structuring element: a horizontal disk of ``radius`` voxels."""
     r = np.arange(-radius, radius + 1)
     return (r[:, None] ** 2 + r[None, :] ** 2 <= radius * radius + radius)[:, :, None]
-
-
-def _footprint_major_axis(rel: NDArray[np.float64], z_axis: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Major principal axis (3,) of the points projected on the plane normal to ``z_axis``,
-    signed to have a non-negative camera-x component (then camera-z)."""
-    flat = rel - np.outer(rel @ z_axis, z_axis)
-    cov = flat.T @ flat / max(len(flat), 1)
-    w, v = np.linalg.eigh(cov)
-    axis = v[:, int(np.argmax(w))]
-    axis = axis - z_axis * float(axis @ z_axis)
-    if float(np.linalg.norm(axis)) < 1e-9:
-        axis = np.array([1.0, 0.0, 0.0]) - z_axis * float(z_axis[0])
-    ref = axis[0] if abs(axis[0]) > 1e-6 else axis[2]
-    return -axis if ref < 0 else axis
 
 
 def _classify_voxels(

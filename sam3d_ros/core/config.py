@@ -114,9 +114,24 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ),
     # --- synchronisation -----------------------------------------------------------------
     ParamSpec(
-        "sync_slop", float, 0.05, "Approximate-time sync: max stamp spread of a set (s).", min=0.0, max=5.0
+        "sync_slop",
+        float,
+        0.05,
+        "Approximate-time sync: max stamp spread of a set, also between a set and its CameraInfo (s).",
+        min=0.0,
+        max=5.0,
+        read_only=True,
     ),
-    ParamSpec("sync_queue_size", int, 10, "Approximate-time sync: messages kept per topic.", min=1, max=1000),
+    ParamSpec(
+        "sync_queue_size",
+        int,
+        10,
+        "Approximate-time sync: messages kept per topic (also the input QoS depth and the sets "
+        "that may wait for their CameraInfo).",
+        min=1,
+        max=1000,
+        read_only=True,
+    ),
     ParamSpec(
         "stamp_jump_threshold",
         float,
@@ -373,6 +388,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         bool,
         True,
         "Keep the MoveIt planning scene in step (when moveit_msgs is importable).",
+        read_only=True,
     ),
     ParamSpec(
         "moveit_mode",
@@ -381,14 +397,23 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "collision_object: moveit_msgs/CollisionObject on /collision_object; planning_scene: "
         "PlanningScene diffs on /planning_scene.",
         choices=("collision_object", "planning_scene"),
+        read_only=True,
     ),
-    ParamSpec("moveit_id_prefix", str, "sam3d_", "Collision object ids are <prefix><track_id>."),
+    ParamSpec(
+        "moveit_id_prefix", str, "sam3d_", "Collision object ids are <prefix><track_id>.", read_only=True
+    ),
     # --- outputs -------------------------------------------------------------------------
     ParamSpec("publish_markers", bool, True, "Publish RViz markers on ~/markers."),
     ParamSpec("marker_alpha", float, 0.8, "Alpha of the mesh markers.", min=0.0, max=1.0),
     ParamSpec("diagnostics_period", float, 1.0, "Period of /diagnostics messages (s).", min=0.05, max=60.0),
     ParamSpec(
-        "stats_window", int, 50, "Frames over which latencies and rates are averaged.", min=1, max=10000
+        "stats_window",
+        int,
+        50,
+        "Frames over which latencies and rates are averaged.",
+        min=1,
+        max=10000,
+        read_only=True,
     ),
 )
 
@@ -560,29 +585,6 @@ def config_from_mapping(values: Mapping[str, Any], *, strict: bool = True) -> Pi
 def default_config() -> PipelineConfig:
     """The defaults of :data:`PARAMETERS`."""
     return config_from_mapping({})
-
-
-def params_yaml(node_name: str = "sam3d_node") -> str:
-    """``config/default.yaml``: every parameter with its description, range and default."""
-    lines = [
-        "# Parameters of sam3d_node. Generated from sam3d_ros/core/config.py (PARAMETERS);",
-        "# test/test_config.py checks that this file and the declarations agree.",
-        f"{node_name}:",
-        "  ros__parameters:",
-    ]
-    for p in PARAMETERS:
-        desc = p.description
-        if p.min is not None and p.max is not None:
-            desc += f" [{p.min:g}, {p.max:g}]"
-        lines.append(f"    # {desc}")
-        if p.type is bool:
-            value = "true" if p.default else "false"
-        elif p.type is str:
-            value = f'"{p.default}"'
-        else:
-            value = repr(p.default)
-        lines.append(f"    {p.name}: {value}")
-    return "\n".join(lines) + "\n"
 
 
 def load_params_file(path: str | Path, node_name: str = "sam3d_node") -> dict[str, Any]:

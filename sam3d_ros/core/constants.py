@@ -90,6 +90,17 @@ PLANE_RANSAC_SCORE_POINTS: Final[int] = 4_000
 
 #: Object points closer than this to the support plane are treated as the plane (m).
 PLANE_CONTACT_TOL: Final[float] = 0.004
+#: Without a support plane, "up" is the camera's -y axis (optical frame).
+CAMERA_UP: Final[tuple[float, float, float]] = (0.0, -1.0, 0.0)
+#: Below this ratio of horizontal to total camera-object distance the view is treated as
+#: top-down (no horizontal viewing direction; the footprint is fully visible).
+TOP_DOWN_RATIO: Final[float] = 0.1
+#: Robust observed extents in the network's encoding cube (part of the trained model's input
+#: contract: changing them needs retraining).
+ENCODING_EXTENT_PERCENTILES: Final[tuple[float, float]] = (1.0, 99.0)
+#: Robust footprint extents of the geometric completion (wider than the encoding's: the
+#: completion extrudes from them, so a trimmed extent loses real surface).
+COMPLETION_EXTENT_PERCENTILES: Final[tuple[float, float]] = (0.5, 99.5)
 
 #: Number of candidate symmetry centres tried by the geometric completion.
 MIRROR_CANDIDATES: Final[int] = 16

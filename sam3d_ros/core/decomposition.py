@@ -41,6 +41,7 @@ from sam3d_ros.core.collision import (
     points_outside_convex,
     simplify_mesh,
 )
+from sam3d_ros.core.logs import warn_once
 from sam3d_ros.core.types import TriangleMesh
 
 logger = logging.getLogger(__name__)
@@ -131,6 +132,13 @@ def _run_vhacd(req: DecompositionRequest, mesh: TriangleMesh) -> list[NDArray[np
 
 _METHODS = {"coacd": _run_coacd, "vhacd": _run_vhacd}
 
+#: What the libraries raise for a mesh they cannot decompose: vhacdx (pybind11) turns C++
+#: exceptions into RuntimeError (std::runtime_error and unknown ones), ValueError
+#: (std::invalid_argument, std::domain_error, std::length_error), IndexError
+#: (std::out_of_range) and MemoryError (std::bad_alloc); coacd (ctypes) raises the same
+#: from numpy on its outputs. Anything else (a bug in the call) propagates.
+_LIBRARY_ERRORS = (RuntimeError, ValueError, IndexError, MemoryError)
+
 
 def decompose(req: DecompositionRequest) -> tuple[TriangleMesh, ...]:
     """Convex parts of a closed mesh (see the module docstring). Runs for seconds.
@@ -156,10 +164,20 @@ def decompose(req: DecompositionRequest) -> tuple[TriangleMesh, ...]:
             raise DecompositionError(f"unknown decomposition method {method!r}; expected {list(_METHODS)}")
         try:
             raw = run(req, mesh)
-        except ImportError:
+        except ImportError as err:
+            warn_once(
+                logger,
+                f"decomposition_{method}_missing",
+                "convex decomposition method %r is not installed (%s); trying the next of %s",
+                method,
+                err,
+                order,
+            )
             continue
-        except Exception as err:
-            raise DecompositionError(f"{method} failed on a {len(f)}-face mesh: {err}") from err
+        except _LIBRARY_ERRORS as err:
+            raise DecompositionError(
+                f"{method} failed on a {len(f)}-face mesh: {type(err).__name__}: {err}"
+            ) from err
         break
     if raw is None:
         raise DecompositionUnavailableError("neither coacd nor vhacdx is installed")

@@ -35,7 +35,6 @@ Everything is vectorised over the grid (a few milliseconds per object).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -44,8 +43,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sam3d_ros.core import constants as C
-from sam3d_ros.core.completion import _footprint_major_axis
-from sam3d_ros.core.frames import make_transform, rotation_from_z_and_x
+from sam3d_ros.core.frames import make_transform
+from sam3d_ros.core.object_frame import support_axes
 from sam3d_ros.core.types import ObjectObservation, SceneContext, SupportPlane
 
 logger = logging.getLogger(__name__)
@@ -85,12 +84,6 @@ AMODAL_BOX_PAD_M: Final[float] = 0.01
 AMODAL_MAX_BOX_SIDES: Final[float] = 2.5
 #: Truncation of the projective TSDF channel, in voxels.
 TSDF_TRUNC_VOXELS: Final[float] = 3.0
-#: Robust observed extents use these percentiles of the points' coordinates.
-EXTENT_PERCENTILES: Final[tuple[float, float]] = (1.0, 99.0)
-#: Without a support plane, "up" is the camera's -y axis (optical frame).
-CAMERA_UP: Final[tuple[float, float, float]] = (0.0, -1.0, 0.0)
-#: Below this ratio of horizontal to total camera distance the view is top-down.
-TOP_DOWN_RATIO: Final[float] = 0.1
 
 
 class EncodingError(ValueError):
@@ -147,27 +140,11 @@ def _observed_extent(points: NDArray[np.floating], plane: SupportPlane | None) -
     pts = pts[np.all(np.isfinite(pts), axis=1)]
     if len(pts) < C.MIN_OBJECT_POINTS:
         raise EncodingError(f"{len(pts)} finite points < MIN_OBJECT_POINTS={C.MIN_OBJECT_POINTS}")
-    z_axis = np.array(CAMERA_UP)
-    base = pts.mean(axis=0)
-    plane_used = False
-    if plane is not None:
-        n = np.asarray(plane.normal, dtype=np.float64)
-        n_norm = float(np.linalg.norm(n))
-        if math.isfinite(n_norm) and n_norm > 1e-9 and math.isfinite(plane.offset):
-            n = n / n_norm
-            off = plane.offset / n_norm
-            above = pts @ n + off >= C.PLANE_CONTACT_TOL
-            if above.sum() >= C.MIN_OBJECT_POINTS:
-                pts = pts[above]
-                z_axis = n
-                centroid = pts.mean(axis=0)
-                base = centroid - (centroid @ n + off) * n
-                plane_used = True
-    x_axis = _footprint_major_axis(pts - base, z_axis)
-    R = rotation_from_z_and_x(z_axis, x_axis)
+    axes = support_axes(pts, plane)
+    R, base, pts, plane_used = axes.R, axes.base, axes.points, axes.plane_used
     P = (pts - base) @ R
-    lo = np.percentile(P, EXTENT_PERCENTILES[0], axis=0)
-    hi = np.percentile(P, EXTENT_PERCENTILES[1], axis=0)
+    lo = np.percentile(P, C.ENCODING_EXTENT_PERCENTILES[0], axis=0)
+    hi = np.percentile(P, C.ENCODING_EXTENT_PERCENTILES[1], axis=0)
     floor = 0.0 if plane_used else float(lo[2])
     return _ObservedExtent(R=R, base=base, lo=lo, hi=hi, floor=floor, plane_used=plane_used, P=P)
 
@@ -206,7 +183,7 @@ def grid_frame(points: NDArray[np.floating], plane: SupportPlane | None) -> Grid
     centre_xy = 0.5 * (lo[:2] + hi[:2])
     horiz = centre_xy - cam_G[:2]
     dist = float(np.linalg.norm(ob.P.mean(axis=0) - cam_G))
-    if float(np.linalg.norm(horiz)) >= TOP_DOWN_RATIO * max(dist, 1e-9):
+    if float(np.linalg.norm(horiz)) >= C.TOP_DOWN_RATIO * max(dist, 1e-9):
         centre_xy = centre_xy + BACK_SHIFT * side * horiz / float(np.linalg.norm(horiz))
     return _cube(ob, centre_xy, side, floor)
 

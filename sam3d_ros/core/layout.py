@@ -17,11 +17,10 @@ from scipy.spatial import ConvexHull, QhullError
 from sam3d_ros.core import constants as C
 from sam3d_ros.core.frames import make_transform, rotation_from_z_and_x
 from sam3d_ros.core.meshing import face_areas_and_centroids
+from sam3d_ros.core.object_frame import camera_up, support_normal
 from sam3d_ros.core.types import RGBDFrame, SupportPlane, TriangleMesh
 
 logger = logging.getLogger(__name__)
-
-_CAMERA_UP = np.array([0.0, -1.0, 0.0])
 
 
 class LayoutError(ValueError):
@@ -52,12 +51,8 @@ def estimate_object_frame(
         raise LayoutError(f"vertices must have shape (V>0, 3), got {v.shape}")
     if not np.all(np.isfinite(v)):
         raise LayoutError(f"{int((~np.isfinite(v)).any(axis=1).sum())} vertices are not finite")
-    z = _CAMERA_UP
-    if plane is not None:
-        n = np.asarray(plane.normal, dtype=np.float64)
-        nn = float(np.linalg.norm(n))
-        if np.isfinite(nn) and nn > 1e-9:
-            z = n / nn
+    support = support_normal(plane)  # the same z as the encoding and the completion
+    z = camera_up() if support is None else support[0]
     helper = rotation_from_z_and_x(z, np.array([1.0, 0.0, 0.0]))
     e1, e2 = helper[:, 0], helper[:, 1]
     xy = np.stack([v @ e1, v @ e2], axis=1)

@@ -8,7 +8,6 @@ faces are oriented outwards (counter-clockwise seen from outside, positive volum
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,9 +19,6 @@ from skimage import measure
 from sam3d_ros.core import constants as C
 from sam3d_ros.core.frames import transform_points
 from sam3d_ros.core.types import TriangleMesh, VoxelShape
-
-if TYPE_CHECKING:
-    import trimesh
 
 logger = logging.getLogger(__name__)
 
@@ -130,13 +126,6 @@ def _largest_component(
         remap[used] = np.arange(len(used))
         v, f = v[used], remap[f]
     return v, f
-
-
-def to_trimesh(mesh: TriangleMesh) -> trimesh.Trimesh:
-    """A trimesh view of a :class:`TriangleMesh` (no processing, no copy of the faces)."""
-    import trimesh
-
-    return trimesh.Trimesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), process=False, validate=False)
 
 
 def mesh_volume(mesh: TriangleMesh) -> float:

@@ -122,13 +122,6 @@ def sample_surface(mesh: MeshLike, n: int, seed: int = 0) -> NDArray[np.float64]
     return (1.0 - r1)[:, None] * t[:, 0] + (r1 * (1.0 - r2))[:, None] * t[:, 1] + (r1 * r2)[:, None] * t[:, 2]
 
 
-def surface_area(mesh: MeshLike) -> float:
-    """Total surface area (m^2)."""
-    v, f = as_arrays(mesh)
-    tri = v[f]
-    return float(0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).sum())
-
-
 def volume_centroid(mesh: MeshLike) -> NDArray[np.float64]:
     """(3,) centroid of the enclosed volume (divergence theorem; orientation-independent
     sign); falls back to the area-weighted surface centroid when the volume is ~0."""

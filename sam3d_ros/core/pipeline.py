@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -183,10 +182,12 @@ class FramePipeline:
         skipped: list[SkippedObject] = list(skipped_list)
 
         shapes: list[VoxelShape | None] = []
+        failures: dict[int, str] = {}
         with _timed(timings, "backend"):
             if observations:
                 try:
                     shapes = list(self.backend.reconstruct(scene, observations))
+                    failures = dict(self.backend.failure_details())
                 except BackendError as err:
                     logger.warning(
                         "backend %s failed on frame %d: %s", self.backend.name, frame.stamp_ns, err
@@ -207,15 +208,15 @@ class FramePipeline:
             detections: list[Detection] = []
             for obs, shape in zip(observations, shapes, strict=True):
                 if shape is None:
-                    skipped.append(
-                        SkippedObject(obs.instance_id, SkipReason.EMPTY_SHAPE, "backend returned no shape")
-                    )
+                    detail = failures.get(obs.instance_id, "backend returned no shape")
+                    skipped.append(_skip(frame, obs.instance_id, SkipReason.EMPTY_SHAPE, detail))
                     continue
                 try:
                     pts = transform_points(f_T_c, shape_points(shape, cfg.occupancy_threshold))
                     detections.append(Detection.from_points(obs.instance_id, pts))
                 except TrackingError as err:
-                    skipped.append(SkippedObject(obs.instance_id, SkipReason.EMPTY_SHAPE, str(err)))
+                    detail = f"{type(err).__name__}: {err}"
+                    skipped.append(_skip(frame, obs.instance_id, SkipReason.EMPTY_SHAPE, detail))
                     continue
                 pairs.append((obs, shape))
             matches, vanished = self.tracker.step(detections)
@@ -233,16 +234,8 @@ class FramePipeline:
             except (MeshingError, LayoutError, CollisionError, RefinementError) as err:
                 # a shape that gives no usable mesh, frame or collision geometry: the object
                 # is skipped with the reason, never published half-made
-                logger.info(
-                    "object %d of frame %d skipped: %s: %s",
-                    obs.instance_id,
-                    frame.stamp_ns,
-                    type(err).__name__,
-                    err,
-                )
-                skipped.append(
-                    SkippedObject(obs.instance_id, SkipReason.EMPTY_SHAPE, f"{type(err).__name__}: {err}")
-                )
+                detail = f"{type(err).__name__}: {err}"
+                skipped.append(_skip(frame, obs.instance_id, SkipReason.EMPTY_SHAPE, detail))
                 continue
             results.append(tracked)
 
@@ -521,6 +514,12 @@ class FramePipeline:
         track.parts_fixed_T_object = None
 
 
+def _skip(frame: RGBDFrame, instance_id: int, reason: SkipReason, detail: str) -> SkippedObject:
+    """The skipped object, logged at INFO with its reason and detail."""
+    logger.info("object %d of frame %d skipped (%s): %s", instance_id, frame.stamp_ns, reason.value, detail)
+    return SkippedObject(instance_id, reason, detail)
+
+
 @contextmanager
 def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
     t0 = time.perf_counter()
@@ -528,21 +527,3 @@ def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
         yield
     finally:
         timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t0) * 1000.0
-
-
-def result_summary(result: FrameResult) -> dict[str, Any]:
-    """A small JSON-friendly summary of a frame result (for logs and the demo)."""
-    return {
-        "stamp_ns": result.stamp_ns,
-        "objects": [
-            {
-                "instance_id": o.instance_id,
-                "position": [round(v, 4) for v in o.pose.position],
-                "extents": [round(v, 4) for v in o.extents],
-                "vertices": int(o.mesh.vertices.shape[0]),
-            }
-            for o in result.objects
-        ],
-        "skipped": [{"instance_id": s.instance_id, "reason": s.reason.value} for s in result.skipped],
-        "total_ms": round(result.timings_ms.get("total", 0.0), 1),
-    }

@@ -34,15 +34,15 @@ from sam3d_ros.backends.learned import (
     stage1_files,
     write_manifest,
 )
-from sam3d_ros.core import encoding as E
-from sam3d_ros.learning.model import (
+from sam3d_ros.backends.torch_model import (
     INPUT_NAME,
     LAYOUT_OUTPUT_NAMES,
     OUTPUT_NAMES,
     GeometryLayoutNet,
+    LayoutNet,
     build_model,
-    export_onnx,
 )
+from sam3d_ros.core import encoding as E
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,27 @@ PARITY_ATOL: Final[float] = 1e-4
 
 class ExportError(RuntimeError):
     """Raised when the exported ONNX disagrees with PyTorch."""
+
+
+def export_onnx(model: GeometryLayoutNet, path: str, opset: int = OPSET, layout_only: bool = False) -> None:
+    """Export ``model`` (eval mode) to ONNX with a dynamic batch dimension; ``layout_only``:
+    the graph of :meth:`GeometryLayoutNet.layout_forward` (outputs ``LAYOUT_OUTPUT_NAMES``)."""
+    model = model.eval()
+    n = model.cfg.grid
+    dummy = torch.zeros(2, model.cfg.in_channels, n, n, n)
+    graph: torch.nn.Module = LayoutNet(model).eval() if layout_only else model
+    outputs = list(LAYOUT_OUTPUT_NAMES if layout_only else OUTPUT_NAMES)
+    torch.onnx.export(
+        graph,
+        (dummy,),
+        path,
+        input_names=[INPUT_NAME],
+        output_names=outputs,
+        dynamic_axes={INPUT_NAME: {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+        opset_version=opset,
+        do_constant_folding=True,
+        dynamo=False,
+    )
 
 
 def io_spec() -> dict[str, Any]:

@@ -34,9 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sam3d_ros._progress import progress_bar
+from sam3d_ros.backends.torch_model import GeometryLayoutNet, ModelConfig, build_model
 from sam3d_ros.core.metrics import VISIBLE_FRACTION_SPLIT
 from sam3d_ros.learning.data import ArrayDataset, build_dataset, load_dataset
-from sam3d_ros.learning.model import GeometryLayoutNet, ModelConfig, build_model
 
 logger = logging.getLogger(__name__)
 
@@ -279,11 +280,18 @@ def _save_checkpoint(
 
 
 def train(
-    cfg: TrainConfig, run_dir: Path, cache_dir: Path | None = None, resume: bool = True
+    cfg: TrainConfig,
+    run_dir: Path,
+    cache_dir: Path | None = None,
+    resume: bool = True,
+    *,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Build/load the datasets and train (resuming from ``run_dir/checkpoint.pt`` when
     ``resume``). Stops after ``cfg.epochs`` or ``cfg.max_minutes`` of this call's wall time
-    (a later call resumes). Returns the ``run.json`` record."""
+    (a later call resumes). With ``progress``, bars over the dataset frames and each epoch's
+    steps are drawn on stderr when it is a terminal (the per-epoch summary is logged either
+    way). Returns the ``run.json`` record."""
     cache = cache_dir or default_cache_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
@@ -294,18 +302,24 @@ def train(
         for split, frames in (("train", cfg.train_frames), ("val", cfg.val_frames))
     }
     train_dir, val_dir = dirs["train"], dirs["val"]
-    train_meta, val_meta = (
-        build_dataset(
-            dirs[split],
-            split,
-            frames,
-            source=cfg.source,
-            seed=cfg.seed,
-            workers=cfg.data_workers,
-            stage1=stage1,
-        )
-        for split, frames in (("train", cfg.train_frames), ("val", cfg.val_frames))
-    )
+    metas: dict[str, dict[str, Any]] = {}
+    for split, frames in (("train", cfg.train_frames), ("val", cfg.val_frames)):
+        with progress_bar(enabled=progress, total=frames, desc=f"dataset {split}", unit="frame") as bar:
+
+            def frames_done(done: int, _total: int, bar: Any = bar) -> None:
+                bar.update(done - bar.n)
+
+            metas[split] = build_dataset(
+                dirs[split],
+                split,
+                frames,
+                source=cfg.source,
+                seed=cfg.seed,
+                workers=cfg.data_workers,
+                stage1=stage1,
+                progress=frames_done,
+            )
+    train_meta, val_meta = metas["train"], metas["val"]
     data_s = time.time() - t_start
     train_ds = load_dataset(train_dir)
     val_ds = load_dataset(val_dir)
@@ -360,32 +374,38 @@ def train(
         t_ep = time.time()
         first = step0 if epoch == epoch0 else 0
         done = first
-        for s in range(first, steps_per_epoch):
-            if time.time() > deadline:
-                stopped_early = True
-                break
-            idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            if len(idx) == 0:
-                continue
-            batch = _augment(_to_tensors(train_ds.batch(idx)), gen)
-            losses = compute_losses(model(batch["inputs"]), batch, cfg)
-            opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            sched.step()
-            done = s + 1
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            if s % 50 == 0:
-                logger.info(
-                    "epoch %d step %d/%d loss %.4f iou %.3f lr %.2e",
-                    epoch + 1,
-                    s,
-                    steps_per_epoch,
-                    float(losses["total"].detach()),
-                    float(losses["iou"]),
-                    sched.get_last_lr()[0],
+        with progress_bar(
+            enabled=progress,
+            total=steps_per_epoch,
+            initial=first,
+            desc=f"epoch {epoch + 1}/{last_epoch}",
+            unit="step",
+            leave=False,
+        ) as bar:
+            for s in range(first, steps_per_epoch):
+                if time.time() > deadline:
+                    stopped_early = True
+                    break
+                idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+                if len(idx) == 0:
+                    continue
+                batch = _augment(_to_tensors(train_ds.batch(idx)), gen)
+                losses = compute_losses(model(batch["inputs"]), batch, cfg)
+                opt.zero_grad(set_to_none=True)
+                losses["total"].backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                opt.step()
+                sched.step()
+                done = s + 1
+                values = {k: float(v.detach()) for k, v in losses.items()}
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.update()
+                bar.set_postfix(
+                    loss=f"{values['total']:.4f}",
+                    iou=f"{values['iou']:.3f}",
+                    lr=f"{sched.get_last_lr()[0]:.2e}",
+                    refresh=False,
                 )
         if stopped_early:
             logger.warning(

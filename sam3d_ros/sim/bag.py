@@ -287,7 +287,7 @@ def write_rgbd_frames(
                 info = ts.serialize_cdr(_info_msg(ts, header, f.camera), _INFO)
                 if camera_info == "before_images" or (camera_info == "once" and count == 0):
                     writer.write(conns["info"], stamp, info)
-                images = {
+                images: dict[str, tuple[NDArray[Any], str]] = {
                     "rgb": (f.rgb, "rgb8"),
                     "depth": (depth_to_mm(f.depth), "16UC1"),
                     "mask": (labels.astype(np.uint16), "16UC1"),

@@ -36,6 +36,7 @@ import trimesh
 from numpy.typing import NDArray
 from PIL import Image
 
+from sam3d_ros._progress import progress_bar
 from sam3d_ros.core.camera import CameraIntrinsics
 from sam3d_ros.core.frames import transform_points
 from sam3d_ros.core.types import RGBDFrame
@@ -327,6 +328,7 @@ def generate_dataset(
     Frame ``i`` only depends on ``(seed, i, split, config)`` (not on ``workers``). With
     ``resume``, frames an interrupted run of the same command already finished are kept
     (the caller guarantees the same seed and config; the split and index are checked).
+    With ``progress`` a progress bar is drawn on stderr when it is a terminal.
 
     Returns:
         A summary: frames, objects, wall seconds, frames per second, workers.
@@ -346,7 +348,7 @@ def generate_dataset(
     records: list[dict[str, Any]] = []
     if workers == 1 and n_frames <= WORKER_MAX_FRAMES:
         it: Iterable[dict[str, Any]] = map(_worker, jobs)
-        records = _collect(it, n_frames, progress, t0)
+        records = _collect(it, n_frames, progress)
     else:
         # fork: no re-import of __main__ (works from scripts, stdin and tests); every worker
         # drops an inherited physics client and connects its own
@@ -355,7 +357,7 @@ def generate_dataset(
         # does not return
         ctx = multiprocessing.get_context("fork")
         with ctx.Pool(workers, initializer=reset_worker_state, maxtasksperchild=WORKER_MAX_FRAMES) as pool:
-            records = _collect(pool.imap(_worker, jobs), n_frames, progress, t0)
+            records = _collect(pool.imap(_worker, jobs), n_frames, progress)
     wall = time.perf_counter() - t0
     frames = [r["truth"] for r in records]
     secs = np.array([r["seconds"] for r in records], dtype=np.float64)
@@ -432,15 +434,13 @@ def split_statistics(
     }
 
 
-def _collect(it: Iterable[dict[str, Any]], total: int, progress: bool, t0: float) -> list[dict[str, Any]]:
+def _collect(it: Iterable[dict[str, Any]], total: int, progress: bool) -> list[dict[str, Any]]:
+    """The worker records, with a progress bar (see :func:`~sam3d_ros._progress.progress_bar`)."""
     out = []
-    for i, rec in enumerate(it, 1):
-        out.append(rec)
-        if progress:
-            rate = i / max(time.perf_counter() - t0, 1e-9)
-            print(f"\r[generate] {i}/{total} frames  {rate:5.2f} fps", end="", flush=True)
-    if progress:
-        print()
+    with progress_bar(enabled=progress, total=total, desc="generate", unit="frame") as bar:
+        for rec in it:
+            out.append(rec)
+            bar.update()
     return out
 
 

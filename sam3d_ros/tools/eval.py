@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from sam3d_ros._progress import progress_bar
 from sam3d_ros.core.baselines import (
     BaselineError,
     convex_hull_mesh,
@@ -190,13 +191,40 @@ class BackendMethod:
         return out
 
 
+def read_mesh(path: Path) -> TriangleMesh:
+    """The triangle mesh in ``path`` (PLY of any encoding and vertex properties, or any other
+    format trimesh reads), unprocessed: the file's vertex order, float64 vertices in the
+    file's units, int32 faces.
+
+    Raises:
+        EvalError: the file is missing, unreadable, or holds no triangles / faces that index
+            past the vertices.
+    """
+    import trimesh
+
+    try:
+        loaded = trimesh.load(path, force="mesh", process=False)
+    except (ValueError, KeyError, IndexError, OSError) as err:  # trimesh's parse errors
+        raise EvalError(f"cannot read mesh {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(loaded, trimesh.Trimesh):
+        raise EvalError(f"mesh {path} loaded as a {type(loaded).__name__}, not a triangle mesh")
+    vertices = np.asarray(loaded.vertices, dtype=np.float64)
+    faces = np.asarray(loaded.faces)
+    if faces.ndim != 2 or faces.shape[1] != 3 or len(faces) == 0:
+        raise EvalError(f"mesh {path} has no triangles (faces {faces.shape}, vertices {vertices.shape})")
+    if int(faces.min()) < 0 or int(faces.max()) >= len(vertices):
+        raise EvalError(
+            f"mesh {path}: face indices {int(faces.min())}..{int(faces.max())} outside "
+            f"its {len(vertices)} vertices"
+        )
+    return TriangleMesh(vertices=vertices, faces=faces.astype(np.int32))
+
+
 class ResultsMethod:
     """Predictions read from a replay's ``results.jsonl`` (meshes relative to its dir),
     matched to frames by ``stamp_ns``."""
 
     def __init__(self, results: Path, name: str | None = None) -> None:
-        from sam3d_ros.tools.plyio import PlyError, read_ply
-
         self.name = name or f"results:{results.parent.name}"
         self.by_stamp: dict[int, dict[int, Prediction]] = {}
         try:
@@ -214,13 +242,13 @@ class ResultsMethod:
                         position=tuple(float(v) for v in o["pose"]["position"]),  # type: ignore[arg-type]
                         orientation_xyzw=tuple(float(v) for v in o["pose"]["orientation_xyzw"]),  # type: ignore[arg-type]
                     )
-                    mesh = read_ply(results.parent / o["mesh"])
+                    mesh = read_mesh(results.parent / o["mesh"])
                     verts = transform_points(pose.matrix(), mesh.vertices)
                     preds[int(o["instance_id"])] = Prediction(
                         int(o["instance_id"]), TriangleMesh(verts, mesh.faces)
                     )
                 self.by_stamp[int(rec["stamp_ns"])] = preds
-            except (KeyError, TypeError, ValueError, OSError, PlyError, json.JSONDecodeError) as err:
+            except (KeyError, TypeError, ValueError, OSError, EvalError, json.JSONDecodeError) as err:
                 raise EvalError(f"{results}:{n}: bad record: {err!r}") from err
 
     def predict(self, inputs: FrameInputs) -> dict[int, Prediction]:
@@ -333,10 +361,12 @@ def evaluate(
     iou_resolution: int = EVAL_IOU_RESOLUTION,
     min_visible_pixels: int | None = None,
     shard: tuple[int, int] | None = None,
+    progress: bool = True,
 ) -> dict[str, MethodReport]:
     """Score every method on the dataset's frames (optionally only frames of ``split``,
     at most ``max_frames``; with ``shard = (k, n)`` only every n-th of those, from the k-th).
-    ``min_visible_pixels`` defaults to ``config.min_mask_pixels``."""
+    ``min_visible_pixels`` defaults to ``config.min_mask_pixels``. With ``progress`` a bar
+    over the frames is drawn on stderr when it is a terminal."""
     cfg = config or default_config()
     min_px = cfg.min_mask_pixels if min_visible_pixels is None else int(min_visible_pixels)
     frames = [f for f in dataset.frames if not split or f.extra.get("split", split) == split]
@@ -348,57 +378,73 @@ def evaluate(
     if not frames:
         raise EvalError(f"no frames to evaluate in {dataset.root} (split {split!r})")
     reports = {m.name: MethodReport(m.name) for m in methods}
-    for fi, truth in enumerate(frames):
-        inputs = FrameInputs(dataset.rgbd(truth), truth, dataset, cfg)
-        targets = [o for o in truth.objects if o.visible_pixels >= min_px]
-        gt_meshes = {o.label: dataset.object_mesh(o, "camera") for o in targets}
-        for m in methods:
-            rep = reports[m.name]
-            t0 = time.perf_counter()
-            preds = m.predict(inputs)
-            t1 = time.perf_counter()
-            for o in targets:
-                gt = gt_meshes[o.label]
-                p = preds.get(o.label)
-                metrics = None
-                try:
-                    if p is not None and p.mesh is not None:
-                        metrics = evaluate_object(
-                            p.mesh,
-                            gt,
-                            instance_id=o.label,
-                            visible_fraction=o.visible_fraction,
-                            n_samples=n_samples,
-                            iou_resolution=iou_resolution,
-                        )
-                    elif p is not None and p.points is not None:
-                        metrics = score_point_set(
-                            p.points,
-                            gt,
-                            instance_id=o.label,
-                            visible_fraction=o.visible_fraction,
-                            n_samples=n_samples,
-                        )
-                except (MetricsError, BaselineError) as err:
-                    logger.warning("%s: frame %d object %d not scored: %s", m.name, truth.index, o.label, err)
-                if metrics is None:
-                    metrics = missing_metrics(o.label, gt, o.visible_fraction)
-                else:
-                    rep.predicted += 1
-                rep.objects.append(metrics)
-                rep.tags.append(
-                    ObjectTags(
-                        visible_fraction=o.visible_fraction,
-                        on_table=o.on_table,
-                        cut_by_border=o.cut_by_border,
-                        sensor=str(truth.extra.get("sensor", "")),
-                        scene=str(truth.extra.get("scene", "")),
-                    )
-                )
-            rep.predict_s += t1 - t0
-            rep.score_s += time.perf_counter() - t1
-        logger.info("frame %d/%d evaluated", fi + 1, len(frames))
+    desc = "eval" if shard is None or shard[1] <= 1 else f"eval (shard {shard[0] + 1} of {shard[1]})"
+    with progress_bar(enabled=progress, total=len(frames), desc=desc, unit="frame") as bar:
+        for truth in frames:
+            _evaluate_frame(dataset, truth, methods, reports, cfg, min_px, n_samples, iou_resolution)
+            bar.update()
     return reports
+
+
+def _evaluate_frame(
+    dataset: Dataset,
+    truth: FrameTruth,
+    methods: Sequence[Method],
+    reports: dict[str, MethodReport],
+    cfg: PipelineConfig,
+    min_px: int,
+    n_samples: int,
+    iou_resolution: int,
+) -> None:
+    """Score every method on one frame, appending to ``reports``."""
+    inputs = FrameInputs(dataset.rgbd(truth), truth, dataset, cfg)
+    targets = [o for o in truth.objects if o.visible_pixels >= min_px]
+    gt_meshes = {o.label: dataset.object_mesh(o, "camera") for o in targets}
+    for m in methods:
+        rep = reports[m.name]
+        t0 = time.perf_counter()
+        preds = m.predict(inputs)
+        t1 = time.perf_counter()
+        for o in targets:
+            gt = gt_meshes[o.label]
+            p = preds.get(o.label)
+            metrics = None
+            try:
+                if p is not None and p.mesh is not None:
+                    metrics = evaluate_object(
+                        p.mesh,
+                        gt,
+                        instance_id=o.label,
+                        visible_fraction=o.visible_fraction,
+                        n_samples=n_samples,
+                        iou_resolution=iou_resolution,
+                    )
+                elif p is not None and p.points is not None:
+                    metrics = score_point_set(
+                        p.points,
+                        gt,
+                        instance_id=o.label,
+                        visible_fraction=o.visible_fraction,
+                        n_samples=n_samples,
+                    )
+            except (MetricsError, BaselineError) as err:
+                logger.warning("%s: frame %d object %d not scored: %s", m.name, truth.index, o.label, err)
+            if metrics is None:
+                metrics = missing_metrics(o.label, gt, o.visible_fraction)
+            else:
+                rep.predicted += 1
+            rep.objects.append(metrics)
+            rep.tags.append(
+                ObjectTags(
+                    visible_fraction=o.visible_fraction,
+                    on_table=o.on_table,
+                    cut_by_border=o.cut_by_border,
+                    sensor=str(truth.extra.get("sensor", "")),
+                    scene=str(truth.extra.get("scene", "")),
+                )
+            )
+        rep.predict_s += t1 - t0
+        rep.score_s += time.perf_counter() - t1
 
 
 def check_specs(specs: Sequence[str]) -> None:
@@ -438,6 +484,8 @@ def _evaluate_shard(
     from sam3d_ros.sim.dataset import load_dataset
 
     root, specs, config, kwargs, k, n = job
+    # one bar: the first shard's (each shard scores about 1/n of the frames)
+    kwargs = {**kwargs, "progress": bool(kwargs.get("progress", True)) and k == 0}
     return evaluate(load_dataset(root), make_methods(specs, config), config=config, shard=(k, n), **kwargs)
 
 
@@ -594,6 +642,11 @@ def add_arguments(p: Any) -> None:
     p.add_argument(
         "--workers", type=int, default=1, help="processes, each scoring every N-th frame (not with --results)"
     )
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (none either when stderr is not a terminal)",
+    )
 
 
 def run(args: Any) -> int:
@@ -626,6 +679,7 @@ def run(args: Any) -> int:
             "max_frames": args.max_frames,
             "n_samples": args.samples,
             "iou_resolution": args.iou_resolution,
+            "progress": not args.no_progress,
         }
         t0 = time.perf_counter()
         if args.workers > 1 and args.results is None:

@@ -40,6 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--bag", type=Path, default=None, help="also export the dataset to this rosbag2 directory")
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="storage of --bag")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (none either when stderr is not a terminal)",
+    )
 
 
 def format_statistics(stats: dict[str, Any]) -> str:
@@ -83,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             args.split,
             workers=args.workers,
             config=cfg,
-            progress=sys.stdout.isatty(),
+            progress=not args.no_progress,
             resume=args.resume,
         )
         stats = summary.pop("statistics")

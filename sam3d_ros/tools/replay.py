@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+import trimesh
 from tqdm import tqdm
 
 from sam3d_ros.backends.registry import create_backend
@@ -37,7 +38,6 @@ from sam3d_ros.core.pipeline import FramePipeline
 from sam3d_ros.core.types import FrameResult, ObjectResult, RGBDFrame, SkipReason
 from sam3d_ros.stream.frames import FrameSet, FrameStream
 from sam3d_ros.tools.bagio import BagError, BagReader, BagWriter, InputTopics
-from sam3d_ros.tools.plyio import write_ply
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ def frame_record(result: FrameResult, out_dir: Path) -> dict[str, Any]:
     objects = []
     for obj in result.objects:
         base = f"{result.stamp_ns}_{obj.track_id}"
-        write_ply(mesh_dir / f"{base}.ply", obj.mesh)
-        write_ply(mesh_dir / f"{base}_hull.ply", obj.collision.convex_parts[0])
+        for mesh, path in ((obj.mesh, f"{base}.ply"), (obj.collision.convex_parts[0], f"{base}_hull.ply")):
+            trimesh.Trimesh(mesh.vertices, mesh.faces, process=False).export(mesh_dir / path)
         objects.append(object_record(obj, f"meshes/{base}.ply", f"meshes/{base}_hull.ply"))
     return {
         "stamp_ns": int(result.stamp_ns),
