@@ -221,3 +221,18 @@ def _fake_package(tmp_path: Path) -> Path:
     (package_dir / "learning" / "data.py").write_text("")
     (package_dir / "tools" / "eval.py").write_text("")
     return package_dir
+
+
+def test_cmake_installs_every_module_of_the_package() -> None:
+    """The colcon install (what the README's commands and ``ros2 run`` use) carries every
+    sub-package and top-level module of ``sam3d_ros/``: a module added to the tree but not
+    to CMakeLists.txt passes the tests in the source tree and breaks the installed CLI."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    cmake = (root / "CMakeLists.txt").read_text()
+    installed = set(re.findall(r"sam3d_ros/([A-Za-z_][\w.]*)", cmake))
+    package = root / "sam3d_ros"
+    wanted = {p.name for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    wanted |= {p.name for p in package.glob("*.py") if p.name != "__init__.py"}
+    assert wanted - installed == set(), f"not installed by CMakeLists.txt: {sorted(wanted - installed)}"
