@@ -34,6 +34,7 @@ All lengths are metres; ``camera_T_grid`` maps ``G`` to the camera optical frame
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -112,28 +113,12 @@ def complete_shape(scene: SceneContext, obs: ObjectObservation, config: Pipeline
     grow_m = (config.mask_erosion_px + 1) * float(np.median(pts[:, 2])) / scene.frame.camera.fx
 
     # ---- symmetry centre candidates (in G's xy plane) ------------------------------------
-    cam_G = (-base_point) @ R
-    centre_G = P.mean(axis=0)
-    horiz = centre_G[:2] - cam_G[:2]
-    dist = float(np.linalg.norm(centre_G - cam_G))
-    top_down = float(np.linalg.norm(horiz)) < C.TOP_DOWN_RATIO * max(dist, 1e-9)
-    d = np.array([1.0, 0.0]) if top_down else horiz / np.linalg.norm(horiz)
-    lat = np.array([-d[1], d[0]])
-    pd = P[:, :2] @ d
-    pl = P[:, :2] @ lat
-    lo_l, hi_l = np.percentile(pl, C.COMPLETION_EXTENT_PERCENTILES)
-    front, back = np.percentile(pd, C.COMPLETION_EXTENT_PERCENTILES)
-    width = float(hi_l - lo_l) + 2.0 * grow_m
-    t_mid = float(front + back) / 2.0
-    t_far = t_mid if top_down else max(t_mid, float(front) + min(width / 2.0, mcd / 2.0))
-
-    def centre_xy(t: float) -> NDArray[np.float64]:
-        return float(lo_l + hi_l) / 2.0 * lat + t * d
+    line = _symmetry_line(P, (-base_point) @ R, grow_m, mcd)
 
     # ---- grid bounds and voxel size ---------------------------------------------------------
     xy = P[:, :2]
     if config.use_symmetry:
-        xy = np.vstack([xy, 2.0 * centre_xy(t_far) - xy])
+        xy = np.vstack([xy, 2.0 * line.centre_xy(line.t_far) - xy])
     lo = np.array([xy[:, 0].min() - grow_m, xy[:, 1].min() - grow_m, floor_h])
     hi = np.array([xy[:, 0].max() + grow_m, xy[:, 1].max() + grow_m, max(float(P[:, 2].max()), floor_h)])
     longest = float((hi - lo).max())
@@ -178,40 +163,11 @@ def complete_shape(scene: SceneContext, obs: ObjectObservation, config: Pipeline
     # (c) symmetry about the vertical axis through centre_xy(t_far): reflected columns that
     # reach into observed free space are dropped whole; the reflected free space carves the
     # unobserved (extruded) part, e.g. the space under a ball's far side
-    occ2 = occ1
-    if config.use_symmetry:
-        shell = np.argwhere(occ0_seen & occ1)
-        n_cand = int(min(C.MIRROR_CANDIDATES, max(1, np.ceil((t_far - t_mid) / (0.5 * voxel)) + 1)))
-        ts = np.linspace(t_far, t_mid, n_cand)
-        fracs = np.array(
-            [_reflected_free_fraction(shell, free, centre_xy(float(t)), origin, voxel) for t in ts]
-        )
-        # the deepest candidate whose reflected surface is (nearly) as consistent as the best
-        t_best = float(ts[int(np.argmax(fracs <= fracs.min() + C.MIRROR_FREE_FRACTION_SLACK))])
-        logger.debug(
-            "object %d: symmetry candidates t=%s, reflected surface in free space %s",
-            obs.instance_id,
-            np.round(ts, 4).tolist(),
-            np.round(fracs, 3).tolist(),
-        )
-        c_xy = centre_xy(t_best)
-        new = _point_reflect(occ1, c_xy, origin, voxel) & ~occ1
-        bad_cols = (new & free).any(axis=2)
-        new_cols = new.any(axis=2)
-        occ2 = _fill_rows(occ1 | (new & ~bad_cols[:, :, None]))
-        protect = ndimage.binary_dilation(occ0_seen)
-        occ2 &= ~(_point_reflect(free, c_xy, origin, voxel) & ~protect)
-        logger.debug(
-            "object %d: symmetry axis at t=%.4f m (range %.4f..%.4f) through camera-frame point %s; "
-            "%d of %d reflected columns contradicted",
-            obs.instance_id,
-            t_best,
-            t_mid,
-            t_far,
-            np.round(base_point + R[:, :2] @ c_xy, 4).tolist(),
-            int(bad_cols.sum()),
-            int(new_cols.sum()),
-        )
+    occ2 = (
+        _apply_symmetry(obs.instance_id, occ0_seen, occ1, free, line, origin, voxel, R, base_point)
+        if config.use_symmetry
+        else occ1
+    )
     occ3 = occ2 & ~free & ~too_deep
     n_final = int(occ3.sum())
     if n_final == 0:
@@ -234,6 +190,95 @@ def complete_shape(scene: SceneContext, obs: ObjectObservation, config: Pipeline
         camera_T_grid=camera_T_grid,
         confidence=float(np.clip(confidence, 0.0, 1.0)),
     )
+
+
+@dataclass(frozen=True)
+class _SymmetryLine:
+    """Where the vertical symmetry axis may stand, in ``G``'s xy plane (metres): on the line
+    ``centre_xy(t)`` along the horizontal viewing direction ``d`` through the middle of the
+    observed width, between the observed middle ``t_mid`` and the farthest plausible
+    ``t_far`` (equal for a top-down view)."""
+
+    d: NDArray[np.float64]
+    lat: NDArray[np.float64]
+    lat_mid: float
+    t_mid: float
+    t_far: float
+
+    def centre_xy(self, t: float) -> NDArray[np.float64]:
+        """(2,) the axis position at ``t`` along ``d``."""
+        return self.lat_mid * self.lat + t * self.d
+
+
+def _symmetry_line(
+    P: NDArray[np.float64], cam_G: NDArray[np.float64], grow_m: float, max_depth: float
+) -> _SymmetryLine:
+    """The symmetry-axis candidates of points ``P`` (N, 3) in ``G`` seen from ``cam_G``
+    (3,): the axis lies behind the observed front, at most half the object's width (and
+    half ``max_depth``) behind it."""
+    centre_G = P.mean(axis=0)
+    horiz = centre_G[:2] - cam_G[:2]
+    dist = float(np.linalg.norm(centre_G - cam_G))
+    top_down = float(np.linalg.norm(horiz)) < C.TOP_DOWN_RATIO * max(dist, 1e-9)
+    d = np.array([1.0, 0.0]) if top_down else horiz / np.linalg.norm(horiz)
+    lat = np.array([-d[1], d[0]])
+    lo_l, hi_l = np.percentile(P[:, :2] @ lat, C.COMPLETION_EXTENT_PERCENTILES)
+    front, back = np.percentile(P[:, :2] @ d, C.COMPLETION_EXTENT_PERCENTILES)
+    width = float(hi_l - lo_l) + 2.0 * grow_m
+    t_mid = float(front + back) / 2.0
+    t_far = t_mid if top_down else max(t_mid, float(front) + min(width / 2.0, max_depth / 2.0))
+    return _SymmetryLine(d=d, lat=lat, lat_mid=float(lo_l + hi_l) / 2.0, t_mid=t_mid, t_far=t_far)
+
+
+def _apply_symmetry(
+    instance_id: int,
+    seen: NDArray[np.bool_],
+    occ: NDArray[np.bool_],
+    free: NDArray[np.bool_],
+    line: _SymmetryLine,
+    origin: NDArray[np.float64],
+    voxel: float,
+    R: NDArray[np.float64],
+    base_point: NDArray[np.float64],
+) -> NDArray[np.bool_]:
+    """Step (c): mirror ``occ`` about the vertical axis on ``line`` that best agrees with the
+    observed free space. Reflected columns that reach into free space are dropped whole;
+    the reflected free space carves the unobserved (extruded) part, e.g. the space under a
+    ball's far side. ``seen`` are the observed surface voxels."""
+    t_far, t_mid = line.t_far, line.t_mid
+    shell = np.argwhere(seen & occ)
+    n_cand = int(min(C.MIRROR_CANDIDATES, max(1, np.ceil((t_far - t_mid) / (0.5 * voxel)) + 1)))
+    ts = np.linspace(t_far, t_mid, n_cand)
+    fracs = np.array(
+        [_reflected_free_fraction(shell, free, line.centre_xy(float(t)), origin, voxel) for t in ts]
+    )
+    # the deepest candidate whose reflected surface is (nearly) as consistent as the best
+    t_best = float(ts[int(np.argmax(fracs <= fracs.min() + C.MIRROR_FREE_FRACTION_SLACK))])
+    logger.debug(
+        "object %d: symmetry candidates t=%s, reflected surface in free space %s",
+        instance_id,
+        np.round(ts, 4).tolist(),
+        np.round(fracs, 3).tolist(),
+    )
+    c_xy = line.centre_xy(t_best)
+    new = _point_reflect(occ, c_xy, origin, voxel) & ~occ
+    bad_cols: NDArray[np.bool_] = np.asarray((new & free).any(axis=2))
+    new_cols = new.any(axis=2)
+    out = _fill_rows(occ | (new & ~bad_cols[:, :, None]))
+    protect = ndimage.binary_dilation(seen)
+    out &= ~(_point_reflect(free, c_xy, origin, voxel) & ~protect)
+    logger.debug(
+        "object %d: symmetry axis at t=%.4f m (range %.4f..%.4f) through camera-frame point %s; "
+        "%d of %d reflected columns contradicted",
+        instance_id,
+        t_best,
+        t_mid,
+        t_far,
+        np.round(base_point + R[:, :2] @ c_xy, 4).tolist(),
+        int(bad_cols.sum()),
+        int(new_cols.sum()),
+    )
+    return out
 
 
 def _disk_xy(radius: int) -> NDArray[np.bool_]:

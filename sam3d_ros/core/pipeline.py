@@ -172,74 +172,17 @@ class FramePipeline:
             )
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
-
         with _timed(timings, "plane"):
             plane = estimate_support_plane(frame, cfg)
         scene = SceneContext(frame=frame, plane=plane)
-
         with _timed(timings, "observations"):
             observations, skipped_list = extract_observations(frame, cfg)
         skipped: list[SkippedObject] = list(skipped_list)
-
-        shapes: list[VoxelShape | None] = []
-        failures: dict[int, str] = {}
         with _timed(timings, "backend"):
-            if observations:
-                try:
-                    shapes = list(self.backend.reconstruct(scene, observations))
-                    failures = dict(self.backend.failure_details())
-                except BackendError as err:
-                    logger.warning(
-                        "backend %s failed on frame %d: %s", self.backend.name, frame.stamp_ns, err
-                    )
-                    skipped.extend(
-                        SkippedObject(o.instance_id, SkipReason.BACKEND_ERROR, str(err)) for o in observations
-                    )
-                    observations, shapes = [], []
-        if len(shapes) != len(observations):
-            raise BackendError(
-                f"backend {self.backend.name!r} returned {len(shapes)} shapes for {len(observations)} objects"
-            )
-
-        # tracking: detections from the single-frame shapes, in the fixed frame
+            shaped = self._reconstruct(scene, observations, skipped)
         with _timed(timings, "tracking"):
-            self._collect_decompositions()
-            pairs: list[tuple[ObjectObservation, VoxelShape]] = []
-            detections: list[Detection] = []
-            for obs, shape in zip(observations, shapes, strict=True):
-                if shape is None:
-                    detail = failures.get(obs.instance_id, "backend returned no shape")
-                    skipped.append(_skip(frame, obs.instance_id, SkipReason.EMPTY_SHAPE, detail))
-                    continue
-                try:
-                    pts = transform_points(f_T_c, shape_points(shape, cfg.occupancy_threshold))
-                    detections.append(Detection.from_points(obs.instance_id, pts))
-                except TrackingError as err:
-                    detail = f"{type(err).__name__}: {err}"
-                    skipped.append(_skip(frame, obs.instance_id, SkipReason.EMPTY_SHAPE, detail))
-                    continue
-                pairs.append((obs, shape))
-            matches, vanished = self.tracker.step(detections)
-            for t in vanished:
-                if self._decomp is not None:
-                    self._decomp.cancel(t.track_id)
-
-        results: list[TrackedObject] = []
-        timings["meshing"] = 0.0
-        timings["refinement"] = 0.0
-        timings["collision"] = 0.0
-        for (obs, shape), (track, is_new) in zip(pairs, matches, strict=True):
-            try:
-                tracked = self._finish_object(frame, scene, obs, shape, track, is_new, f_T_c, timings)
-            except (MeshingError, LayoutError, CollisionError, RefinementError) as err:
-                # a shape that gives no usable mesh, frame or collision geometry: the object
-                # is skipped with the reason, never published half-made
-                detail = f"{type(err).__name__}: {err}"
-                skipped.append(_skip(frame, obs.instance_id, SkipReason.EMPTY_SHAPE, detail))
-                continue
-            results.append(tracked)
-
-        results.sort(key=lambda r: r.result.instance_id)
+            pairs, matches, vanished = self._track(frame, shaped, f_T_c, skipped)
+        results = self._finish_objects(frame, scene, pairs, matches, f_T_c, skipped, timings)
         timings["total"] = (time.perf_counter() - t_start) * 1000.0
         result = FrameResult(
             stamp_ns=frame.stamp_ns,
@@ -259,6 +202,92 @@ class FramePipeline:
             fixed_frame=cfg.planning_frame or frame.frame_id,
             fixed_T_camera=f_T_c,
         )
+
+    # ------------------------------------------------------------------ frame stages
+    def _reconstruct(
+        self, scene: SceneContext, observations: list[ObjectObservation], skipped: list[SkippedObject]
+    ) -> list[tuple[ObjectObservation, VoxelShape]]:
+        """The backend's shapes for all observations of a frame, in one batch: the pairs
+        with a shape; the others are appended to ``skipped`` with the backend's reason."""
+        if not observations:
+            return []
+        frame = scene.frame
+        try:
+            shapes = list(self.backend.reconstruct(scene, observations))
+        except BackendError as err:
+            logger.warning("backend %s failed on frame %d: %s", self.backend.name, frame.stamp_ns, err)
+            skipped.extend(
+                SkippedObject(o.instance_id, SkipReason.BACKEND_ERROR, str(err)) for o in observations
+            )
+            return []
+        if len(shapes) != len(observations):
+            raise BackendError(
+                f"backend {self.backend.name!r} returned {len(shapes)} shapes for {len(observations)} objects"
+            )
+        failures = dict(self.backend.failure_details())
+        shaped: list[tuple[ObjectObservation, VoxelShape]] = []
+        for obs, shape in zip(observations, shapes, strict=True):
+            if shape is None:
+                detail = failures.get(obs.instance_id, "backend returned no shape")
+                skipped.append(_skip(frame, obs.instance_id, SkipReason.EMPTY_SHAPE, detail))
+            else:
+                shaped.append((obs, shape))
+        return shaped
+
+    def _track(
+        self,
+        frame: RGBDFrame,
+        shaped: list[tuple[ObjectObservation, VoxelShape]],
+        f_T_c: NDArray[np.float64],
+        skipped: list[SkippedObject],
+    ) -> tuple[list[tuple[ObjectObservation, VoxelShape]], list[tuple[Track, bool]], list[Track]]:
+        """Match the single-frame shapes (boxes in the fixed frame) to the tracks: the
+        tracked pairs, their ``(track, is_new)`` in the same order, and the vanished tracks."""
+        self._collect_decompositions()
+        pairs: list[tuple[ObjectObservation, VoxelShape]] = []
+        detections: list[Detection] = []
+        for obs, shape in shaped:
+            try:
+                pts = transform_points(f_T_c, shape_points(shape, self.config.occupancy_threshold))
+                detections.append(Detection.from_points(obs.instance_id, pts))
+            except TrackingError as err:
+                detail = f"{type(err).__name__}: {err}"
+                skipped.append(_skip(frame, obs.instance_id, SkipReason.EMPTY_SHAPE, detail))
+                continue
+            pairs.append((obs, shape))
+        matches, vanished = self.tracker.step(detections)
+        for t in vanished:
+            if self._decomp is not None:
+                self._decomp.cancel(t.track_id)
+        return pairs, matches, vanished
+
+    def _finish_objects(
+        self,
+        frame: RGBDFrame,
+        scene: SceneContext,
+        pairs: list[tuple[ObjectObservation, VoxelShape]],
+        matches: list[tuple[Track, bool]],
+        f_T_c: NDArray[np.float64],
+        skipped: list[SkippedObject],
+        timings: dict[str, float],
+    ) -> list[TrackedObject]:
+        """Mesh, pose and collision shapes of every tracked object, by instance id."""
+        results: list[TrackedObject] = []
+        timings["meshing"] = 0.0
+        timings["refinement"] = 0.0
+        timings["collision"] = 0.0
+        for (obs, shape), (track, is_new) in zip(pairs, matches, strict=True):
+            try:
+                tracked = self._finish_object(frame, scene, obs, shape, track, is_new, f_T_c, timings)
+            except (MeshingError, LayoutError, CollisionError, RefinementError) as err:
+                # a shape that gives no usable mesh, frame or collision geometry: the object
+                # is skipped with the reason, never published half-made
+                detail = f"{type(err).__name__}: {err}"
+                skipped.append(_skip(frame, obs.instance_id, SkipReason.EMPTY_SHAPE, detail))
+                continue
+            results.append(tracked)
+        results.sort(key=lambda r: r.result.instance_id)
+        return results
 
     # ------------------------------------------------------------------ per object
     def _fuse(
@@ -352,10 +381,6 @@ class FramePipeline:
         timings["meshing"] += (t1 - t0 - refine_s) * 1000.0
         timings["refinement"] += refine_s * 1000.0
         timings["collision"] += (t2 - t1) * 1000.0
-        # tracking state for the next frame: box of the final shape in the fixed frame
-        verts_f = transform_points(f_T_c, mesh_cam.vertices)
-        track.lo, track.hi = verts_f.min(axis=0), verts_f.max(axis=0)
-        track.centroid = (track.lo + track.hi) / 2.0
         position = fixed_T_object[:3, 3].copy()
         moved = False
         if is_new or track.reported_position is None or geometry_changed:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import NDArray
 from torch import Tensor
 
 from sam3d_ros._progress import progress_bar
@@ -279,6 +280,103 @@ def _save_checkpoint(
     tmp.replace(path)
 
 
+def _build_datasets(
+    cfg: TrainConfig, cache: Path, progress: bool
+) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
+    """Build (or find in ``cache``) the train and val datasets of ``cfg``: their
+    directories and metadata by split."""
+    stage1 = Path(cfg.stage1_onnx) if cfg.stage1_onnx else None
+    dirs: dict[str, Path] = {}
+    metas: dict[str, dict[str, Any]] = {}
+    for split, frames in (("train", cfg.train_frames), ("val", cfg.val_frames)):
+        dirs[split] = dataset_dir(cache, cfg.source, split, frames, cfg.seed, cfg.stage1_sha256)
+        with progress_bar(enabled=progress, total=frames, desc=f"dataset {split}", unit="frame") as bar:
+
+            def frames_done(done: int, _total: int, bar: Any = bar) -> None:
+                bar.update(done - bar.n)
+
+            metas[split] = build_dataset(
+                dirs[split],
+                split,
+                frames,
+                source=cfg.source,
+                seed=cfg.seed,
+                workers=cfg.data_workers,
+                stage1=stage1,
+                progress=frames_done,
+            )
+    return dirs, metas
+
+
+def _restore(
+    ckpt_path: Path, cfg: TrainConfig, model: Any, opt: Any, sched: Any, gen: torch.Generator
+) -> tuple[list[dict[str, Any]], int, int, float]:
+    """Load a checkpoint into the model, optimiser, schedule and random generators:
+    ``(history, epoch, step within it, training seconds so far)``.
+
+    Raises:
+        TrainError: the checkpoint is unreadable or was made with another recipe.
+    """
+    try:
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError) as err:
+        raise TrainError(f"cannot read checkpoint {ckpt_path}: {err}") from err
+    if _recipe(ck["config"]) != _recipe(asdict(cfg)):
+        raise TrainError(f"checkpoint {ckpt_path} was made with another recipe: {ck['config']}")
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    gen.set_state(ck["generator"])
+    np.random.set_state(ck["numpy_rng"])
+    epoch = int(ck["epoch"])
+    logger.info("resumed from %s at epoch %d", ckpt_path, epoch)
+    return ck["history"], epoch, int(ck.get("step", 0)), float(ck.get("train_s", 0.0))
+
+
+def _train_steps(
+    model: Any,
+    opt: Any,
+    sched: Any,
+    gen: torch.Generator,
+    train_ds: Any,
+    perm: NDArray[np.int64],
+    steps: range,
+    cfg: TrainConfig,
+    deadline: float,
+    bar: Any,
+) -> tuple[dict[str, float], int, bool]:
+    """The optimiser steps ``steps`` of one epoch over the rows ``perm``: the summed
+    losses, the steps done (the index after the last one) and whether the time budget
+    (``deadline``, epoch seconds) stopped it."""
+    sums: dict[str, float] = {}
+    done = steps.start
+    for s in steps:
+        if time.time() > deadline:
+            return sums, done, True
+        idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+        if len(idx) == 0:
+            continue
+        batch = _augment(_to_tensors(train_ds.batch(idx)), gen)
+        losses = compute_losses(model(batch["inputs"]), batch, cfg)
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        done = s + 1
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+        bar.update()
+        bar.set_postfix(
+            loss=f"{values['total']:.4f}",
+            iou=f"{values['iou']:.3f}",
+            lr=f"{sched.get_last_lr()[0]:.2e}",
+            refresh=False,
+        )
+    return sums, done, False
+
+
 def train(
     cfg: TrainConfig,
     run_dir: Path,
@@ -296,29 +394,8 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     t_start = time.time()
-    stage1 = Path(cfg.stage1_onnx) if cfg.stage1_onnx else None
-    dirs = {
-        split: dataset_dir(cache, cfg.source, split, frames, cfg.seed, cfg.stage1_sha256)
-        for split, frames in (("train", cfg.train_frames), ("val", cfg.val_frames))
-    }
+    dirs, metas = _build_datasets(cfg, cache, progress)
     train_dir, val_dir = dirs["train"], dirs["val"]
-    metas: dict[str, dict[str, Any]] = {}
-    for split, frames in (("train", cfg.train_frames), ("val", cfg.val_frames)):
-        with progress_bar(enabled=progress, total=frames, desc=f"dataset {split}", unit="frame") as bar:
-
-            def frames_done(done: int, _total: int, bar: Any = bar) -> None:
-                bar.update(done - bar.n)
-
-            metas[split] = build_dataset(
-                dirs[split],
-                split,
-                frames,
-                source=cfg.source,
-                seed=cfg.seed,
-                workers=cfg.data_workers,
-                stage1=stage1,
-                progress=frames_done,
-            )
     train_meta, val_meta = metas["train"], metas["val"]
     data_s = time.time() - t_start
     train_ds = load_dataset(train_dir)
@@ -339,28 +416,11 @@ def train(
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15
     )
-    history: list[dict[str, Any]] = []
-    epoch0 = 0
-    step0 = 0
-    prior_train_s = 0.0
     ckpt_path = run_dir / "checkpoint.pt"
+    history: list[dict[str, Any]] = []
+    epoch0, step0, prior_train_s = 0, 0, 0.0
     if resume and ckpt_path.is_file():
-        try:
-            ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError) as err:
-            raise TrainError(f"cannot read checkpoint {ckpt_path}: {err}") from err
-        if _recipe(ck["config"]) != _recipe(asdict(cfg)):
-            raise TrainError(f"checkpoint {ckpt_path} was made with another recipe: {ck['config']}")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        gen.set_state(ck["generator"])
-        np.random.set_state(ck["numpy_rng"])
-        history = ck["history"]
-        epoch0 = int(ck["epoch"])
-        step0 = int(ck.get("step", 0))
-        prior_train_s = float(ck.get("train_s", 0.0))
-        logger.info("resumed from %s at epoch %d", ckpt_path, epoch0)
+        history, epoch0, step0, prior_train_s = _restore(ckpt_path, cfg, model, opt, sched, gen)
 
     best = min((e["val_total"] for e in history), default=math.inf)
     t_train = time.time()
@@ -370,10 +430,8 @@ def train(
     for epoch in range(epoch0, last_epoch):
         model.train()
         perm = epoch_index[np.random.default_rng(cfg.seed * 1000 + epoch).permutation(len(epoch_index))]
-        sums: dict[str, float] = {}
         t_ep = time.time()
         first = step0 if epoch == epoch0 else 0
-        done = first
         with progress_bar(
             enabled=progress,
             total=steps_per_epoch,
@@ -382,31 +440,9 @@ def train(
             unit="step",
             leave=False,
         ) as bar:
-            for s in range(first, steps_per_epoch):
-                if time.time() > deadline:
-                    stopped_early = True
-                    break
-                idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-                if len(idx) == 0:
-                    continue
-                batch = _augment(_to_tensors(train_ds.batch(idx)), gen)
-                losses = compute_losses(model(batch["inputs"]), batch, cfg)
-                opt.zero_grad(set_to_none=True)
-                losses["total"].backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-                opt.step()
-                sched.step()
-                done = s + 1
-                values = {k: float(v.detach()) for k, v in losses.items()}
-                for k, v in values.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                bar.update()
-                bar.set_postfix(
-                    loss=f"{values['total']:.4f}",
-                    iou=f"{values['iou']:.3f}",
-                    lr=f"{sched.get_last_lr()[0]:.2e}",
-                    refresh=False,
-                )
+            sums, done, stopped_early = _train_steps(
+                model, opt, sched, gen, train_ds, perm, range(first, steps_per_epoch), cfg, deadline, bar
+            )
         if stopped_early:
             logger.warning(
                 "time budget of %.1f min reached at epoch %d step %d/%d; run again to resume",
