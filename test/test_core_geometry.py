@@ -18,7 +18,7 @@ from sam3d_ros.core.collision import compute_collision_shapes, convex_hull, fit_
 from sam3d_ros.core.completion import CompletionError, complete_shape
 from sam3d_ros.core.config import default_config
 from sam3d_ros.core.frames import invert_transform, transform_points
-from sam3d_ros.core.layout import estimate_object_frame, visible_fraction
+from sam3d_ros.core.layout import LayoutError, estimate_object_frame, observed_in_frame, visible_fraction
 from sam3d_ros.core.meshing import MeshingError, is_watertight, mesh_from_voxels, mesh_volume
 from sam3d_ros.core.observation import _grid_neighbour_inliers, extract_observations
 from sam3d_ros.core.support_plane import estimate_support_plane
@@ -352,7 +352,7 @@ def test_multi_object_scene(multi_scene) -> None:
         assert is_watertight(mesh)
         assert np.linalg.norm(scene.to_world(t[:3, 3][None])[0] - shape.centre) < 0.01
         np.testing.assert_allclose(ext[:2], _true_extents(shape), atol=0.015)
-        vis = visible_fraction(mesh, frame, obs.mask)
+        vis = visible_fraction(mesh, observed_in_frame(mesh.vertices, frame, obs.mask))
         assert 0.25 < vis < 0.75  # about half of a convex object is seen
 
 
@@ -623,7 +623,7 @@ def test_timing_per_object(multi_scene, capsys: pytest.CaptureFixture[str]) -> N
             assert vs is not None
             mesh = mesh_from_voxels(vs, CFG.occupancy_threshold)
             t, _ = estimate_object_frame(mesh.vertices, plane)
-            visible_fraction(mesh, frame, o.mask)
+            visible_fraction(mesh, observed_in_frame(mesh.vertices, frame, o.mask))
             compute_collision_shapes(
                 TriangleMesh(transform_points(invert_transform(t), mesh.vertices), mesh.faces)
             )
@@ -676,4 +676,16 @@ def test_fuzz_odd_frames_never_crash(seed: int) -> None:
         except ValueError:
             continue
         assert is_watertight(mesh)
-        assert 0.0 <= visible_fraction(mesh, odd, o.mask) <= 1.0
+        assert 0.0 <= visible_fraction(mesh, observed_in_frame(mesh.vertices, odd, o.mask)) <= 1.0
+
+
+def test_visible_fraction_weights_faces_by_their_observed_vertices() -> None:
+    """Two equal triangles, one with all three vertices observed and one with one of
+    three: (1 + 1/3) / 2 of the surface was seen."""
+    v = np.array([[0, 0, 1], [1, 0, 1], [0, 1, 1], [5, 0, 1], [6, 0, 1], [5, 1, 1]], dtype=float)
+    mesh = TriangleMesh(v, np.array([[0, 1, 2], [3, 4, 5]]))
+    seen = np.array([True, True, True, True, False, False])
+    assert visible_fraction(mesh, seen) == pytest.approx((1 + 1 / 3) / 2)
+    assert visible_fraction(mesh, np.zeros(6, dtype=bool)) == 0.0
+    with pytest.raises(LayoutError, match="seen flags"):
+        visible_fraction(mesh, np.ones(5, dtype=bool))

@@ -98,30 +98,34 @@ def _min_area_rectangle(xy: NDArray[np.float64]) -> tuple[float, float]:
     return float(angles[best]), float(areas[best])
 
 
-def visible_fraction(mesh_camera: TriangleMesh, frame: RGBDFrame, mask: NDArray[np.bool_]) -> float:
+def visible_fraction(mesh_camera: TriangleMesh, seen_vertices: NDArray[np.bool_]) -> float:
     """Area-weighted fraction of the mesh surface that the camera observed.
 
-    A face counts as observed when its centroid projects into the image inside ``mask`` and
-    its depth agrees with the measured depth there within ``VISIBILITY_DEPTH_TOL``.
+    A face counts by the fraction of its vertices that were observed
+    (``seen_vertices``, from :func:`observed_in_frame`: the one image projection of the
+    object's mesh, shared with the collision padding).
 
     Args:
         mesh_camera: mesh in the camera optical frame, metres.
-        frame: the frame (depth (H, W) metres, intrinsics).
-        mask: (H, W) bool, the object's pixels.
+        seen_vertices: (V,) bool per vertex of ``mesh_camera``.
 
     Returns:
-        Fraction in [0, 1]; 0.0 for an empty mesh or a mask of the wrong shape.
+        Fraction in [0, 1]; 0.0 for an empty mesh.
+
+    Raises:
+        LayoutError: ``seen_vertices`` does not have one flag per vertex.
     """
-    depth = np.asarray(frame.depth)
-    m = np.asarray(mask, dtype=bool)
-    if m.shape != depth.shape or len(mesh_camera.faces) == 0:
+    seen = np.asarray(seen_vertices, dtype=bool)
+    if seen.shape != (len(mesh_camera.vertices),):
+        raise LayoutError(f"{seen.shape} seen flags for {len(mesh_camera.vertices)} vertices")
+    if len(mesh_camera.faces) == 0:
         return 0.0
-    areas, cents = face_areas_and_centroids(mesh_camera)
+    areas, _ = face_areas_and_centroids(mesh_camera)
     total = float(areas.sum())
     if not np.isfinite(total) or total <= 0.0:
         return 0.0
-    seen = observed_in_frame(cents, frame, m)
-    return float(np.clip(areas[seen].sum() / total, 0.0, 1.0))
+    face_seen = seen[np.asarray(mesh_camera.faces)].mean(axis=1)
+    return float(np.clip((areas * face_seen).sum() / total, 0.0, 1.0))
 
 
 def observed_in_frame(

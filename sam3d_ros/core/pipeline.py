@@ -370,12 +370,13 @@ class FramePipeline:
         mesh_obj = TriangleMesh(
             vertices=transform_points(object_T_camera, mesh_cam.vertices), faces=mesh_cam.faces
         )
-        vis = visible_fraction(mesh_cam, frame, obs.mask)
+        seen = observed_in_frame(mesh_cam.vertices, frame, obs.mask)  # the one projection
+        vis = visible_fraction(mesh_cam, seen)
         cut = touches_border(frame.labels, value=obs.instance_id)  # the mask before erosion
         t1 = time.perf_counter()
         fixed_T_object = f_T_c @ camera_T_object
         collision, geometry_changed = self._collision(
-            frame, obs, mesh_cam, mesh_obj, track, fixed_T_object, cut_by_border=cut
+            mesh_obj, seen, track, fixed_T_object, cut_by_border=cut
         )
         t2 = time.perf_counter()
         timings["meshing"] += (t1 - t0 - refine_s) * 1000.0
@@ -416,10 +417,8 @@ class FramePipeline:
 
     def _collision(
         self,
-        frame: RGBDFrame,
-        obs: ObjectObservation,
-        mesh_cam: TriangleMesh,
         mesh_obj: TriangleMesh,
+        seen: NDArray[np.bool_],
         track: Track,
         fixed_T_object: NDArray[np.float64],
         *,
@@ -427,6 +426,7 @@ class FramePipeline:
     ) -> tuple[CollisionSet, bool]:
         """Collision shapes of one object (object frame) and whether its geometry version
         changed (new hull beyond ``shape_change_threshold`` or new decomposition parts).
+        ``seen`` flags the vertices of ``mesh_obj`` observed in this frame (padded less).
         An object cut by the image border is padded as completed surface all over."""
         cfg = self.config
         kinds = cfg.collision_kinds()
@@ -461,8 +461,6 @@ class FramePipeline:
                 seen = np.zeros(len(mesh_obj.vertices), dtype=bool)
             elif track.volume is not None:
                 seen = track.volume.observed_points(transform_points(fixed_T_object, mesh_obj.vertices))
-            else:
-                seen = observed_in_frame(mesh_cam.vertices, frame, obs.mask)
 
             def margins(points: NDArray[np.float64]) -> NDArray[np.float64]:
                 return margins_from_reference(points, mesh_obj.vertices, seen, m_obs, m_comp)
