@@ -34,7 +34,7 @@ import numpy as np
 
 from sam3d_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
 from sam3d_ros.backends.registry import create_backend
-from sam3d_ros.core.config import default_config
+from sam3d_ros.core.config import default_node_config
 from sam3d_ros.tools.netbench import (
     batch_of,
     encode_frames,
@@ -56,7 +56,8 @@ def main() -> int:
     ap.add_argument("--passes", type=int, default=3, help="passes over the frames for the node timing")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    cfg = default_config()
+    node_cfg = default_node_config()
+    cfg = node_cfg.pipeline
     ort_backend = OnnxRuntimeBackend(cfg, intra_op_threads=args.threads, use_cuda=False)
 
     # --- network: a batch of 8 real encodings
@@ -67,9 +68,9 @@ def main() -> int:
     net_stages = {st: time_network(ort_backend, batch, args.repeats, st) for st in ort_backend.stages}
 
     # --- end to end per frame, collision excluded
-    build = ros_message_builder(cfg.marker_alpha)
+    build = ros_message_builder(node_cfg.marker_alpha)
     timings = {
-        name: time_pipeline(cfg, backend, frames, args.passes, build)
+        name: time_pipeline(node_cfg, backend, frames, args.passes, build)
         for name, backend in (("onnxruntime", ort_backend), ("geometric", create_backend(cfg, "geometric")))
     }
     result = {

@@ -34,6 +34,7 @@ def _object(track_id: int, size: tuple[float, float, float], cut: bool = False) 
         confidence=0.9,
         num_points=100,
         cut_by_border=cut,
+        support_id=0 if cut else track_id + 20,
     )
 
 
@@ -70,6 +71,7 @@ def test_frame_outputs_carry_meshes_and_triangle_lists_of_the_same_vertices() ->
         np.testing.assert_array_equal(tri, obj.mesh.vertices[obj.mesh.faces.reshape(-1)])
         assert marker.pose == msg.pose
         assert msg.cut_by_border is obj.cut_by_border
+        assert msg.support_instance_id == obj.support_id
         assert abs(marker.color.a - 0.5) < 1e-6
     assert [m.cut_by_border for m in objects.objects] == [False, True]
     # track 7 was shown before and is gone: both of its markers are deleted

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sam3d_ros.core.config import default_config
+from sam3d_ros.core.config import default_node_config
 from sam3d_ros.core.images import encode_image
-from sam3d_ros.core.types import InputError, SkipReason
+from sam3d_ros.core.types import InputError, RGBDFrame, SkipReason
 from sam3d_ros.stream.conversions import camera_from_info, frame_from_messages
 
 
@@ -66,9 +66,17 @@ def scene(h: int = 40, w: int = 50) -> tuple[Img, Img, Info, Img]:
     return img(rgb, "bgr8"), img(depth, "16UC1"), info, img(labels, "mono16")
 
 
+def decode(rgb: Any, depth: Any, info: Any, mask: Any, max_image_pixels: int | None = None) -> RGBDFrame:
+    """:func:`frame_from_messages` with the node's defaults (``max_image_pixels`` is the
+    node's, the depth range the pipeline's)."""
+    cfg = default_node_config()
+    limit = cfg.max_image_pixels if max_image_pixels is None else max_image_pixels
+    return frame_from_messages(rgb, depth, info, mask, cfg.pipeline, max_image_pixels=limit)
+
+
 def test_frame_fields_units_and_header() -> None:
     rgb, depth, info, mask = scene()
-    frame = frame_from_messages(rgb, depth, info, mask, default_config())
+    frame = decode(rgb, depth, info, mask)
     assert frame.stamp_ns == 5_000_000_007 and frame.frame_id == "cam_optical"
     assert frame.rgb.shape == (40, 50, 3) and frame.rgb.dtype == np.uint8
     assert frame.depth.dtype == np.float32 and float(frame.depth[0, 0]) == pytest.approx(0.8)
@@ -88,7 +96,7 @@ def test_invalid_k(k: list[float]) -> None:
 def test_missing_info() -> None:
     rgb, depth, _, mask = scene()
     with pytest.raises(InputError) as info:
-        frame_from_messages(rgb, depth, None, mask, default_config())
+        decode(rgb, depth, None, mask)
     assert info.value.reason is SkipReason.MISSING_CAMERA_INFO
 
 
@@ -96,7 +104,7 @@ def test_size_mismatch_names_all_sizes() -> None:
     rgb, depth, info, _ = scene()
     _, _, _, small_mask = scene(20, 25)
     with pytest.raises(InputError) as err:
-        frame_from_messages(rgb, depth, info, small_mask, default_config())
+        decode(rgb, depth, info, small_mask)
     assert err.value.reason is SkipReason.SIZE_MISMATCH
     assert "mask 25x20" in err.value.detail and "rgb 50x40" in err.value.detail
 
@@ -104,9 +112,7 @@ def test_size_mismatch_names_all_sizes() -> None:
 def test_camera_info_size_mismatch() -> None:
     rgb, depth, _, mask = scene()
     with pytest.raises(InputError) as err:
-        frame_from_messages(
-            rgb, depth, Info(640, 480, [500.0, 0, 320, 0, 500, 240, 0, 0, 1]), mask, default_config()
-        )
+        decode(rgb, depth, Info(640, 480, [500.0, 0, 320, 0, 500, 240, 0, 0, 1]), mask)
     assert err.value.reason is SkipReason.SIZE_MISMATCH
 
 
@@ -116,7 +122,7 @@ def test_depth_out_of_range_and_nan() -> None:
     d[0, 0] = np.inf
     d[1, 1] = 50.0  # beyond depth_max
     with pytest.raises(InputError) as err:
-        frame_from_messages(rgb, img(d, "32FC1"), info, mask, default_config())
+        decode(rgb, img(d, "32FC1"), info, mask)
     assert err.value.reason is SkipReason.NO_VALID_DEPTH
 
 
@@ -124,9 +130,14 @@ def test_huge_8000x8000_image_is_rejected_without_crash() -> None:
     rgb, depth, info, _ = scene()
     huge = Img(8000, 8000, "mono8", 0, 8000, np.zeros(8000 * 8000, np.uint8))
     with pytest.raises(InputError) as err:
-        frame_from_messages(rgb, depth, info, huge, default_config())
+        decode(rgb, depth, info, huge)
     assert err.value.reason is SkipReason.IMAGE_TOO_LARGE
     assert "8000x8000" in err.value.detail
+    rgb, depth, info, mask = scene()  # 50x40 = 2000 pixels
+    assert decode(rgb, depth, info, mask, max_image_pixels=2000).rgb.shape == (40, 50, 3)
+    with pytest.raises(InputError, match="max_image_pixels=1999") as err:
+        decode(rgb, depth, info, mask, max_image_pixels=1999)
+    assert err.value.reason is SkipReason.IMAGE_TOO_LARGE
 
 
 @pytest.mark.parametrize("frame_id", ["", "   "])
@@ -134,5 +145,5 @@ def test_empty_frame_id_is_rejected(frame_id: str) -> None:
     rgb, depth, info, mask = scene()
     rgb.header = Header(frame_id=frame_id)
     with pytest.raises(InputError) as err:
-        frame_from_messages(rgb, depth, info, mask, default_config())
+        decode(rgb, depth, info, mask)
     assert err.value.reason is SkipReason.EMPTY_FRAME_ID

@@ -13,7 +13,7 @@ import trimesh
 
 from sam3d_ros.cli import main as cli_main
 from sam3d_ros.core.baselines import BaselineError, convex_hull_mesh, extruded_hull_mesh, score_point_set
-from sam3d_ros.core.config import default_config
+from sam3d_ros.core.config import default_config, default_node_config
 from sam3d_ros.core.metrics import sample_surface
 from sam3d_ros.core.types import SupportPlane
 from sam3d_ros.sim.dataset import export_bag, generate_dataset, load_dataset
@@ -96,7 +96,7 @@ def test_eval_of_replay_results(tiny: Path, tmp_path: Path) -> None:
 
     bag = export_bag(load_dataset(tiny), tmp_path / "bag", "mcap")
     out = tmp_path / "replay"
-    replay_bag(bag, out, default_config().replace(backend="geometric"), progress=False)
+    replay_bag(bag, out, default_node_config().replace(backend="geometric"), progress=False)
     ds = load_dataset(bag)
     results = ResultsMethod(out / "results.jsonl")
     direct = evaluate(ds, [results, BackendMethod("geometric")], **FAST)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sam3d_ros.backends.registry import create_backend
-from sam3d_ros.core.config import default_config
+from sam3d_ros.core.config import default_node_config
 from sam3d_ros.core.pipeline import FramePipeline
 from sam3d_ros.core.types import SkipReason
 from sam3d_ros.stream.frames import CAMERA_INFO_WAIT_S, FrameSet, FrameStream, StreamError
@@ -28,13 +28,13 @@ class Recorder:
     """A stream whose admitted sets are collected instead of processed."""
 
     def __init__(self, **overrides: Any) -> None:
-        cfg = default_config().replace(backend="geometric", **overrides)
+        cfg = default_node_config().replace(backend="geometric", **overrides)
         self.delivered: list[FrameSet] = []
         self.skipped: list[tuple[SkipReason, int]] = []
         self.restarts = 0
         self.stream = FrameStream(
             cfg,
-            FramePipeline(cfg, create_backend(cfg)),
+            FramePipeline(cfg.pipeline, create_backend(cfg.pipeline)),
             ("rgb", "depth", "mask"),
             self.delivered.append,
             on_skip=lambda reason, detail, stamp: self.skipped.append((reason, stamp)),
@@ -192,10 +192,13 @@ def test_stamp_gate_and_restart_run_after_pairing() -> None:
 def test_stream_parameters_are_read_only() -> None:
     r = Recorder()
     cfg = r.stream.config
-    r.stream.apply_config(cfg.replace(marker_alpha=0.5))
-    assert r.stream.pipeline.config.marker_alpha == 0.5
+    new = cfg.replace(marker_alpha=0.5, mesh_resolution=24)
+    r.stream.apply_config(new)
+    assert r.stream.config is new and r.stream.config.marker_alpha == 0.5
+    assert r.stream.pipeline.config is new.pipeline and r.stream.pipeline.config.mesh_resolution == 24
     with pytest.raises(StreamError, match="sync_slop"):
         r.stream.apply_config(cfg.replace(sync_slop=0.2))
+    assert r.stream.config is new
     with pytest.raises(StreamError, match="input index"):
         r.stream.image_received(3)
 
@@ -210,7 +213,8 @@ def test_messages_from_frame_round_trip_and_process() -> None:
 
     frame = random_scene(seed=3, n_objects=3, width=160, height=120).render().to_rgbd_frame()
     rgb, depth, info, mask = messages_from_frame(frame)
-    back = frame_from_messages(rgb, depth, info, mask, default_config())
+    cfg = default_node_config()
+    back = frame_from_messages(rgb, depth, info, mask, cfg.pipeline, max_image_pixels=cfg.max_image_pixels)
     assert np.array_equal(back.rgb, frame.rgb) and np.array_equal(back.labels, frame.labels)
     assert np.array_equal(np.isnan(back.depth), np.isnan(frame.depth))
     assert np.allclose(back.depth, frame.depth, equal_nan=True)

@@ -402,7 +402,8 @@ def test_parameters_declared_with_ranges_and_validated(live: NodeUnderTest) -> N
     result = node.set_parameters([Parameter("mesh_resolution", value=2)])[0]
     assert not result.successful
     result = node.set_parameters([Parameter("mesh_resolution", value=32)])[0]
-    assert result.successful and node._config is not None and node._config.mesh_resolution == 32
+    assert result.successful and node._config is not None and node._config.pipeline.mesh_resolution == 32
+    assert node._pipeline is not None and node._pipeline.config is node._config.pipeline
 
 
 def test_runtime_parameters_take_effect_and_frame_path_ones_are_read_only(

@@ -26,7 +26,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from sam3d_ros.cli import main as cli_main
 from sam3d_ros.core import constants as C
-from sam3d_ros.core.config import default_config
+from sam3d_ros.core.config import default_node_config
 from sam3d_ros.core.frames import Pose, transform_points
 from sam3d_ros.core.metrics import point_to_mesh_distance
 from sam3d_ros.core.types import RGBDFrame
@@ -53,6 +53,7 @@ OBJECT_KEYS = {
     "visible_fraction",
     "confidence",
     "cut_by_border",
+    "support_instance_id",
 }
 SUMMARY_KEYS = {
     "bag",
@@ -120,7 +121,7 @@ def accounting_problems(summary: dict[str, Any]) -> list[str]:
 
 def run_replay(bag: Path, out: Path, **kwargs: Any) -> dict[str, Any]:
     """Replay with the default config; the summary must account for every message read."""
-    summary = replay_bag(bag, out, default_config(), progress=False, **kwargs)
+    summary = replay_bag(bag, out, default_node_config(), progress=False, **kwargs)
     assert not accounting_problems(summary), accounting_problems(summary)
     return summary
 

@@ -15,7 +15,7 @@ from rclpy.parameter import Parameter
 from ros_helpers import Harness, assert_inputs_accounted, unique_ns
 from test_replay import accounting_problems
 
-from sam3d_ros.core.config import default_config
+from sam3d_ros.core.config import default_node_config
 from sam3d_ros.ros.node import Sam3dNode
 from sam3d_ros.sim.bag import write_bag
 from sam3d_ros.sim.scenes import sequence
@@ -41,7 +41,7 @@ def _bag(tmp_path: Path, n_frames: int, name: str) -> Path:
 
 
 def test_single_mcap_file_equals_bag_directory(tmp_path: Path) -> None:
-    cfg = default_config()
+    cfg = default_node_config()
     for summary in (
         replay_bag(SAMPLE, tmp_path / "dir", cfg, progress=False),
         replay_bag(SAMPLE / "tabletop_sample.mcap", tmp_path / "file", cfg, progress=False),
@@ -53,7 +53,7 @@ def test_single_mcap_file_equals_bag_directory(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_memory_stays_flat_on_a_ten_times_longer_bag(tmp_path: Path) -> None:
     short, long = _bag(tmp_path, 6, "short"), _bag(tmp_path, 60, "long")
-    cfg = default_config()
+    cfg = default_node_config()
     peaks = []
     for bag in (short, long):
         tracemalloc.start()
@@ -70,7 +70,7 @@ def test_memory_stays_flat_on_a_ten_times_longer_bag(tmp_path: Path) -> None:
 
 @pytest.mark.ros
 def test_live_node_gives_the_same_results_as_the_offline_replay(tmp_path: Path) -> None:
-    summary = replay_bag(SAMPLE, tmp_path / "offline", default_config(), progress=False)
+    summary = replay_bag(SAMPLE, tmp_path / "offline", default_node_config(), progress=False)
     assert not accounting_problems(summary), accounting_problems(summary)
     offline = [json.loads(line) for line in (tmp_path / "offline" / "results.jsonl").read_text().splitlines()]
 
@@ -114,7 +114,7 @@ def test_replay_processes_every_frame_whatever_the_camera_info_timing(
     """A CameraInfo logged a few ms after its images (many recorded bags), or only once at
     the start (a latched driver): every frame is processed, with the same results as a bag
     whose CameraInfo comes first."""
-    cfg = default_config()
+    cfg = default_node_config()
     ref = replay_bag(_timed_bag(tmp_path, "before_images"), tmp_path / "ref", cfg, progress=False)
     out = replay_bag(_timed_bag(tmp_path, camera_info), tmp_path / "out", cfg, progress=False)
     for summary in (ref, out):
@@ -130,7 +130,7 @@ def test_live_node_processes_every_frame_and_matches_the_replay(tmp_path: Path, 
     """The node and the replay run the one frame path: on a bag whose CameraInfo comes after
     the images (or once), both process every frame and publish identical results."""
     bag = _timed_bag(tmp_path, camera_info)
-    summary = replay_bag(bag, tmp_path / "offline", default_config(), progress=False)
+    summary = replay_bag(bag, tmp_path / "offline", default_node_config(), progress=False)
     assert summary["frames_processed"] == 3 and summary["frames_skipped"] == {}
     offline = [json.loads(line) for line in (tmp_path / "offline" / "results.jsonl").read_text().splitlines()]
     live = _play_into_node(bag)

@@ -20,7 +20,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_helpers import Harness, frame_msgs, namespaced_node, publish_frame, unique_ns, wait_for
 from scene_helpers import DT, T0, box, camera, cylinder, rendered
 
-from sam3d_ros.core.config import default_config
+from sam3d_ros.core.config import default_node_config
 from sam3d_ros.core.frames import Pose as CorePose
 from sam3d_ros.core.frames import transform_points
 from sam3d_ros.core.types import SkipReason
@@ -162,7 +162,7 @@ def test_transform_to_matrix_maps_points() -> None:
 
 
 def test_source_looks_up_at_the_stamp_with_the_timeout(fake_tf: FakeTf) -> None:
-    cfg = default_config().replace(planning_frame="world", tf_timeout=0.25)
+    cfg = default_node_config().replace(planning_frame="world", tf_timeout=0.25)
     node = StubNode()
     src = tf_mod.PlanningFrameSource(node, cfg)  # type: ignore[arg-type]
     assert src.uses_tf and len(fake_tf.listeners) == 1 and fake_tf.listeners[0].node is node
@@ -195,7 +195,7 @@ def test_source_looks_up_at_the_stamp_with_the_timeout(fake_tf: FakeTf) -> None:
 
 
 def test_source_without_tf2_uses_the_static_transform_and_logs_once(no_tf: None) -> None:
-    cfg = default_config().replace(planning_frame="world", camera_to_planning_transform="1 2 3 0 0 0 1")
+    cfg = default_node_config().replace(planning_frame="world", camera_to_planning_transform="1 2 3 0 0 0 1")
     node = StubNode()
     src = tf_mod.PlanningFrameSource(node, cfg)  # type: ignore[arg-type]
     assert not src.uses_tf
@@ -206,7 +206,7 @@ def test_source_without_tf2_uses_the_static_transform_and_logs_once(no_tf: None)
 
 
 def test_use_tf_false_never_creates_a_listener(fake_tf: FakeTf) -> None:
-    cfg = default_config().replace(planning_frame="world", use_tf=False)
+    cfg = default_node_config().replace(planning_frame="world", use_tf=False)
     node = StubNode()
     src = tf_mod.PlanningFrameSource(node, cfg)  # type: ignore[arg-type]
     assert not src.uses_tf and fake_tf.listeners == []

@@ -1,8 +1,18 @@
-"""Parameters, declared once: name, type, default, range, description.
+"""Parameters, declared once: name, type, default, range, description, and the config
+that holds the value.
 
 The ROS node declares its parameters from :data:`PARAMETERS` (with descriptors and ranges),
-``config/default.yaml`` holds the same defaults, and :func:`config_from_mapping` loads any
-mapping of values into the frozen :class:`PipelineConfig` the core receives.
+``config/default.yaml`` holds the same defaults. The values land in two frozen configs:
+
+* :class:`PipelineConfig` (``part="pipeline"``): what the core and the backends read
+  (backend options, input validation, objects, support plane, completion and meshing,
+  collision shapes, tracking and fusion, the planning frame); built by
+  :func:`config_from_mapping`, defaults from :func:`default_config`;
+* :class:`NodeConfig` (``part="node"``): what the node and its frame path read (topics,
+  input QoS, synchronisation, the stamp gate, the image size limit, tf2, MoveIt, outputs,
+  diagnostics, counters), with the :class:`PipelineConfig` in ``pipeline``; built by
+  :func:`node_config_from_mapping`, :func:`config_from_params_file` and the node's
+  ``load_config``, defaults from :func:`default_node_config`.
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
 from sam3d_ros.core import constants as C
 
@@ -20,10 +30,20 @@ class ConfigError(ValueError):
     """Raised for unknown parameters, wrong types or values out of range."""
 
 
+#: Which frozen config holds a parameter's value (:attr:`ParamSpec.part`).
+ConfigPart = Literal["pipeline", "node"]
+#: The core's :class:`PipelineConfig` (read by the core and the backends).
+PIPELINE: Final = "pipeline"
+#: The node's :class:`NodeConfig` (read by the node and the frame path).
+NODE: Final = "node"
+
+
 @dataclass(frozen=True)
 class ParamSpec:
     """One parameter: its type (bool, int, float or str), default, inclusive range and
-    description. ``choices`` restricts string values."""
+    description. ``choices`` restricts string values; ``read_only`` parameters cannot change
+    while the node runs; ``part`` names the config that holds the value: :data:`PIPELINE`
+    (:class:`PipelineConfig`) or :data:`NODE` (:class:`NodeConfig`)."""
 
     name: str
     type: type
@@ -33,6 +53,7 @@ class ParamSpec:
     max: float | None = None
     choices: tuple[str, ...] = ()
     read_only: bool = False
+    part: ConfigPart = PIPELINE
 
 
 PARAMETERS: tuple[ParamSpec, ...] = (
@@ -96,11 +117,20 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         read_only=True,
     ),
     # --- topics (the node subscribes to these; remap as usual) ---------------------------
-    ParamSpec("rgb_topic", str, C.DEFAULT_RGB_TOPIC, "Colour image topic.", read_only=True),
-    ParamSpec("depth_topic", str, C.DEFAULT_DEPTH_TOPIC, "Depth aligned to colour.", read_only=True),
-    ParamSpec("info_topic", str, C.DEFAULT_INFO_TOPIC, "CameraInfo of the colour image.", read_only=True),
+    ParamSpec("rgb_topic", str, C.DEFAULT_RGB_TOPIC, "Colour image topic.", read_only=True, part=NODE),
     ParamSpec(
-        "mask_topic", str, C.DEFAULT_MASK_TOPIC, "Instance label image (0 = background).", read_only=True
+        "depth_topic", str, C.DEFAULT_DEPTH_TOPIC, "Depth aligned to colour.", read_only=True, part=NODE
+    ),
+    ParamSpec(
+        "info_topic", str, C.DEFAULT_INFO_TOPIC, "CameraInfo of the colour image.", read_only=True, part=NODE
+    ),
+    ParamSpec(
+        "mask_topic",
+        str,
+        C.DEFAULT_MASK_TOPIC,
+        "Instance label image (0 = background).",
+        read_only=True,
+        part=NODE,
     ),
     ParamSpec(
         "input_reliability",
@@ -111,6 +141,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "needs reliable publishers such as sam3d_ros.ros.player).",
         choices=("best_effort", "reliable"),
         read_only=True,
+        part=NODE,
     ),
     # --- synchronisation -----------------------------------------------------------------
     ParamSpec(
@@ -121,6 +152,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         min=0.0,
         max=5.0,
         read_only=True,
+        part=NODE,
     ),
     ParamSpec(
         "sync_queue_size",
@@ -131,6 +163,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         min=1,
         max=1000,
         read_only=True,
+        part=NODE,
     ),
     ParamSpec(
         "stamp_jump_threshold",
@@ -142,6 +175,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         min=0.001,
         max=86400.0,
         read_only=True,
+        part=NODE,
     ),
     ParamSpec(
         "max_stamp_ahead",
@@ -152,12 +186,19 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         min=0.0,
         max=86400.0,
         read_only=True,
+        part=NODE,
     ),
     # --- input validation ------------------------------------------------------------------
     ParamSpec("depth_min", float, 0.1, "Depths below this are invalid (m).", min=0.0, max=100.0),
     ParamSpec("depth_max", float, 5.0, "Depths above this are invalid (m).", min=0.01, max=100.0),
     ParamSpec(
-        "max_image_pixels", int, 16_777_216, "Frames with more pixels are rejected.", min=1, max=1_000_000_000
+        "max_image_pixels",
+        int,
+        16_777_216,
+        "Frames with more pixels are rejected.",
+        min=1,
+        max=1_000_000_000,
+        part=NODE,
     ),
     # --- objects -----------------------------------------------------------------------
     ParamSpec("min_mask_pixels", int, 50, "Masks with fewer pixels are skipped.", min=1, max=10_000_000),
@@ -229,6 +270,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         True,
         "Honour the measured depth: empty the voxels the camera saw through and move the seen "
         "surface of each mesh onto the measured depth (sam3d_ros.core.refine).",
+    ),
+    ParamSpec(
+        "local_support",
+        bool,
+        True,
+        "Find what each object rests on (the table, or the top of another object) from the "
+        "depth where its mask meets its neighbours; a stacked object's shape is cut below its "
+        "support's top instead of being completed down to the table (sam3d_ros.core.support).",
     ),
     ParamSpec(
         "output_mesh_max_triangles",
@@ -373,6 +422,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "Look up planning_frame <- image frame_id in tf2 at each image stamp when tf2_ros is "
         "importable (frames without a transform are skipped, never posed with the static one).",
         read_only=True,
+        part=NODE,
     ),
     ParamSpec(
         "tf_timeout",
@@ -381,6 +431,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "Longest wait for the tf2 transform of a frame (s); then the frame is skipped (tf_unavailable).",
         min=0.0,
         max=5.0,
+        part=NODE,
     ),
     # --- MoveIt ------------------------------------------------------------------------------
     ParamSpec(
@@ -389,6 +440,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         True,
         "Keep the MoveIt planning scene in step (when moveit_msgs is importable).",
         read_only=True,
+        part=NODE,
     ),
     ParamSpec(
         "moveit_mode",
@@ -398,14 +450,28 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "PlanningScene diffs on /planning_scene.",
         choices=("collision_object", "planning_scene"),
         read_only=True,
+        part=NODE,
     ),
     ParamSpec(
-        "moveit_id_prefix", str, "sam3d_", "Collision object ids are <prefix><track_id>.", read_only=True
+        "moveit_id_prefix",
+        str,
+        "sam3d_",
+        "Collision object ids are <prefix><track_id>.",
+        read_only=True,
+        part=NODE,
     ),
     # --- outputs -------------------------------------------------------------------------
-    ParamSpec("publish_markers", bool, True, "Publish RViz markers on ~/markers."),
-    ParamSpec("marker_alpha", float, 0.8, "Alpha of the mesh markers.", min=0.0, max=1.0),
-    ParamSpec("diagnostics_period", float, 1.0, "Period of /diagnostics messages (s).", min=0.05, max=60.0),
+    ParamSpec("publish_markers", bool, True, "Publish RViz markers on ~/markers.", part=NODE),
+    ParamSpec("marker_alpha", float, 0.8, "Alpha of the mesh markers.", min=0.0, max=1.0, part=NODE),
+    ParamSpec(
+        "diagnostics_period",
+        float,
+        1.0,
+        "Period of /diagnostics messages (s).",
+        min=0.05,
+        max=60.0,
+        part=NODE,
+    ),
     ParamSpec(
         "stats_window",
         int,
@@ -414,15 +480,21 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         min=1,
         max=10000,
         read_only=True,
+        part=NODE,
     ),
 )
 
 PARAMETERS_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
+#: The parameters of :class:`PipelineConfig` and of :class:`NodeConfig`, in declaration order.
+PIPELINE_PARAMETERS: tuple[ParamSpec, ...] = tuple(p for p in PARAMETERS if p.part == PIPELINE)
+NODE_PARAMETERS: tuple[ParamSpec, ...] = tuple(p for p in PARAMETERS if p.part == NODE)
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Frozen parameter values (see :data:`PARAMETERS` for meanings and units)."""
+    """Frozen values of the parameters the core and the backends read (``part="pipeline"``;
+    see :data:`PARAMETERS` for meanings and units). The node's own options are in
+    :class:`NodeConfig`."""
 
     backend: str
     model_dir: str
@@ -431,18 +503,8 @@ class PipelineConfig:
     ort_use_cuda: bool
     trt_precision: str
     engine_cache_dir: str
-    rgb_topic: str
-    depth_topic: str
-    info_topic: str
-    mask_topic: str
-    input_reliability: str
-    sync_slop: float
-    sync_queue_size: int
-    stamp_jump_threshold: float
-    max_stamp_ahead: float
     depth_min: float
     depth_max: float
-    max_image_pixels: int
     min_mask_pixels: int
     min_depth_points: int
     max_objects: int
@@ -456,6 +518,7 @@ class PipelineConfig:
     max_completion_depth: float
     occupancy_threshold: float
     surface_refinement: bool
+    local_support: bool
     output_mesh_max_triangles: int
     collision_shapes: str
     decomposition_method: str
@@ -475,18 +538,14 @@ class PipelineConfig:
     fusion_enabled: bool
     planning_frame: str
     camera_to_planning_transform: str
-    use_tf: bool
-    tf_timeout: float
-    moveit_enabled: bool
-    moveit_mode: str
-    moveit_id_prefix: str
-    publish_markers: bool
-    marker_alpha: float
-    diagnostics_period: float
-    stats_window: int
 
     def replace(self, **changes: Any) -> PipelineConfig:
-        """A copy with some values changed (validated)."""
+        """A copy with some values changed (validated).
+
+        Raises:
+            ConfigError: for an invalid value, an unknown name or the name of a node
+                parameter (change those with :meth:`NodeConfig.replace`).
+        """
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return config_from_mapping(values)
@@ -498,6 +557,58 @@ class PipelineConfig:
     def camera_to_planning(self) -> tuple[float, ...]:
         """``camera_to_planning_transform`` as (x, y, z, qx, qy, qz, qw) floats."""
         return parse_pose7(self.camera_to_planning_transform)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Frozen values of the node's and the frame path's parameters (``part="node"``: topics,
+    input QoS, synchronisation, the stamp gate, the image size limit, tf2, MoveIt, outputs,
+    diagnostics, counters; see :data:`PARAMETERS` for meanings and units), with the
+    parameters of the core and the backends in ``pipeline``.
+
+    Attributes:
+        pipeline: what the core and the backends read (give them this, never the
+            NodeConfig).
+    """
+
+    pipeline: PipelineConfig
+    rgb_topic: str
+    depth_topic: str
+    info_topic: str
+    mask_topic: str
+    input_reliability: str
+    sync_slop: float
+    sync_queue_size: int
+    stamp_jump_threshold: float
+    max_stamp_ahead: float
+    max_image_pixels: int
+    use_tf: bool
+    tf_timeout: float
+    moveit_enabled: bool
+    moveit_mode: str
+    moveit_id_prefix: str
+    publish_markers: bool
+    marker_alpha: float
+    diagnostics_period: float
+    stats_window: int
+
+    def replace(self, **changes: Any) -> NodeConfig:
+        """A copy with some parameters changed, each routed to the config that holds it
+        (``node_config.replace(sync_slop=0.1, mesh_resolution=24)`` changes one value here
+        and one in ``pipeline``); everything is validated as by
+        :func:`node_config_from_mapping`.
+
+        Raises:
+            ConfigError: for an unknown name or an invalid value.
+        """
+        values = self.parameters()
+        values.update(changes)
+        return node_config_from_mapping(values)
+
+    def parameters(self) -> dict[str, Any]:
+        """Every parameter's value by name (both parts), in :data:`PARAMETERS` order."""
+        pipeline = self.pipeline
+        return {p.name: getattr(self if p.part == NODE else pipeline, p.name) for p in PARAMETERS}
 
 
 def parse_collision_shapes(value: str) -> tuple[str, ...]:
@@ -561,17 +672,32 @@ def validate_value(spec: ParamSpec, value: Any) -> Any:
     return value
 
 
+def _check_names(values: Mapping[str, Any], part: ConfigPart | None) -> None:
+    """Raise ConfigError for names that are no parameter, or (``part`` given) parameters
+    of the other config."""
+    unknown = sorted(set(values) - set(PARAMETERS_BY_NAME))
+    if unknown:
+        raise ConfigError(f"unknown parameters {unknown}; valid: {sorted(PARAMETERS_BY_NAME)}")
+    if part == PIPELINE:
+        other = sorted(n for n in values if PARAMETERS_BY_NAME[n].part != PIPELINE)
+        if other:
+            raise ConfigError(
+                f"parameters {other} are node parameters, not in PipelineConfig: change them "
+                "in the NodeConfig (NodeConfig.replace, node_config_from_mapping)"
+            )
+
+
 def config_from_mapping(values: Mapping[str, Any], *, strict: bool = True) -> PipelineConfig:
-    """Build a PipelineConfig from defaults overridden by ``values``.
+    """Build the core's PipelineConfig from defaults overridden by ``values``.
 
     Args:
-        values: parameter name -> value.
-        strict: raise ConfigError on unknown names (else ignore them).
+        values: parameter name -> value (parameters of the pipeline part).
+        strict: raise ConfigError on unknown names and on node parameters (else ignore
+            them).
     """
-    unknown = sorted(set(values) - set(PARAMETERS_BY_NAME))
-    if unknown and strict:
-        raise ConfigError(f"unknown parameters {unknown}; valid: {sorted(PARAMETERS_BY_NAME)}")
-    merged = {p.name: validate_value(p, values.get(p.name, p.default)) for p in PARAMETERS}
+    if strict:
+        _check_names(values, PIPELINE)
+    merged = {p.name: validate_value(p, values.get(p.name, p.default)) for p in PIPELINE_PARAMETERS}
     if merged["depth_min"] >= merged["depth_max"]:
         raise ConfigError(f"depth_min={merged['depth_min']} must be < depth_max={merged['depth_max']}")
     parse_collision_shapes(merged["collision_shapes"])
@@ -582,9 +708,35 @@ def config_from_mapping(values: Mapping[str, Any], *, strict: bool = True) -> Pi
     return PipelineConfig(**merged)
 
 
+def node_config_from_mapping(values: Mapping[str, Any], *, strict: bool = True) -> NodeConfig:
+    """Build a NodeConfig (and its PipelineConfig) from defaults overridden by ``values``;
+    each name goes to the config that holds it (:attr:`ParamSpec.part`).
+
+    Args:
+        values: parameter name -> value (any parameter of :data:`PARAMETERS`).
+        strict: raise ConfigError on unknown names (else ignore them).
+    """
+    if strict:
+        _check_names(values, None)
+    pipeline = config_from_mapping(
+        {
+            k: v
+            for k, v in values.items()
+            if k in PARAMETERS_BY_NAME and PARAMETERS_BY_NAME[k].part == PIPELINE
+        }
+    )
+    node = {p.name: validate_value(p, values.get(p.name, p.default)) for p in NODE_PARAMETERS}
+    return NodeConfig(pipeline=pipeline, **node)
+
+
 def default_config() -> PipelineConfig:
-    """The defaults of :data:`PARAMETERS`."""
+    """The core's defaults of :data:`PARAMETERS` (the pipeline part)."""
     return config_from_mapping({})
+
+
+def default_node_config() -> NodeConfig:
+    """The defaults of every parameter in :data:`PARAMETERS` (both parts)."""
+    return node_config_from_mapping({})
 
 
 def load_params_file(path: str | Path, node_name: str = "sam3d_node") -> dict[str, Any]:
@@ -602,8 +754,9 @@ def load_params_file(path: str | Path, node_name: str = "sam3d_node") -> dict[st
     raise ConfigError(f"params file {str(path)!r} has no '{node_name}: ros__parameters:' section")
 
 
-def config_from_params_file(path: str | Path, **overrides: Any) -> PipelineConfig:
-    """Frozen config from a ROS params YAML plus overrides (None values are ignored)."""
+def config_from_params_file(path: str | Path, **overrides: Any) -> NodeConfig:
+    """The node's frozen config (both parts; ``.pipeline`` for the core) from a ROS params
+    YAML plus overrides of any parameter (None values are ignored)."""
     values = load_params_file(path)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return config_from_mapping(values)
+    return node_config_from_mapping(values)

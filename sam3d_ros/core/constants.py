@@ -181,3 +181,28 @@ SNAP_MIN_NEIGHBOURS: Final[int] = 5
 SNAP_BAND_VOXELS: Final[float] = 1.0
 #: ... only vertices whose normal faces the camera by more than this cosine snap.
 SNAP_MIN_FACING_COS: Final[float] = 0.1
+
+# --- local support (core/support.py) ---------------------------------------------------
+#: The lowest observed points of an object are this percentile of their heights.
+SUPPORT_LOW_PERCENTILE: Final[float] = 2.0
+#: An object whose lowest observed points lie at most this high stands on the plane (m).
+SUPPORT_ON_PLANE_HEIGHT: Final[float] = 0.012
+#: Width of the ring around an object's mask searched for supporting neighbours (px).
+SUPPORT_RING_PX: Final[int] = 4
+#: A neighbour's point within this distance of the object's nearest point touches it (m).
+SUPPORT_CONTACT_DIST: Final[float] = 0.015
+#: Contacts count only in the object's bottom band: this high above its lowest point (m).
+SUPPORT_BOTTOM_BAND: Final[float] = 0.02
+#: A supporting neighbour's contact point may be at most this much higher than the
+#: object's (m): it lies under the object, not beside it higher up.
+SUPPORT_ABOVE_TOL: Final[float] = 0.005
+#: A support's observed footprint (convex, in the plane) must contain the object's centre
+#: within this margin (m): a neighbour merely in front of the object's bottom does not.
+SUPPORT_FOOTPRINT_MARGIN: Final[float] = 0.01
+#: Contact pixels a neighbour needs to count as the support.
+SUPPORT_MIN_CONTACTS: Final[int] = 6
+#: A stacked object's shape is cut this far below its support's contact height (m): the
+#: contact height is the support's top surface, measured with the sensor's noise.
+SUPPORT_CUT_TOL: Final[float] = 0.006
+#: A cut that leaves no voxel above this occupancy is not applied.
+SUPPORT_KEEP_OCCUPANCY: Final[float] = 0.5

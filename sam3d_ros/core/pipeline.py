@@ -48,6 +48,7 @@ from sam3d_ros.core.layout import LayoutError, estimate_object_frame, observed_i
 from sam3d_ros.core.meshing import MeshingError, mesh_from_voxels, mesh_volume
 from sam3d_ros.core.observation import extract_observations
 from sam3d_ros.core.refine import RefinementError, carve_seen_free, snap_to_depth
+from sam3d_ros.core.support import NO_SUPPORT, Support, cut_below, find_supports
 from sam3d_ros.core.support_plane import estimate_support_plane
 from sam3d_ros.core.threads import limit_blas_threads
 from sam3d_ros.core.tracking import (
@@ -68,6 +69,7 @@ from sam3d_ros.core.types import (
     SceneContext,
     SkippedObject,
     SkipReason,
+    SupportPlane,
     TriangleMesh,
     VoxelShape,
 )
@@ -180,9 +182,12 @@ class FramePipeline:
         skipped: list[SkippedObject] = list(skipped_list)
         with _timed(timings, "backend"):
             shaped = self._reconstruct(scene, observations, skipped)
+        with _timed(timings, "support"):
+            supports = find_supports(frame, plane, [o for o, _ in shaped]) if cfg.local_support else {}
+            shaped = [(o, _rest_on(plane, s, supports.get(o.instance_id))) for o, s in shaped]
         with _timed(timings, "tracking"):
             pairs, matches, vanished = self._track(frame, shaped, f_T_c, skipped)
-        results = self._finish_objects(frame, scene, pairs, matches, f_T_c, skipped, timings)
+        results = self._finish_objects(frame, scene, pairs, matches, supports, f_T_c, skipped, timings)
         timings["total"] = (time.perf_counter() - t_start) * 1000.0
         result = FrameResult(
             stamp_ns=frame.stamp_ns,
@@ -267,6 +272,7 @@ class FramePipeline:
         scene: SceneContext,
         pairs: list[tuple[ObjectObservation, VoxelShape]],
         matches: list[tuple[Track, bool]],
+        supports: dict[int, Support],
         f_T_c: NDArray[np.float64],
         skipped: list[SkippedObject],
         timings: dict[str, float],
@@ -278,7 +284,10 @@ class FramePipeline:
         timings["collision"] = 0.0
         for (obs, shape), (track, is_new) in zip(pairs, matches, strict=True):
             try:
-                tracked = self._finish_object(frame, scene, obs, shape, track, is_new, f_T_c, timings)
+                support = supports.get(obs.instance_id, NO_SUPPORT)
+                tracked = self._finish_object(
+                    frame, scene, obs, shape, support, track, is_new, f_T_c, timings
+                )
             except (MeshingError, LayoutError, CollisionError, RefinementError) as err:
                 # a shape that gives no usable mesh, frame or collision geometry: the object
                 # is skipped with the reason, never published half-made
@@ -331,6 +340,7 @@ class FramePipeline:
         scene: SceneContext,
         obs: ObjectObservation,
         shape: VoxelShape,
+        support: Support,
         track: Track,
         is_new: bool,
         f_T_c: NDArray[np.float64],
@@ -404,6 +414,7 @@ class FramePipeline:
             confidence=float(np.clip(shape.confidence, 0.0, 1.0)),
             num_points=int(obs.points.shape[0]),
             cut_by_border=cut,
+            support_id=support.instance_id,
         )
         return TrackedObject(
             result=result,
@@ -535,6 +546,18 @@ class FramePipeline:
         track.parts = ()
         track.parts_version = None
         track.parts_fixed_T_object = None
+
+
+def _rest_on(plane: SupportPlane | None, shape: VoxelShape, support: Support | None) -> VoxelShape:
+    """``shape`` cut below the top of the object it rests on (unchanged on the plane, with
+    an unknown support, or when the cut would leave nothing)."""
+    if plane is None or support is None or not support.on_object:
+        return shape
+    cut = cut_below(shape, plane, support.height - C.SUPPORT_CUT_TOL)
+    if cut is None:
+        logger.debug("support cut at %.3f m would empty the shape; not applied", support.height)
+        return shape
+    return cut
 
 
 def _skip(frame: RGBDFrame, instance_id: int, reason: SkipReason, detail: str) -> SkippedObject:

@@ -180,6 +180,8 @@ class ObjectResult:
         cut_by_border: the object's mask touches the image border (within
             ``BORDER_CUT_MARGIN_PX``): part of it is outside the image, its shape there is a
             guess and its collision shapes are padded as completed surface.
+        support_id: what it rests on (:mod:`sam3d_ros.core.support`): 0 the support plane
+            (table), > 0 the instance label of the object under it, -1 not determined.
     """
 
     instance_id: int
@@ -194,6 +196,7 @@ class ObjectResult:
     confidence: float
     num_points: int
     cut_by_border: bool = False
+    support_id: int = -1
 
 
 class SkipReason(str, Enum):

@@ -137,6 +137,7 @@ def reconstruction_msg(obj: ObjectResult, vertices: list[Point] | None = None) -
     msg.convex_parts = [mesh_msg(part) for part in obj.collision.convex_parts]
     msg.visible_fraction = float(obj.visible_fraction)
     msg.cut_by_border = bool(obj.cut_by_border)
+    msg.support_instance_id = int(obj.support_id)
     msg.confidence = float(obj.confidence)
     return msg
 

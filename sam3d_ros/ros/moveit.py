@@ -44,7 +44,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from sam3d_ros.core import constants as C
-from sam3d_ros.core.config import PipelineConfig
+from sam3d_ros.core.config import NodeConfig
 from sam3d_ros.core.frames import Pose as CorePose
 from sam3d_ros.core.tracking import SceneUpdate, TrackedObject
 from sam3d_ros.core.types import TriangleMesh
@@ -132,7 +132,7 @@ class PlanningSceneSync:
     processed with, so the planning scene always matches the published messages.
     """
 
-    def __init__(self, node: Node, config: PipelineConfig) -> None:
+    def __init__(self, node: Node, config: NodeConfig) -> None:
         self._node = node
         self._config = config
         self._lock = threading.Lock()

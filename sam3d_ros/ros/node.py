@@ -40,7 +40,7 @@ from visualization_msgs.msg import MarkerArray
 
 from sam3d_ros.backends.registry import create_backend
 from sam3d_ros.core.backend import Backend, BackendError
-from sam3d_ros.core.config import PARAMETERS_BY_NAME, ConfigError, PipelineConfig, validate_value
+from sam3d_ros.core.config import PARAMETERS_BY_NAME, ConfigError, NodeConfig, PipelineConfig, validate_value
 from sam3d_ros.core.pipeline import FramePipeline
 from sam3d_ros.core.stats import RuntimeStats
 from sam3d_ros.core.types import SkipReason
@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 SKIP_LOG_PERIOD_S = 5.0
 
 
-def input_qos(cfg: PipelineConfig) -> QoSProfile:
+def input_qos(cfg: NodeConfig) -> QoSProfile:
     """QoS of the input subscriptions: ``input_reliability``, volatile, the last
     ``sync_queue_size`` messages (at least 5, as sensor-data QoS)."""
     reliability = (
@@ -101,7 +101,7 @@ class Sam3dNode(LifecycleNode):
         )
         declare_parameters(self)
         self._backend_factory = backend_factory or create_backend
-        self._config: PipelineConfig | None = None
+        self._config: NodeConfig | None = None
         self._backend: Backend | None = None
         self._pipeline: FramePipeline | None = None
         self._stream: FrameStream | None = None
@@ -141,13 +141,13 @@ class Sam3dNode(LifecycleNode):
             self.get_logger().error(f"configure failed: invalid parameters: {err}")
             return TransitionCallbackReturn.FAILURE
         try:
-            backend = self._backend_factory(config)
+            backend = self._backend_factory(config.pipeline)
         except BackendError as err:
-            self.get_logger().error(f"configure failed: backend {config.backend!r}: {err}")
+            self.get_logger().error(f"configure failed: backend {config.pipeline.backend!r}: {err}")
             return TransitionCallbackReturn.FAILURE
         self._config = config
         self._backend = backend
-        self._pipeline = FramePipeline(config, backend)
+        self._pipeline = FramePipeline(config.pipeline, backend)
         self._planning_frames = PlanningFrameSource(self, config)
         self._stream = FrameStream(
             config,
@@ -269,7 +269,7 @@ class Sam3dNode(LifecycleNode):
         self._config = None
 
     # ------------------------------------------------------------------ inputs (executor thread)
-    def _subscribe_images(self, cfg: PipelineConfig, stream: FrameStream) -> None:
+    def _subscribe_images(self, cfg: NodeConfig, stream: FrameStream) -> None:
         """message_filters when importable, else the stream's own synchroniser with the same
         semantics; either way the stream counts every message (received, unmatched)."""
         topics = (cfg.rgb_topic, cfg.depth_topic, cfg.mask_topic)
@@ -358,7 +358,7 @@ class Sam3dNode(LifecycleNode):
         moveit = self._moveit
         if moveit is not None:
             try:
-                moveit.update(out.update, out.config.collision_kinds())
+                moveit.update(out.update, out.config.pipeline.collision_kinds())
             except Exception as err:  # the frame's outputs are out; the error is reported
                 logger.exception("planning-scene update failed")
                 self.get_logger().error(f"planning-scene update failed: {type(err).__name__}: {err}")
@@ -428,7 +428,9 @@ class Sam3dNode(LifecycleNode):
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Validate changes against the specs; applied values take effect on the next frame
-        (read-only parameters are refused by rclpy before this)."""
+        (read-only parameters are refused by rclpy before this). ``NodeConfig.replace``
+        routes each change to the node's part or the pipeline's; the stream (and through it
+        the pipeline) gets the new config."""
         try:
             changes = {}
             for p in params:
@@ -449,7 +451,7 @@ class Sam3dNode(LifecycleNode):
             return SetParametersResult(successful=False, reason=str(err))
         return SetParametersResult(successful=True)
 
-    def _require_config(self) -> PipelineConfig:
+    def _require_config(self) -> NodeConfig:
         if self._config is None:
             raise RuntimeError("node is not configured")
         return self._config

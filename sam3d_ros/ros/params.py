@@ -1,5 +1,6 @@
 """Declare the node's parameters from :data:`sam3d_ros.core.config.PARAMETERS` (once, with
-descriptors and ranges) and load them into the frozen PipelineConfig."""
+descriptors and ranges) and load them into the frozen NodeConfig (the node's part and, in
+its ``pipeline``, the core's PipelineConfig)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 from rclpy.node import Node
 
-from sam3d_ros.core.config import PARAMETERS, ParamSpec, PipelineConfig, config_from_mapping
+from sam3d_ros.core.config import PARAMETERS, NodeConfig, ParamSpec, node_config_from_mapping
 
 _TYPES = {
     bool: ParameterType.PARAMETER_BOOL,
@@ -44,6 +45,6 @@ def parameter_values(node: Node) -> dict[str, Any]:
     return {spec.name: node.get_parameter(spec.name).value for spec in PARAMETERS}
 
 
-def load_config(node: Node) -> PipelineConfig:
-    """Validated frozen config from the node's parameters (raises ConfigError)."""
-    return config_from_mapping(parameter_values(node))
+def load_config(node: Node) -> NodeConfig:
+    """Validated frozen config (both parts) from the node's parameters (raises ConfigError)."""
+    return node_config_from_mapping(parameter_values(node))

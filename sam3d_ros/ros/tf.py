@@ -35,7 +35,7 @@ from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.time import Time
 
-from sam3d_ros.core.config import PipelineConfig
+from sam3d_ros.core.config import NodeConfig
 from sam3d_ros.core.frames import FrameError, make_transform, matrix_from_quaternion
 from sam3d_ros.core.types import InputError, SkipReason
 
@@ -90,28 +90,28 @@ class PlanningFrameSource:
             read-only parameter).
     """
 
-    def __init__(self, node: Node, config: PipelineConfig) -> None:
+    def __init__(self, node: Node, config: NodeConfig) -> None:
         self._buffer: Any = None
         self._listener: Any = None
         self._error: type[BaseException] = Exception
         if not config.use_tf:
             node.get_logger().info(
                 "use_tf is false: camera poses in the planning frame come from the static "
-                f"camera_to_planning_transform {config.camera_to_planning_transform!r}"
+                f"camera_to_planning_transform {config.pipeline.camera_to_planning_transform!r}"
             )
             return
         tf2_ros, why = load_tf2_ros()
         if tf2_ros is None:
             node.get_logger().info(
                 f"tf2_ros is not importable ({why}): camera poses in the planning frame come "
-                f"from the static camera_to_planning_transform {config.camera_to_planning_transform!r}"
+                f"from the static camera_to_planning_transform {config.pipeline.camera_to_planning_transform!r}"
             )
             return
         # the base of LookupException, ConnectivityException, ExtrapolationException, ...
         self._error = getattr(tf2_ros, "TransformException", Exception)
         self._buffer = tf2_ros.Buffer()
         self._listener = tf2_ros.TransformListener(self._buffer, node)
-        target = config.planning_frame or "<camera frame: no lookup>"
+        target = config.pipeline.planning_frame or "<camera frame: no lookup>"
         node.get_logger().info(
             f"camera poses in the planning frame {target!r} from tf2 at each image stamp "
             f"(tf_timeout {config.tf_timeout} s; frames without a transform are skipped)"
@@ -122,9 +122,7 @@ class PlanningFrameSource:
         """True when transforms come from tf2 (else the static transform is used)."""
         return self._buffer is not None
 
-    def fixed_T_camera(
-        self, config: PipelineConfig, frame_id: str, stamp_ns: int
-    ) -> NDArray[np.float64] | None:
+    def fixed_T_camera(self, config: NodeConfig, frame_id: str, stamp_ns: int) -> NDArray[np.float64] | None:
         """``planning_T_camera`` (4x4, metres) for a frame, or None for the static
         ``camera_to_planning_transform`` (tf2 not in use, or no ``planning_frame``).
 
@@ -132,7 +130,8 @@ class PlanningFrameSource:
         from the worker thread.
 
         Args:
-            config: the current configuration (``planning_frame``, ``tf_timeout``).
+            config: the current configuration (``tf_timeout``; ``planning_frame`` from its
+                ``pipeline``).
             frame_id: the image header's frame_id (the camera optical frame).
             stamp_ns: the image header stamp (ns); the transform is looked up at this time.
 
@@ -140,7 +139,7 @@ class PlanningFrameSource:
             TfUnavailableError: tf2 is in use and has no valid transform for this frame
                 (never replaced by the static transform).
         """
-        planning = config.planning_frame
+        planning = config.pipeline.planning_frame
         buffer = self._buffer
         if buffer is None or not planning:
             return None

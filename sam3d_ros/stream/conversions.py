@@ -71,11 +71,23 @@ def camera_from_info(info: Any) -> CameraIntrinsics:
 
 
 def frame_from_messages(
-    rgb_msg: Any, depth_msg: Any, info_msg: Any | None, mask_msg: Any, config: PipelineConfig
+    rgb_msg: Any,
+    depth_msg: Any,
+    info_msg: Any | None,
+    mask_msg: Any,
+    config: PipelineConfig,
+    *,
+    max_image_pixels: int,
 ) -> RGBDFrame:
     """Decode one synchronized set of messages into an :class:`RGBDFrame`.
 
     The frame keeps the colour image's header (stamp and frame_id).
+
+    Args:
+        config: the core's parameters (the valid depth range, see
+            :func:`~sam3d_ros.core.validation.assemble_frame`).
+        max_image_pixels: images with more pixels (width x height) are rejected (the
+            node's ``max_image_pixels``).
 
     Raises:
         InputError: the reason names what is wrong (encoding, data length, sizes, K, an
@@ -90,7 +102,7 @@ def frame_from_messages(
     if info_msg is None:
         raise InputError(SkipReason.MISSING_CAMERA_INFO, "no CameraInfo received yet on the info topic")
     camera = camera_from_info(info_msg)
-    max_px = config.max_image_pixels
+    max_px = max_image_pixels
     rgb_raw, rgb_enc = _decode(rgb_msg, COLOR_ENCODINGS, max_px, "rgb")
     depth_raw, depth_enc = _decode(depth_msg, DEPTH_ENCODINGS, max_px, "depth")
     mask_raw, mask_enc = _decode(mask_msg, LABEL_ENCODINGS, max_px, "mask")

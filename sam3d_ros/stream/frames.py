@@ -45,7 +45,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from sam3d_ros.core.config import PipelineConfig
+from sam3d_ros.core.config import NodeConfig
 from sam3d_ros.core.pipeline import FramePipeline, SceneUpdate
 from sam3d_ros.core.stats import RuntimeStats
 from sam3d_ros.core.types import InputError, RGBDFrame, SkipReason
@@ -67,7 +67,8 @@ CAMERA_INFO_WAIT_S: Final[float] = 0.5
 #: Image stamps remembered to recognise a CameraInfo that carries an image's stamp.
 RECENT_STAMPS: Final[int] = 64
 
-#: The parameters the stream reads once (its synchroniser, stamp gate and counters).
+#: The parameters the stream reads once (its synchroniser, stamp gate and counters; all of
+#: :class:`~sam3d_ros.core.config.NodeConfig`).
 STREAM_PARAMETERS: Final[tuple[str, ...]] = (
     "sync_slop",
     "sync_queue_size",
@@ -78,7 +79,9 @@ STREAM_PARAMETERS: Final[tuple[str, ...]] = (
 
 #: ``(config, frame_id, stamp_ns) -> planning_T_camera`` (4x4, metres) or None for the
 #: static ``camera_to_planning_transform``; raises :class:`InputError` (``tf_unavailable``).
-PoseLookup = Callable[[PipelineConfig, str, int], NDArray[np.float64] | None]
+#: ``config`` is the stream's current :class:`NodeConfig` (``tf_timeout``; ``planning_frame``
+#: in its ``pipeline``).
+PoseLookup = Callable[[NodeConfig, str, int], NDArray[np.float64] | None]
 #: ``(reason, detail, stamp_ns)`` of a skipped frame (after it was counted).
 SkipHook = Callable[[SkipReason, str, int], None]
 
@@ -116,12 +119,13 @@ class ProcessedFrame:
         frame: the decoded frame (camera optical frame, metres).
         update: the pipeline's update (result, tracks, vanished ids).
         config: the parameters the frame was processed with (publish with these, so that
-            messages and planning scene agree even when a parameter changed meanwhile).
+            messages and planning scene agree even when a parameter changed meanwhile;
+            the pipeline ran with ``config.pipeline``).
     """
 
     frame: RGBDFrame
     update: SceneUpdate
-    config: PipelineConfig
+    config: NodeConfig
 
 
 @dataclass
@@ -138,9 +142,10 @@ class FrameStream:
     thread and one processing thread.
 
     Args:
-        config: parameters (``sync_slop``, ``sync_queue_size``, stamp checks, ...); replace
-            with :meth:`apply_config`.
-        pipeline: the pipeline frames go through (owned by the caller).
+        config: the node's parameters (``sync_slop``, ``sync_queue_size``, stamp checks,
+            ``max_image_pixels``, ...); replace with :meth:`apply_config`.
+        pipeline: the pipeline frames go through (owned by the caller, built with
+            ``config.pipeline``).
         topics: names of the rgb, depth and mask inputs, in that order (for the counters).
         deliver: receives every admitted :class:`FrameSet` (called on the intake thread).
         pose_lookup: the camera pose in the planning frame (None: the static transform).
@@ -153,7 +158,7 @@ class FrameStream:
 
     def __init__(
         self,
-        config: PipelineConfig,
+        config: NodeConfig,
         pipeline: FramePipeline,
         topics: Sequence[str],
         deliver: Callable[[FrameSet], None],
@@ -186,10 +191,10 @@ class FrameStream:
         self._reset_pending = threading.Event()
 
     # ------------------------------------------------------------------ configuration
-    def apply_config(self, config: PipelineConfig) -> None:
-        """Use ``config`` from the next frame on (the pipeline gets it too). What the stream
-        itself reads (sync slop and queue size, stamp checks, stats window) is read-only
-        at run time: a change there is refused by the node before it gets here.
+    def apply_config(self, config: NodeConfig) -> None:
+        """Use ``config`` from the next frame on (the pipeline gets ``config.pipeline``).
+        What the stream itself reads (sync slop and queue size, stamp checks, stats window)
+        is read-only at run time: a change there is refused by the node before it gets here.
 
         Raises:
             StreamError: ``config`` changes one of those read-only values.
@@ -199,7 +204,7 @@ class FrameStream:
             if frozen:
                 raise StreamError(f"{', '.join(frozen)} cannot change while the stream runs")
             self.config = config
-            self.pipeline.config = config
+            self.pipeline.config = config.pipeline
 
     def use_own_sync(self) -> None:
         """Synchronise with our :class:`ApproximateTimeSync` (:meth:`add_image` feeds it)."""
@@ -365,7 +370,14 @@ class FrameStream:
         stamp = frame_set.stamp_ns
         try:
             t0 = time.perf_counter()
-            frame = frame_from_messages(frame_set.rgb, frame_set.depth, frame_set.info, frame_set.mask, cfg)
+            frame = frame_from_messages(
+                frame_set.rgb,
+                frame_set.depth,
+                frame_set.info,
+                frame_set.mask,
+                cfg.pipeline,
+                max_image_pixels=cfg.max_image_pixels,
+            )
             decode_ms = (time.perf_counter() - t0) * 1000.0
             fixed_T_camera = (
                 self._pose_lookup(cfg, frame.frame_id, frame.stamp_ns) if self._pose_lookup else None

@@ -661,7 +661,7 @@ def run(args: Any) -> int:
     if not args.verbose:  # non-watertight scans are expected; the table says what matters
         logging.getLogger("sam3d_ros.core.metrics").setLevel(logging.ERROR)
     try:
-        config = config_from_params_file(args.params or default_params_file())
+        config = config_from_params_file(args.params or default_params_file()).pipeline
         dataset = load_dataset(args.dataset)
         default_baselines = "none" if args.results else ",".join(BASELINES)
         specs = [

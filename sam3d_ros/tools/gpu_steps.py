@@ -33,7 +33,7 @@ import numpy as np
 from sam3d_ros.backends.engine_cache import EngineCache, EngineCacheError, EngineKey
 from sam3d_ros.backends.learned import NetworkOutputs, decode_outputs, sha256_file
 from sam3d_ros.core.backend import BackendError
-from sam3d_ros.core.config import PipelineConfig, default_config
+from sam3d_ros.core.config import NodeConfig, PipelineConfig, default_config, default_node_config
 from sam3d_ros.core.encoding import GridFrame
 from sam3d_ros.core.meshing import MeshingError, mesh_from_voxels
 from sam3d_ros.core.metrics import MetricsError, chamfer_l1_mm, volume_iou
@@ -165,6 +165,11 @@ def _config(max_objects: int | None = None) -> PipelineConfig:
     if max_objects is not None and cfg.max_objects < max_objects:
         cfg = dataclasses.replace(cfg, max_objects=max_objects)
     return cfg
+
+
+def _node_config(max_objects: int | None = None) -> NodeConfig:
+    """The node's defaults around :func:`_config` (for the frame timing)."""
+    return dataclasses.replace(default_node_config(), pipeline=_config(max_objects))
 
 
 def _frames(
@@ -585,10 +590,11 @@ def summarise_frames(timing: PipelineTiming, enc_ms_per_object: float) -> dict[s
 def step_speed(ctx: CheckContext, runtime: str) -> StepOutcome:
     """Network per object at :data:`SPEED_BATCHES` and the node's frame at
     :data:`FRAME_OBJECT_COUNTS` objects for one runtime."""
-    cfg = _config(max(max(SPEED_BATCHES), max(FRAME_OBJECT_COUNTS)))
+    node_cfg = _node_config(max(max(SPEED_BATCHES), max(FRAME_OBJECT_COUNTS)))
+    cfg = node_cfg.pipeline
     backend = _speed_backend(runtime, cfg, ctx)  # first: a runtime that cannot start fails at once
     repeats = ctx.repeats if runtime != "onnxruntime_cpu" else max(3, int(ctx.repeats * CPU_REPEAT_FRACTION))
-    build = ros_message_builder(cfg.marker_alpha)
+    build = ros_message_builder(node_cfg.marker_alpha)
     data: dict[str, Any] = {
         "runtime": runtime,
         "describe": backend.describe(),
@@ -608,7 +614,7 @@ def step_speed(ctx: CheckContext, runtime: str) -> StepOutcome:
             )
         for n, frs in frames.items():
             _, _, enc = encode_frames(frs, cfg)
-            timing = time_pipeline(cfg, backend, frs, ctx.passes, build)
+            timing = time_pipeline(node_cfg, backend, frs, ctx.passes, build)
             data["frame"][str(n)] = summarise_frames(timing, float(statistics.median(enc)))
     finally:
         backend.close()
@@ -620,13 +626,14 @@ def step_cpu_reference(ctx: CheckContext) -> StepOutcome:
     batch, and the node's frame (the CPU-side code of the speed steps, runnable anywhere)."""
     from sam3d_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-    cfg = _config()
+    node_cfg = _node_config()
+    cfg = node_cfg.pipeline
     frames = _frames(ctx, FRAME_OBJECT_COUNTS[0], 1)
     inputs, _, enc = encode_frames(frames, cfg)
     backend = OnnxRuntimeBackend(cfg, directory=Path(ctx.model_dirs[0]), use_cuda=False)
     try:
         net = {str(b): _median(time_network(backend, batch_of(inputs, b), 3)) for b in (1, len(inputs))}
-        timing = time_pipeline(cfg, backend, frames, 1, ros_message_builder(cfg.marker_alpha))
+        timing = time_pipeline(node_cfg, backend, frames, 1, ros_message_builder(node_cfg.marker_alpha))
     finally:
         backend.close()
     data = {

@@ -26,7 +26,7 @@ from rclpy.node import Node
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CameraInfo, Image
 
-from sam3d_ros.core.config import PipelineConfig, default_config
+from sam3d_ros.core.config import NodeConfig, default_node_config
 from sam3d_ros.msg import ObjectReconstructionArray
 from sam3d_ros.ros.player import sensor_qos
 from sam3d_ros.stream.conversions import stamp_to_ns
@@ -98,7 +98,7 @@ def play_lockstep(
     node_ns: str,
     timeout: float = 30.0,
     prefix: str = "",
-    config: PipelineConfig | None = None,
+    config: NodeConfig | None = None,
 ) -> list[dict[str, Any]]:
     """Publish the bag set by set (each synchronised set, then its result is awaited) and
     collect the node's outputs. The sets are formed as the node forms them (its
@@ -145,7 +145,7 @@ def play_lockstep(
     sets: list[tuple[int, tuple[Any, ...]]] = []  # (log time of the set's last image, images)
     log_now = [0]
     # the node's synchroniser forms the sets, in the bag's log order
-    cfg = config or default_config()
+    cfg = config or default_node_config()
     sync = ApproximateTimeSync(
         3, cfg.sync_queue_size, cfg.sync_slop, lambda *msgs: sets.append((log_now[0], msgs))
     )

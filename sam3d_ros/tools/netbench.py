@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 
 from sam3d_ros.backends.learned import LearnedBackend
 from sam3d_ros.core.backend import Backend
-from sam3d_ros.core.config import PipelineConfig
+from sam3d_ros.core.config import NodeConfig, PipelineConfig
 from sam3d_ros.core.encoding import GridFrame, encode_objects
 from sam3d_ros.core.frames import make_transform
 from sam3d_ros.core.observation import extract_observations
@@ -199,7 +199,7 @@ def time_network(
 
 
 def time_pipeline(
-    config: PipelineConfig,
+    config: NodeConfig,
     backend: Backend,
     frames: Sequence[RGBDFrame],
     passes: int,
@@ -211,13 +211,14 @@ def time_pipeline(
     ``passes`` times over ``frames`` after one untimed frame. The messages are built once
     beforehand (:func:`messages_from_frame`). Convex decomposition is excluded (the node
     runs it asynchronously). The pipeline is closed afterwards; ``backend`` is not.
+    ``config``: the node's parameters (the stream's; the pipeline gets ``config.pipeline``).
 
     Raises:
         BenchError: no frames, or a frame the stream skipped (with its reason).
     """
     if not frames:
         raise BenchError("time_pipeline needs at least one frame")
-    pipe = FramePipeline(config, backend)
+    pipe = FramePipeline(config.pipeline, backend)
     stream = FrameStream(config, pipe, ("rgb", "depth", "mask"), lambda _set: None)
     sets = []
     for fr in frames:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from sam3d_ros.backends.registry import create_backend
 from sam3d_ros.core.backend import Backend
-from sam3d_ros.core.config import PipelineConfig
+from sam3d_ros.core.config import NodeConfig
 from sam3d_ros.core.pipeline import FramePipeline
 from sam3d_ros.core.types import FrameResult, ObjectResult, RGBDFrame, SkipReason
 from sam3d_ros.stream.frames import FrameSet, FrameStream
@@ -92,6 +92,7 @@ def object_record(obj: ObjectResult, mesh_rel: str, hull_rel: str) -> dict[str, 
         "visible_fraction": round(float(obj.visible_fraction), 4),
         "confidence": round(float(obj.confidence), 4),
         "cut_by_border": bool(obj.cut_by_border),
+        "support_instance_id": int(obj.support_id),
     }
 
 
@@ -120,7 +121,7 @@ def frame_record(result: FrameResult, out_dir: Path) -> dict[str, Any]:
 def replay_bag(
     bag: Path,
     out_dir: Path,
-    config: PipelineConfig,
+    config: NodeConfig,
     *,
     topics: InputTopics | None = None,
     backend: Backend | None = None,
@@ -133,6 +134,8 @@ def replay_bag(
     """Replay ``bag`` through the node's frame path (:class:`FrameStream`: the same
     synchronisation, CameraInfo pairing by stamp, stamp checks, conversions and pipeline);
     returns the summary (also written to disk). Receive time is the bag's log time.
+    ``config``: the node's parameters (the stream's; the pipeline and a backend made here
+    get ``config.pipeline``).
 
     Raises:
         BagError: the bag is missing, unreadable, or lacks the input topics (the message
@@ -140,9 +143,9 @@ def replay_bag(
     """
     topics = topics or InputTopics()
     out_dir.mkdir(parents=True, exist_ok=True)
-    backend = backend or create_backend(config)
+    backend = backend or create_backend(config.pipeline)
     # offline: decompositions run inline so every frame carries its parts deterministically
-    pipeline = FramePipeline(config, backend, synchronous_decomposition=True)
+    pipeline = FramePipeline(config.pipeline, backend, synchronous_decomposition=True)
     writer = BagWriter(out_bag, out_bag_storage) if out_bag is not None else None
     t_start = time.monotonic()
     image_topics = (topics.rgb, topics.depth, topics.mask)
@@ -188,7 +191,7 @@ class _ReplayRun:
     out_dir: Path
     results_file: TextIO
     writer: BagWriter | None
-    config: PipelineConfig
+    config: NodeConfig
     observers: list[FrameObserver]
     on_result: Callable[[FrameResult], None] | None
     bar: Any
