@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         live = play_lockstep(node, args.bag, InputTopics(), args.node_ns, args.timeout)
     finally:
         executor.shutdown()
+        spin.join(timeout=10.0)  # the spin thread must be out of rclpy before its context goes
         node.destroy_node()
         rclpy.shutdown(context=context)
     if args.out:
