@@ -74,29 +74,7 @@ def test_live_node_gives_the_same_results_as_the_offline_replay(tmp_path: Path) 
     assert not accounting_problems(summary), accounting_problems(summary)
     offline = [json.loads(line) for line in (tmp_path / "offline" / "results.jsonl").read_text().splitlines()]
 
-    harness = Harness()
-    ns = unique_ns()
-    topics = InputTopics()
-    node = Sam3dNode(
-        context=harness.context,
-        parameter_overrides=[
-            Parameter("rgb_topic", value=ns + topics.rgb),
-            Parameter("depth_topic", value=ns + topics.depth),
-            Parameter("info_topic", value=ns + topics.info),
-            Parameter("mask_topic", value=ns + topics.mask),
-        ],
-        cli_args=["--ros-args", "-r", f"__ns:={ns}"],
-    )
-    harness.add_node(node)
-    diagnostics = harness.subscribe(DiagnosticArray, "/diagnostics")
-    harness.start()
-    try:
-        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-        live = play_lockstep(harness.peer, SAMPLE, topics, f"{ns}/sam3d_node", timeout=60.0, prefix=ns)
-        assert_inputs_accounted(diagnostics, node)
-    finally:
-        harness.close()
+    live = _play_into_node(SAMPLE)
     assert len(live) == len(offline) == 6
     assert compare(live, offline) == []
 

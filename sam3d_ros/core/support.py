@@ -69,9 +69,8 @@ class Support:
         return self.instance_id > 0
 
 
-#: The support of an object it was not looked for.
+#: An unknown support: not found, or not looked for.
 NO_SUPPORT: Final[Support] = Support(UNKNOWN, float("nan"))
-_UNKNOWN = NO_SUPPORT
 
 
 def find_supports(
@@ -81,7 +80,7 @@ def find_supports(
     all unknown without a usable plane."""
     support = support_normal(plane)
     if support is None:
-        return {o.instance_id: _UNKNOWN for o in observations}
+        return {o.instance_id: NO_SUPPORT for o in observations}
     n, off = support
     # plane coordinates of every object's observed points, for the footprint test
     e = rotation_from_z_and_x(n, np.array([1.0, 0.0, 0.0]))[:, :2]
@@ -111,15 +110,15 @@ def _support_of(
 ) -> Support:
     pts = np.asarray(obs.points, dtype=np.float64)
     if len(pts) == 0:
-        return _UNKNOWN
+        return NO_SUPPORT
     h_low = float(np.percentile(pts @ n + off, C.SUPPORT_LOW_PERCENTILE))
     if h_low <= C.SUPPORT_ON_PLANE_HEIGHT:
         return Support(ON_PLANE, 0.0)
     labels = np.asarray(frame.labels)
-    own = labels == obs.instance_id
+    own = np.asarray(obs.mask, dtype=bool)  # the object's pixels in the label image
     rows, cols = np.nonzero(own)
     if len(rows) == 0:
-        return _UNKNOWN
+        return NO_SUPPORT
     r = C.SUPPORT_RING_PX
     h_img, w_img = labels.shape
     r0, r1 = max(0, int(rows.min()) - r), min(h_img, int(rows.max()) + r + 1)
@@ -132,7 +131,7 @@ def _support_of(
     ring = (dist > 0) & (dist <= r) & np.isfinite(depth_c)
     rr, cc = np.nonzero(ring)
     if len(rr) == 0:
-        return _UNKNOWN
+        return NO_SUPPORT
     mr, mc = near_r[rr, cc], near_c[rr, cc]
     z_n, z_o = depth_c[rr, cc], depth_c[mr, mc]
     ok = np.isfinite(z_o) & (z_n > 0) & (z_o > 0)
@@ -147,7 +146,7 @@ def _support_of(
         & (h_n <= h_o + C.SUPPORT_ABOVE_TOL)
     )
     if not contact.any():
-        return _UNKNOWN
+        return NO_SUPPORT
     other = lab_c[rr[contact], cc[contact]]
     # its own bottom points on the plane, touching table pixels: on the plane (the lowest
     # percentile above may be off the plane for an object seen mostly from above)
@@ -163,7 +162,7 @@ def _support_of(
         if _under(centre, flat.get(int(ids[k]))):
             height = float(np.median(h_n[contact][other == ids[k]]))
             return Support(int(ids[k]), height, int(counts[k]))
-    return _UNKNOWN
+    return NO_SUPPORT
 
 
 def cut_below(shape: VoxelShape, plane: SupportPlane, height: float) -> VoxelShape | None:
