@@ -12,13 +12,17 @@
    plus building the output messages (objects, poses, markers; needs the venv's rclpy
    messages, skipped when not importable). Convex decomposition is excluded: the node runs
    it asynchronously. The geometric backend for comparison.
+3. Fusion: the node's frame with 5 tracked objects on a camera moving along a 60-degree arc
+   there and back (camera pose per frame as tf2 gives it), with ``fusion_enabled`` off and
+   on, in alternating rounds on the same frames (one pipeline per round, so the tracks'
+   volumes start empty and grow over the round), and the ratio of the medians.
 
 Prints medians (and the 90th percentile per frame) as JSON, with the per-stage medians. The
 frames and timing loops live in :mod:`sam3d_ros.tools.netbench` (shared with the GPU check,
 ``scripts/gpu_check.sh``).
 
 Usage: python scripts/bench_network.py [--threads 2] [--frames 10] [--repeats 30] [--passes 3]
-       [--json OUT]
+       [--fusion-rounds 2] [--json OUT]
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from sam3d_ros.backends.registry import create_backend
 from sam3d_ros.core.config import default_node_config
 from sam3d_ros.tools.netbench import (
     batch_of,
+    camera_sequence,
     encode_frames,
     ros_message_builder,
     synthetic_frames,
@@ -46,6 +51,9 @@ from sam3d_ros.tools.netbench import (
 
 BATCH = 8
 OBJECTS_PER_FRAME = 5
+#: Views of the fusion benchmark's camera arc (there and back: 2 * n - 2 frames a round).
+FUSION_VIEWS = 8
+FUSION_ARC_DEG = 60.0
 
 
 def main() -> int:
@@ -54,6 +62,7 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--passes", type=int, default=3, help="passes over the frames for the node timing")
+    ap.add_argument("--fusion-rounds", type=int, default=2, help="rounds per mode of the fusion timing")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     node_cfg = default_node_config()
@@ -73,6 +82,18 @@ def main() -> int:
         name: time_pipeline(node_cfg, backend, frames, args.passes, build)
         for name, backend in (("onnxruntime", ort_backend), ("geometric", create_backend(cfg, "geometric")))
     }
+    # --- fusion off / on, alternating rounds over one camera sequence
+    seq, poses = camera_sequence(FUSION_VIEWS, OBJECTS_PER_FRAME, FUSION_ARC_DEG)
+    fusion: dict[str, list[float]] = {"off": [], "on": []}
+    fusion_stages: dict[str, dict[str, list[float]]] = {"off": {}, "on": {}}
+    for _ in range(max(args.fusion_rounds, 1)):
+        for mode in ("off", "on"):
+            mode_cfg = node_cfg.replace(fusion_enabled=mode == "on")
+            t = time_pipeline(mode_cfg, ort_backend, seq, 1, build, poses=poses)
+            fusion[mode].extend(t.frame_ms)
+            for k, v in t.stages_ms.items():
+                fusion_stages[mode].setdefault(k, []).extend(v)
+    fusion_median = {k: statistics.median(v) for k, v in fusion.items()}
     result = {
         "machine": {
             "platform": platform.platform(),
@@ -95,6 +116,15 @@ def main() -> int:
             k: round(float(np.percentile(t.frame_ms, 90)), 1) for k, t in timings.items()
         },
         "stage_ms_per_frame_median": {name: t.stage_medians() for name, t in timings.items()},
+        "fusion_node_ms_per_frame_5_tracked_objects_median": {
+            k: round(v, 1) for k, v in fusion_median.items()
+        },
+        "fusion_on_over_off": round(fusion_median["on"] / fusion_median["off"], 3),
+        "fusion_stage_ms_per_frame_median": {
+            mode: {k: round(statistics.median(v), 1) for k, v in st.items()}
+            for mode, st in fusion_stages.items()
+        },
+        "fusion_frames_per_mode": {k: len(v) for k, v in fusion.items()},
         "blas_threads": cfg.blas_threads,
         "output_mesh_max_triangles": cfg.output_mesh_max_triangles,
         "frames": len(frames),

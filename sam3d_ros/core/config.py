@@ -398,9 +398,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "fusion_enabled",
         bool,
-        False,
+        True,
         "Fuse each track's observations over frames in planning_frame (observed surface "
-        "replaces completed guesses).",
+        "and observed free space replace completed guesses; with a moving camera set "
+        "planning_frame so that tf2 gives the camera's motion).",
     ),
     ParamSpec(
         "planning_frame",

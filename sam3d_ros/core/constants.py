@@ -88,6 +88,11 @@ PLANE_MAX_SAMPLE_POINTS: Final[int] = 20_000
 #: the least-squares refits then use all of them.
 PLANE_RANSAC_SCORE_POINTS: Final[int] = 4_000
 
+#: Depth noise measured on the support plane: residuals within this distance of the plane
+#: (m) count; rays more grazing than this cosine to the normal are taken at it.
+PLANE_NOISE_WINDOW_M: Final[float] = 0.05
+PLANE_NOISE_MIN_COS: Final[float] = 0.2
+
 #: Object points closer than this to the support plane are treated as the plane (m).
 PLANE_CONTACT_TOL: Final[float] = 0.004
 #: Without a support plane, "up" is the camera's -y axis (optical frame).
@@ -159,6 +164,26 @@ FUSION_MOVED_FREE_FRACTION: Final[float] = 0.25
 
 #: Fusion: a voxel counts as "seen free" for motion detection below this fused occupancy.
 FUSION_FREE_LEVEL: Final[float] = 0.2
+
+#: Fusion: motion test tolerance along the viewing ray, max(m, voxels, sigmas of the
+#: depth noise at the point's range): a point counts as moved only when it lies in
+#: seen-free space this far behind it too.
+FUSION_MOVED_TOL_M: Final[float] = 0.01
+FUSION_MOVED_TOL_VOXELS: Final[float] = 2.0
+FUSION_MOVED_TOL_SIGMAS: Final[float] = 3.0
+
+#: Fusion: the truncation band is at least this many sigmas of the depth noise measured
+#: on the support plane at the measured depth (a band narrower than the noise carves the
+#: object's inside: a measurement beyond a voxel just inside the surface says "free"),
+#: and at most FUSION_MAX_TRUNCATION (m).
+FUSION_TRUNCATION_SIGMAS: Final[float] = 3.0
+FUSION_MAX_TRUNCATION: Final[float] = 0.08
+
+#: Fusion: weight of the mean network guess against the observations of a voxel (each
+#: observation weighs 1): the guess's share is w / (n + w) after n observations, and one
+#: observation of free space (0) already takes a voxel the guess filled (1) to
+#: w / (1 + w) = 0.33, below the iso-level.
+FUSION_GUESS_WEIGHT: Final[float] = 0.5
 
 #: MoveIt: seconds between checks for new subscribers on the planning-scene topic.
 MOVEIT_SUBSCRIBER_CHECK_PERIOD_S: Final[float] = 0.5

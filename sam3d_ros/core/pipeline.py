@@ -282,6 +282,8 @@ class FramePipeline:
         timings["meshing"] = 0.0
         timings["refinement"] = 0.0
         timings["collision"] = 0.0
+        if self.config.fusion_enabled:
+            timings["fusion"] = 0.0
         for (obs, shape), (track, is_new) in zip(pairs, matches, strict=True):
             try:
                 support = supports.get(obs.instance_id, NO_SUPPORT)
@@ -306,16 +308,19 @@ class FramePipeline:
         shape: VoxelShape,
         track: Track,
         f_T_c: NDArray[np.float64],
+        plane: SupportPlane | None,
     ) -> VoxelShape | None:
         """Integrate the frame into the track's volume; the fused shape or None (fusion off
-        or failed: the single-frame shape is used)."""
+        or failed: the single-frame shape is used). The depth noise measured on the
+        support plane sets the truncation band and the motion test's tolerance."""
         if not self.config.fusion_enabled:
             track.volume = None
             return None
+        noise = plane.noise_z2 if plane is not None else 0.0
         try:
             vol = track.volume
             if vol is not None:
-                frac = vol.moved_fraction(transform_points(f_T_c, obs.points))
+                frac = vol.moved_fraction(transform_points(f_T_c, obs.points), f_T_c[:3, 3], noise)
                 if frac > C.FUSION_MOVED_FREE_FRACTION:
                     logger.debug(
                         "track %d: %.0f%% of its surface in seen-free space: moved",
@@ -326,9 +331,9 @@ class FramePipeline:
                     self._drop_parts(track)
             if vol is None:
                 vol = TrackVolume.for_shape(shape, f_T_c)
-            vol.integrate(shape, frame, obs.instance_id, f_T_c)
+            vol.integrate(shape, frame, obs.instance_id, f_T_c, noise)
             track.volume = vol
-            return vol.voxel_shape(invert_transform(f_T_c))
+            return vol.voxel_shape(invert_transform(f_T_c), self.config.occupancy_threshold)
         except FusionError as err:
             logger.debug("track %d: fusion reset: %s", track.track_id, err)
             track.volume = None
@@ -357,7 +362,8 @@ class FramePipeline:
             margin = max(C.REFINE_CARVE_MARGIN_VOXELS * shape.voxel_size, C.REFINE_CARVE_MIN_MARGIN_M)
             shape, _ = carve_seen_free(shape, frame, margin)
         t_carved = time.perf_counter()
-        fused = self._fuse(frame, obs, shape, track, f_T_c)
+        fused = self._fuse(frame, obs, shape, track, f_T_c, scene.plane)
+        fuse_s = time.perf_counter() - t_carved
         mesh_cam = None
         if fused is not None:
             try:
@@ -389,7 +395,9 @@ class FramePipeline:
             mesh_obj, seen, track, fixed_T_object, cut_by_border=cut
         )
         t2 = time.perf_counter()
-        timings["meshing"] += (t1 - t0 - refine_s) * 1000.0
+        timings["meshing"] += (t1 - t0 - refine_s - fuse_s) * 1000.0
+        if "fusion" in timings:
+            timings["fusion"] += fuse_s * 1000.0
         timings["refinement"] += refine_s * 1000.0
         timings["collision"] += (t2 - t1) * 1000.0
         position = fixed_T_object[:3, 3].copy()

@@ -95,7 +95,26 @@ def estimate_support_plane(frame: RGBDFrame, config: PipelineConfig, seed: int =
         )
         return None
     normal, offset = _orient(normal, offset)
-    return SupportPlane(normal=normal, offset=float(offset), inlier_count=inliers)
+    return SupportPlane(
+        normal=normal, offset=float(offset), inlier_count=inliers, noise_z2=_noise_z2(pts, normal, offset)
+    )
+
+
+def _noise_z2(pts: NDArray[np.float64], normal: NDArray[np.float64], offset: float) -> float:
+    """Depth noise of the plane's points per squared metre of depth (see
+    :class:`SupportPlane`): the robust spread (1.4826 MAD) of their residuals divided by
+    their squared depth, over the points within ``PLANE_NOISE_WINDOW_M`` of the plane; the
+    axial noise is the residual over the cosine between the ray and the normal. 0 with
+    too few points."""
+    r = pts @ normal + offset
+    near = np.abs(r) <= C.PLANE_NOISE_WINDOW_M
+    if int(near.sum()) < C.MIN_PLANE_POINTS:
+        return 0.0
+    p, r = pts[near], r[near]
+    z = p[:, 2]
+    cos = np.abs(p @ normal) / np.maximum(np.linalg.norm(p, axis=1), 1e-9)
+    axial = r / np.maximum(cos, C.PLANE_NOISE_MIN_COS) / np.maximum(z * z, 1e-6)
+    return float(1.4826 * np.median(np.abs(axial - np.median(axial))))
 
 
 def _orient(normal: NDArray[np.float64], offset: float) -> tuple[NDArray[np.float64], float]:

@@ -46,11 +46,21 @@ class SupportPlane:
 
     ``normal`` is a unit (3,) vector pointing from the plane towards the camera (up, out of
     the table), so points above the table have positive signed distance.
+
+    ``noise_z2``: the depth noise measured on the plane, as the axial standard deviation
+    per squared metre of depth (m / m^2): ``sigma(z) = noise_z2 * z^2`` (triangulating
+    sensors' noise grows with the square of the range); 0 when unknown.
     """
 
     normal: NDArray[np.float64]
     offset: float
     inlier_count: int = 0
+    noise_z2: float = 0.0
+
+    def axial_sigma(self, depth: NDArray[np.floating] | float) -> NDArray[np.float64]:
+        """Axial depth noise (m) at ``depth`` (m), from :attr:`noise_z2`; same shape."""
+        z = np.asarray(depth, dtype=np.float64)
+        return self.noise_z2 * z * z
 
     def signed_distance(self, points: NDArray[np.floating]) -> NDArray[np.float64]:
         """Signed distance (m) of (N, 3) points; positive above the plane."""

@@ -19,7 +19,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import numpy as np
@@ -36,7 +36,7 @@ from sam3d_ros.core.support_plane import estimate_support_plane
 from sam3d_ros.core.types import FrameResult, RGBDFrame, SceneContext
 from sam3d_ros.sim.noise import DepthNoiseConfig, apply_depth_noise
 from sam3d_ros.sim.raycast import Box, Cylinder, Scene, SceneObject, Shape, Sphere, Table, look_at, render
-from sam3d_ros.sim.scenes import MAX_OBJECTS, d435_intrinsics, random_scene
+from sam3d_ros.sim.scenes import MAX_OBJECTS, d435_intrinsics, random_scene, render_sequence, sequence
 from sam3d_ros.stream.conversions import messages_from_frame
 from sam3d_ros.stream.frames import FrameSet, FrameStream
 
@@ -54,6 +54,8 @@ CROWD_FIT_MARGIN: Final[float] = 1.15
 WARMUP_CALLS: Final[int] = 3
 #: Name of the per-frame stage that builds the node's output messages.
 MESSAGES_STAGE: Final[str] = "messages"
+#: Stamp period (ns) of the re-stamped passes over a camera sequence.
+SEQUENCE_PERIOD_NS: Final[int] = 100_000_000
 
 MessageBuilder = Callable[[FrameResult], None]
 
@@ -198,12 +200,29 @@ def time_network(
     return out
 
 
+def camera_sequence(
+    n_views: int, n_objects: int, arc_deg: float, seed: int = SEED_BASE + 500
+) -> tuple[list[RGBDFrame], list[NDArray[np.float64]]]:
+    """A camera moving along an arc of ``arc_deg`` degrees around one noisy 640x480 scene
+    of ``n_objects`` objects (:func:`sam3d_ros.sim.scenes.sequence`), there and back
+    (views 0 .. n-1 .. 1, so repeating it has no jump): the frames and each frame's camera
+    pose in the world (4x4 float64, ``world_T_camera``); ``arc_deg`` 0: a static camera
+    (the depth noise still differs per frame)."""
+    views = sequence(seed, n_views, n_objects, arc_deg=arc_deg)
+    rendered = render_sequence(views, noise=DepthNoiseConfig(), noise_seed=seed)
+    order = list(range(n_views)) + list(range(n_views - 2, 0, -1))
+    frames = [rendered[i].to_rgbd_frame() for i in order]
+    poses = [np.asarray(views[i].camera.world_T_camera, dtype=np.float64) for i in order]
+    return frames, poses
+
+
 def time_pipeline(
     config: NodeConfig,
     backend: Backend,
     frames: Sequence[RGBDFrame],
     passes: int,
     build_messages: MessageBuilder | None = None,
+    poses: Sequence[NDArray[np.float64]] | None = None,
 ) -> PipelineTiming:
     """The node's work per frame: :meth:`FrameStream.process` (decode of the image
     messages, camera pose, pipeline, counters: the one frame path the node and the replay
@@ -212,18 +231,38 @@ def time_pipeline(
     beforehand (:func:`messages_from_frame`). Convex decomposition is excluded (the node
     runs it asynchronously). The pipeline is closed afterwards; ``backend`` is not.
     ``config``: the node's parameters (the stream's; the pipeline gets ``config.pipeline``).
+    ``poses``: one camera pose per frame in the planning frame (what tf2 gives the node:
+    the stream's pose lookup returns it), the frames re-stamped so that stamps increase
+    over the passes (a sequence, tracked and fused across passes); None: the static
+    transform, each pass with the frames' own stamps.
 
     Raises:
-        BenchError: no frames, or a frame the stream skipped (with its reason).
+        BenchError: no frames, a pose per frame missing, or a frame the stream skipped
+            (with its reason).
     """
     if not frames:
         raise BenchError("time_pipeline needs at least one frame")
+    if poses is not None and len(poses) != len(frames):
+        raise BenchError(f"{len(poses)} poses for {len(frames)} frames")
+    by_stamp: dict[int, NDArray[np.float64]] = {}
+
+    def lookup(_cfg: NodeConfig, _frame_id: str, stamp_ns: int) -> NDArray[np.float64] | None:
+        return by_stamp.get(stamp_ns)
+
     pipe = FramePipeline(config.pipeline, backend)
-    stream = FrameStream(config, pipe, ("rgb", "depth", "mask"), lambda _set: None)
-    sets = []
-    for fr in frames:
-        rgb, depth, info, mask = messages_from_frame(fr)
-        sets.append(FrameSet(rgb, depth, mask, info, fr.stamp_ns, 0, True))
+    stream = FrameStream(
+        config, pipe, ("rgb", "depth", "mask"), lambda _set: None, pose_lookup=lookup if poses else None
+    )
+
+    def sets_of(pass_index: int) -> list[FrameSet]:
+        out = []
+        for i, fr in enumerate(frames):
+            if poses is not None:
+                fr = replace(fr, stamp_ns=fr.stamp_ns + (pass_index * len(frames) + i) * SEQUENCE_PERIOD_NS)
+                by_stamp[fr.stamp_ns] = np.asarray(poses[i], dtype=np.float64)
+            rgb, depth, info, mask = messages_from_frame(fr)
+            out.append(FrameSet(rgb, depth, mask, info, fr.stamp_ns, 0, True))
+        return out
 
     def run(frame_set: FrameSet) -> FrameResult:
         out = stream.process(frame_set)
@@ -232,12 +271,14 @@ def time_pipeline(
         return out.update.result
 
     try:
-        run(sets[0])
+        sets = [sets_of(0)]
+        sets += [sets_of(p + 1) if poses is not None else sets[0] for p in range(passes)]
+        run(sets[0][0])
         frame_ms: list[float] = []
         stages: dict[str, list[float]] = {}
         objects: list[int] = []
-        for _ in range(passes):
-            for frame_set in sets:
+        for pass_sets in sets[1:]:
+            for frame_set in pass_sets:
                 t0 = time.perf_counter()
                 r = run(frame_set)
                 t1 = time.perf_counter()
