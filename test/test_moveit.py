@@ -256,3 +256,80 @@ def test_missing_moveit_msgs_is_logged_once(monkeypatch: pytest.MonkeyPatch) -> 
     assert moveit_mod.load_moveit_msgs() is None
     assert moveit_mod._missing_logged
     assert moveit_mod.load_moveit_msgs() is None
+
+
+class _Recorder:
+    """Stands in for the planning-scene publisher: keeps what is published (one subscriber
+    matched, so the first update sends the current set to it, which is empty)."""
+
+    topic_name = "/collision_object"
+
+    def __init__(self) -> None:
+        self.msgs: list[Any] = []
+
+    def publish(self, msg: Any) -> None:
+        self.msgs.append(msg)
+
+    def get_subscription_count(self) -> int:
+        return 1
+
+
+#: Static cluttered scenes of the validation split (generator seed, frame index) and the
+#: frames a static camera sends of each.
+STATIC_SCENES = ((7, 2), (7, 4))
+STATIC_FRAMES = 30
+
+
+def test_a_static_camera_adds_each_fused_object_at_most_three_times(mm: Any, harness: Harness) -> None:
+    """30 frames of a cluttered scene (a pile, a cluster) from a static camera, the
+    sensor's depth noise drawn anew for every frame, through the pipeline with the shipped
+    defaults (fusion on) into the planning-scene stream: the fused shapes converge, so each
+    object is ADDed at most 3 times (the first ADD included) and never MOVEd or REMOVEd."""
+    from sam3d_ros.backends.registry import create_backend
+    from sam3d_ros.core.config import default_node_config
+    from sam3d_ros.core.pipeline import FramePipeline
+    from sam3d_ros.core.types import RGBDFrame
+    from sam3d_ros.sim import sensors
+    from sam3d_ros.sim.generator import GeneratorConfig, generate_frame
+
+    gen_cfg = GeneratorConfig(
+        width=320,
+        height=240,
+        hd_fraction=0.0,
+        border_fraction=0.0,
+        scene_weights={"pile": 1.0, "cluster": 1.0, "stack": 1.0, "bin": 1.0},
+    )
+    cfg = default_node_config().replace(moveit_enabled=True, moveit_mode="collision_object")
+    assert cfg.pipeline.fusion_enabled
+    for seed, index in STATIC_SCENES:
+        g = generate_frame(seed, index, "val", gen_cfg)
+        profile = sensors.sensor_profile(g.sensor)
+        sync = moveit_mod.PlanningSceneSync(harness.peer, cfg)
+        recorder = _Recorder()
+        real_pub, sync._pub = sync._pub, recorder
+        pipe = FramePipeline(cfg.pipeline, create_backend(cfg.pipeline))
+        rng = np.random.default_rng(index)
+        try:
+            for i in range(STATIC_FRAMES):
+                depth = sensors.simulate_depth(g.depth_clean, g.rgb, g.intrinsics, rng, profile)
+                frame = RGBDFrame(
+                    stamp_ns=T0 + i * DT,
+                    frame_id="camera",
+                    rgb=g.rgb,
+                    depth=depth,
+                    labels=g.labels.astype(np.int32),
+                    camera=g.intrinsics,
+                    scores={o.label: 1.0 for o in g.objects},
+                )
+                sync.update(pipe.process_scene(frame), cfg.pipeline.collision_kinds())
+        finally:
+            pipe.close()
+            sync._pub = real_pub
+            sync.close()
+        ops: dict[str, list[int]] = {}
+        for msg in recorder.msgs:
+            ops.setdefault(msg.id, []).append(msg.operation)
+        assert ops, f"scene {seed}/{index}: nothing reached the planning scene"
+        for oid, seq in ops.items():
+            assert set(seq) == {mm.CollisionObject.ADD}, (seed, index, oid, seq)
+            assert len(seq) <= 3, (seed, index, oid, len(seq))

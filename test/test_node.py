@@ -435,6 +435,9 @@ def test_padded_and_big_endian_images_give_the_same_result(live: NodeUnderTest, 
     rgb, depth, info, mask = frame_msgs(rendered, T0 + 100)
     publish_frame(live.pubs, (rgb, depth, info, mask), info=False)
     assert wait_for(lambda: len(live.objects) == 1)
+    # the same frame again, to new tracks (with one track, fusion would merge the two)
+    assert live.node._stream is not None
+    live.node._stream.request_pipeline_reset()
     depth_mm = np.nan_to_num(rendered.depth * 1000.0, nan=0.0).round().astype(np.uint16)
     stamp = T0 + 200
     odd = (

@@ -34,8 +34,8 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return recs
 
 
-def _bag(tmp_path: Path, n_frames: int, name: str) -> Path:
-    views = sequence(seed=5, n_frames=n_frames, n_objects=2, width=160, height=120)
+def _bag(tmp_path: Path, n_frames: int, name: str, arc_deg: float = 20.0) -> Path:
+    views = sequence(seed=5, n_frames=n_frames, n_objects=2, width=160, height=120, arc_deg=arc_deg)
     frames = [v.render().with_stamp(1_000_000_000 + i * 50_000_000) for i, v in enumerate(views)]
     return write_bag(tmp_path / name, frames, storage="mcap")
 
@@ -52,7 +52,9 @@ def test_single_mcap_file_equals_bag_directory(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_memory_stays_flat_on_a_ten_times_longer_bag(tmp_path: Path) -> None:
-    short, long = _bag(tmp_path, 6, "short"), _bag(tmp_path, 60, "long")
+    # a static camera (a bag has no tf here): the tracks' fused volumes keep their size, so
+    # what could grow with the bag's length is only what the replay itself keeps
+    short, long = _bag(tmp_path, 6, "short", arc_deg=0.0), _bag(tmp_path, 60, "long", arc_deg=0.0)
     cfg = default_node_config()
     peaks = []
     for bag in (short, long):

@@ -158,6 +158,11 @@ FUSION_TRUNCATION_VOXELS: Final[float] = 2.0
 #: Fusion: extra voxels of margin around a track's grid when it is (re)allocated.
 FUSION_GRID_MARGIN_VOXELS: Final[int] = 4
 
+#: Fusion: a track's grid grows to cover new shapes up to this many times the voxels of its
+#: first allocation (an object turning on the table needs up to 2x: its box's footprint
+#: seen at 45 degrees); a shape that needs more restarts the volume (moved, or pose drift).
+FUSION_MAX_GROWTH: Final[float] = 2.5
+
 #: Fusion: an object moved when more than this fraction of its observed surface points
 #: lands in space that earlier frames saw as free (the evidence is then reset).
 FUSION_MOVED_FREE_FRACTION: Final[float] = 0.25
@@ -178,6 +183,15 @@ FUSION_MOVED_TOL_SIGMAS: Final[float] = 3.0
 #: and at most FUSION_MAX_TRUNCATION (m).
 FUSION_TRUNCATION_SIGMAS: Final[float] = 3.0
 FUSION_MAX_TRUNCATION: Final[float] = 0.08
+
+#: Fusion without a camera pose (no tf): the background depth is compared with the
+#: reference frame's on a lattice of this stride (px); the camera moved when more than
+#: FUSION_STATIC_MOVED_FRACTION of at least FUSION_STATIC_MIN_PIXELS lattice pixels changed
+#: by more than max(FUSION_STATIC_TOL_M, FUSION_MOVED_TOL_SIGMAS sigmas of the noise).
+FUSION_STATIC_STRIDE_PX: Final[int] = 8
+FUSION_STATIC_MIN_PIXELS: Final[int] = 100
+FUSION_STATIC_TOL_M: Final[float] = 0.01
+FUSION_STATIC_MOVED_FRACTION: Final[float] = 0.1
 
 #: Fusion: weight of the mean network guess against the observations of a voxel (each
 #: observation weighs 1): the guess's share is w / (n + w) after n observations, and one

@@ -50,6 +50,12 @@ class FusionError(ValueError):
     """Raised when a shape cannot be fused (grid too large, non-finite transform)."""
 
 
+class FusionGrowthError(FusionError):
+    """Raised when covering a shape would grow a track's grid beyond
+    ``FUSION_MAX_GROWTH`` times its first size: the object moved, or the camera pose
+    drifted, and the volume should restart rather than smear (and memory stays bounded)."""
+
+
 def shape_points(shape: VoxelShape, level: float) -> NDArray[np.float64]:
     """Centres (N, 3) of the voxels of ``shape`` with occupancy above ``level``, in the camera
     frame (metres); empty (0, 3) when none."""
@@ -120,6 +126,7 @@ class TrackVolume:
         self.confidence = 0.0
         self._occupancy: NDArray[np.float32] | None = None
         self._cover(lo, hi)
+        self._first_voxels = int(np.prod(self.dims))
 
     @classmethod
     def for_shape(cls, shape: VoxelShape, fixed_T_camera: NDArray[np.float64]) -> TrackVolume:
@@ -153,6 +160,11 @@ class TrackVolume:
         dims = new_hi - new_lo
         if int(dims.max()) > C.MAX_GRID_DIM:
             raise FusionError(f"fused grid {dims.tolist()} exceeds MAX_GRID_DIM={C.MAX_GRID_DIM}")
+        if self.obs_sum.size and int(np.prod(dims)) > C.FUSION_MAX_GROWTH * self._first_voxels:
+            raise FusionGrowthError(
+                f"fused grid would grow to {dims.tolist()}, more than {C.FUSION_MAX_GROWTH}x its "
+                f"first {self._first_voxels} voxels"
+            )
         arrays = []
         for old in (self.obs_sum, self.obs_weight, self.surface_weight, self.guess_sum):
             new = np.zeros(tuple(int(d) for d in dims), dtype=np.float32)
@@ -197,6 +209,8 @@ class TrackVolume:
                 z^2)``, at most ``FUSION_MAX_TRUNCATION``.
 
         Raises:
+            FusionGrowthError: the grid would grow beyond ``FUSION_MAX_GROWTH`` times its
+                first size (nothing was integrated).
             FusionError: the grid would exceed ``MAX_GRID_DIM`` or the transform is bad.
         """
         f_T_c = np.asarray(fixed_T_camera, dtype=np.float64)
@@ -378,3 +392,55 @@ class TrackVolume:
             hit = self.surface_weight[idx[ok, 0], idx[ok, 1], idx[ok, 2]] > 0
             out[np.flatnonzero(ok)[hit]] = True
         return out
+
+
+class StaticCameraCheck:
+    """Whether a camera that has no pose source (no tf: the static
+    ``camera_to_planning_transform``) has moved since the reference frame, from its
+    background depth.
+
+    The reference is the background (label 0) depth on a pixel lattice of stride
+    ``FUSION_STATIC_STRIDE_PX`` of the first frame after a (re)start. A frame moved when more
+    than ``FUSION_STATIC_MOVED_FRACTION`` of the lattice pixels that are background with a
+    valid depth in both frames differ by more than ``max(FUSION_STATIC_TOL_M,
+    FUSION_MOVED_TOL_SIGMAS * sigma(z))`` (``sigma`` from the support plane's measured
+    noise); the frame then becomes the new reference. Comparing with the reference, not
+    the previous frame, also catches a slow drift. Objects that appear, leave or move
+    change no pixel that is background in both frames. Not thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._ref: NDArray[np.float32] | None = None
+
+    def reset(self) -> None:
+        """Forget the reference (the next frame becomes it)."""
+        self._ref = None
+
+    def moved(self, frame: RGBDFrame, noise_z2: float = 0.0) -> bool:
+        """True when ``frame`` was seen from elsewhere than the reference (see the class)."""
+        s = C.FUSION_STATIC_STRIDE_PX
+        depth = np.asarray(frame.depth, dtype=np.float32)[::s, ::s]
+        background = np.asarray(frame.labels)[::s, ::s] == C.BACKGROUND_LABEL
+        with np.errstate(invalid="ignore"):
+            cur = np.where(background & (depth > 0), depth, np.float32(np.nan))
+        ref = self._ref
+        if ref is None or ref.shape != cur.shape:
+            self._ref = cur
+            return False
+        both = np.isfinite(ref) & np.isfinite(cur)
+        n = int(both.sum())
+        if n < C.FUSION_STATIC_MIN_PIXELS:
+            return False  # too little background seen twice to tell
+        z = cur[both]
+        tol = np.maximum(C.FUSION_STATIC_TOL_M, C.FUSION_MOVED_TOL_SIGMAS * max(noise_z2, 0.0) * z * z)
+        frac = float((np.abs(z - ref[both]) > tol).mean())
+        if frac > C.FUSION_STATIC_MOVED_FRACTION:
+            logger.info(
+                "the camera moved (%.0f%% of %d background pixels changed depth) but has no pose "
+                "source (planning_frame / tf): fused shapes restart from this frame",
+                100 * frac,
+                n,
+            )
+            self._ref = cur
+            return True
+        return False

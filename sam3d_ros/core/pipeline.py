@@ -42,7 +42,7 @@ from sam3d_ros.core.decomposition import (
     decompose,
 )
 from sam3d_ros.core.frames import Pose, invert_transform, matrix_from_quaternion, transform_points
-from sam3d_ros.core.fusion import FusionError, TrackVolume, shape_points
+from sam3d_ros.core.fusion import FusionError, FusionGrowthError, StaticCameraCheck, TrackVolume, shape_points
 from sam3d_ros.core.images import touches_border
 from sam3d_ros.core.layout import LayoutError, estimate_object_frame, observed_in_frame, visible_fraction
 from sam3d_ros.core.meshing import MeshingError, mesh_from_voxels, mesh_volume
@@ -111,12 +111,14 @@ class FramePipeline:
         self._sync_decomp = synchronous_decomposition
         self._decomp: DecompositionService | None = None
         self._reset_vanished: list[int] = []
+        self._static_camera = StaticCameraCheck()
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
         """Forget tracks, fused shapes and cached collision shapes (``~/reset``); the next
         frame's update lists the forgotten track ids as vanished."""
         self._reset_vanished.extend(t.track_id for t in self.tracker.reset())
+        self._static_camera.reset()
         if self._decomp is not None:
             self._decomp.reset()
 
@@ -177,6 +179,8 @@ class FramePipeline:
         with _timed(timings, "plane"):
             plane = estimate_support_plane(frame, cfg)
         scene = SceneContext(frame=frame, plane=plane)
+        if cfg.fusion_enabled and fixed_T_camera is None:
+            self._restart_fusion_if_camera_moved(frame, plane)
         with _timed(timings, "observations"):
             observations, skipped_list = extract_observations(frame, cfg)
         skipped: list[SkippedObject] = list(skipped_list)
@@ -207,6 +211,14 @@ class FramePipeline:
             fixed_frame=cfg.planning_frame or frame.frame_id,
             fixed_T_camera=f_T_c,
         )
+
+    def _restart_fusion_if_camera_moved(self, frame: RGBDFrame, plane: SupportPlane | None) -> None:
+        """Without a camera pose the fixed frame is the camera's: if the camera moved
+        anyway (a hand-held or arm camera without ``planning_frame``), every track's fused
+        volume restarts instead of smearing views taken from elsewhere into one."""
+        if self._static_camera.moved(frame, plane.noise_z2 if plane is not None else 0.0):
+            for track in self.tracker.tracks.values():
+                track.volume = None
 
     # ------------------------------------------------------------------ frame stages
     def _reconstruct(
@@ -331,7 +343,12 @@ class FramePipeline:
                     self._drop_parts(track)
             if vol is None:
                 vol = TrackVolume.for_shape(shape, f_T_c)
-            vol.integrate(shape, frame, obs.instance_id, f_T_c, noise)
+            try:
+                vol.integrate(shape, frame, obs.instance_id, f_T_c, noise)
+            except FusionGrowthError as err:
+                logger.debug("track %d: fusion restarts: %s", track.track_id, err)
+                vol = TrackVolume.for_shape(shape, f_T_c)
+                vol.integrate(shape, frame, obs.instance_id, f_T_c, noise)
             track.volume = vol
             return vol.voxel_shape(invert_transform(f_T_c), self.config.occupancy_threshold)
         except FusionError as err:
