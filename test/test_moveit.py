@@ -309,9 +309,10 @@ def test_a_static_camera_adds_each_fused_object_at_most_three_times(mm: Any, har
         real_pub, sync._pub = sync._pub, recorder
         pipe = FramePipeline(cfg.pipeline, create_backend(cfg.pipeline))
         rng = np.random.default_rng(index)
+        shift = sensors.draw_misregistration(rng, profile)  # one camera: a fixed calibration error
         try:
             for i in range(STATIC_FRAMES):
-                depth = sensors.simulate_depth(g.depth_clean, g.rgb, g.intrinsics, rng, profile)
+                depth = sensors.simulate_depth(g.depth_clean, g.rgb, g.intrinsics, rng, profile, shift)
                 frame = RGBDFrame(
                     stamp_ns=T0 + i * DT,
                     frame_id="camera",

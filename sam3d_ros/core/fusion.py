@@ -1,14 +1,20 @@
 """Multi-view fusion of one tracked object's shape in a fixed frame.
 
-A :class:`TrackVolume` is a dense voxel grid, axis-aligned in the fixed frame ``F`` (the
-planning frame; the camera frame for a static camera), that accumulates per voxel
+A :class:`TrackVolume` is a dense voxel grid fixed in the fixed frame ``F`` (the planning
+frame; the camera frame for a static camera), axis-aligned in an anchor frame ``A``: the
+first shape's own grid, as it lay in ``F`` (so the first frame's shape is taken over
+voxel for voxel, without resampling, and a static camera's later shapes, with nearly the
+same orientation, lose little), that accumulates per voxel
 
 * observation evidence from the depth image (projective truncated signed distance): a
   voxel the camera saw through (measured depth beyond it by more than half the truncation
-  band ``tau``, at any pixel) is observed *free* (0); a voxel within the band on the
+  band ``tau`` and by more than the carving margin of the single-frame refinement, at
+  any pixel) is observed *free* (0); a voxel within the band on the
   object's own mask pixels is observed *surface* with occupancy ``0.5 + (z_voxel -
-  z_measured) / tau`` (so the 0.5 iso-surface lies on the measured surface); anything else
-  (behind the surface, occluded, no depth, outside the image) is unobserved;
+  z_measured) / tau`` (so the 0.5 iso-surface lies on the measured surface), at full
+  weight in front of the measured surface and at a weight falling to 0 at the band's end
+  behind it; anything else (behind the surface, occluded, no depth, outside the image) is
+  unobserved;
 * the backend's completed occupancy (the "guess"), resampled every frame inside the
   shape's own grid (0 outside it: the backend put the whole object in its grid).
 
@@ -36,7 +42,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from sam3d_ros.core import constants as C
-from sam3d_ros.core.frames import invert_transform, transform_points
+from sam3d_ros.core.frames import invert_transform, make_transform, transform_points
 from sam3d_ros.core.types import RGBDFrame, VoxelShape
 
 logger = logging.getLogger(__name__)
@@ -105,17 +111,31 @@ class TrackVolume:
 
     Attributes:
         voxel_size: voxel edge (m). origin: (3,) corner of voxel (0, 0, 0) in ``F``.
-        obs_sum, obs_weight: (NX, NY, NZ) float32 sum and count of observations.
+        obs_sum, obs_weight: (NX, NY, NZ) float32 weighted sum and total weight of the
+            observations.
         surface_weight: (NX, NY, NZ) float32 count of surface (band) observations.
         guess_sum: (NX, NY, NZ) float32 sum of resampled guesses; ``frames`` integrated.
         confidence: running maximum of the shapes' confidences.
     """
 
-    def __init__(self, voxel_size: float, lo: NDArray[np.float64], hi: NDArray[np.float64]) -> None:
+    def __init__(
+        self,
+        voxel_size: float,
+        lo: NDArray[np.float64],
+        hi: NDArray[np.float64],
+        fixed_T_anchor: NDArray[np.float64] | None = None,
+    ) -> None:
+        """A volume covering [lo, hi] (anchor frame, m); ``fixed_T_anchor``: the anchor
+        frame ``A`` in ``F`` (None: ``F`` itself)."""
         vs = float(voxel_size)
         if not (np.isfinite(vs) and C.MIN_VOXEL_SIZE <= vs <= C.MAX_VOXEL_SIZE):
             raise FusionError(f"voxel size {vs} outside [{C.MIN_VOXEL_SIZE}, {C.MAX_VOXEL_SIZE}] m")
         self.voxel_size = vs
+        a = np.eye(4) if fixed_T_anchor is None else np.asarray(fixed_T_anchor, dtype=np.float64)
+        if a.shape != (4, 4) or not np.all(np.isfinite(a)):
+            raise FusionError(f"fixed_T_anchor must be a finite 4x4 matrix, got {a!r}")
+        self.fixed_T_anchor = a
+        self._anchor_T_fixed = invert_transform(a)
         self.origin = np.zeros(3)
         empty: NDArray[np.float32] = np.zeros((0, 0, 0), dtype=np.float32)
         self.obs_sum = empty
@@ -130,9 +150,13 @@ class TrackVolume:
 
     @classmethod
     def for_shape(cls, shape: VoxelShape, fixed_T_camera: NDArray[np.float64]) -> TrackVolume:
-        """An empty volume covering ``shape`` with its voxel size."""
-        lo, hi = _shape_box_fixed(shape, np.asarray(fixed_T_camera, dtype=np.float64))
-        return cls(shape.voxel_size, lo, hi)
+        """An empty volume covering ``shape`` with its voxel size, anchored on its grid
+        (voxel (i, j, k) of the shape is voxel (i, j, k) plus the margin of the volume)."""
+        f_T_c = np.asarray(fixed_T_camera, dtype=np.float64)
+        anchor = f_T_c @ np.asarray(shape.camera_T_grid, dtype=np.float64)
+        anchor = anchor @ make_transform(np.eye(3), np.asarray(shape.origin, dtype=np.float64))
+        lo, hi = _shape_box_fixed(shape, invert_transform(anchor) @ f_T_c)
+        return cls(shape.voxel_size, lo, hi, anchor)
 
     @property
     def dims(self) -> tuple[int, int, int]:
@@ -177,9 +201,9 @@ class TrackVolume:
         self.origin = new_lo.astype(np.float64) * vs
         self._occupancy = None
 
-    def _index_box(self, shape: VoxelShape, fixed_T_camera: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
+    def _index_box(self, shape: VoxelShape, anchor_T_camera: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
         """Voxel index range [lo, hi) of this grid that holds ``shape``'s grid box."""
-        lo, hi = _shape_box_fixed(shape, fixed_T_camera)
+        lo, hi = _shape_box_fixed(shape, anchor_T_camera)
         vs = self.voxel_size
         ilo = np.floor((lo - self.origin) / vs).astype(np.intp)
         ihi = np.ceil((hi - self.origin) / vs).astype(np.intp)
@@ -216,19 +240,20 @@ class TrackVolume:
         f_T_c = np.asarray(fixed_T_camera, dtype=np.float64)
         if f_T_c.shape != (4, 4) or not np.all(np.isfinite(f_T_c)):
             raise FusionError(f"fixed_T_camera must be a finite 4x4 matrix, got {f_T_c!r}")
-        lo, hi = _shape_box_fixed(shape, f_T_c)
+        a_T_c = self._anchor_T_fixed @ f_T_c
+        lo, hi = _shape_box_fixed(shape, a_T_c)
         self._cover(lo, hi)
-        c_T_f = invert_transform(f_T_c)
-        self._observe(frame, label, c_T_f, max(float(noise_z2), 0.0))
-        self._add_guess(shape, f_T_c, c_T_f)
+        c_T_a = invert_transform(a_T_c)
+        self._observe(frame, label, c_T_a, max(float(noise_z2), 0.0))
+        self._add_guess(shape, a_T_c, c_T_a)
         self.frames += 1
         self.confidence = max(self.confidence, float(shape.confidence))
         self._occupancy = None
 
-    def _observe(self, frame: RGBDFrame, label: int, c_T_f: NDArray[np.float64], noise_z2: float) -> None:
+    def _observe(self, frame: RGBDFrame, label: int, c_T_a: NDArray[np.float64], noise_z2: float) -> None:
         """Projective truncated signed distance of every voxel against the frame's depth."""
         dims = np.asarray(self.dims, dtype=np.intp)
-        x, y, z = _separable(c_T_f, self.origin, self.voxel_size, np.zeros(3, np.intp), dims)
+        x, y, z = _separable(c_T_a, self.origin, self.voxel_size, np.zeros(3, np.intp), dims)
         k = frame.camera
         depth = np.asarray(frame.depth, dtype=np.float32)
         h, w = depth.shape
@@ -266,28 +291,35 @@ class TrackVolume:
         else:
             tau = np.float32(tau_min)
         half = np.float32(0.5) * tau
+        carve = np.float32(max(C.REFINE_CARVE_MARGIN_VOXELS * self.voxel_size, C.REFINE_CARVE_MIN_MARGIN_M))
         sd = np.subtract(z, meas, out=z)
         sd[~known] = 0.0
-        free = sd < -half
+        free = sd < -np.maximum(half, carve)
         free &= known
         band = np.asarray(frame.labels).reshape(-1)[flat] == label
         band &= known
         band &= np.abs(sd) <= half
-        sd /= tau
+        sd /= tau  # now in [-0.5, 0.5] on the band
+        # behind the measured surface an observation only says "inside, near the surface":
+        # its weight falls from 1 at the surface to 0 at the band's end, so deeper voxels
+        # keep the guess (a thin object does not thicken to half the band)
+        weight = np.clip(np.float32(1.0) - np.float32(2.0) * sd, 0.0, 1.0)
         sd += np.float32(0.5)
-        sd[~band] = 0.0
-        self.obs_sum += sd
-        self.obs_weight += free | band
+        weight[~band] = 0.0
+        weight[free] = 1.0
+        sd *= weight
+        self.obs_sum += sd  # free voxels add 0
+        self.obs_weight += weight
         self.surface_weight += band
 
-    def _add_guess(self, shape: VoxelShape, f_T_c: NDArray[np.float64], c_T_f: NDArray[np.float64]) -> None:
+    def _add_guess(self, shape: VoxelShape, a_T_c: NDArray[np.float64], c_T_a: NDArray[np.float64]) -> None:
         """Trilinear resampling of the shape's occupancy into the voxels its grid box covers
         (the rest of the grid gets 0, which needs no work)."""
-        ilo, ihi = self._index_box(shape, f_T_c)
+        ilo, ihi = self._index_box(shape, a_T_c)
         if np.any(ihi <= ilo):
             return
-        g_T_f = invert_transform(np.asarray(shape.camera_T_grid, dtype=np.float64)) @ c_T_f
-        shifted = g_T_f.copy()  # continuous voxel coordinates of the shape grid
+        g_T_a = invert_transform(np.asarray(shape.camera_T_grid, dtype=np.float64)) @ c_T_a
+        shifted = g_T_a.copy()  # continuous voxel coordinates of the shape grid
         vs_g = float(shape.voxel_size)
         shifted[:3, :] /= vs_g
         shifted[:3, 3] -= np.asarray(shape.origin, dtype=np.float64) / vs_g + 0.5
@@ -312,7 +344,7 @@ class TrackVolume:
         return self._occupancy
 
     def voxel_shape(self, camera_T_fixed: NDArray[np.float64], level: float) -> VoxelShape:
-        """The fused occupancy as a :class:`VoxelShape` (grid frame ``F``), cropped to the
+        """The fused occupancy as a :class:`VoxelShape` (grid frame ``A``), cropped to the
         voxels above ``level`` plus one voxel on every side: the ``level`` iso-surface is
         the same as the whole grid's (the cut-off voxels are all at or below it)."""
         occ = self.occupancy()
@@ -330,13 +362,16 @@ class TrackVolume:
             occupancy=np.ascontiguousarray(occ[sl]),
             voxel_size=self.voxel_size,
             origin=self.origin + lo * self.voxel_size,
-            camera_T_grid=np.asarray(camera_T_fixed, dtype=np.float64),
+            camera_T_grid=np.asarray(camera_T_fixed, dtype=np.float64) @ self.fixed_T_anchor,
             confidence=self.confidence,
         )
 
     # ------------------------------------------------------------------ queries
+    def _to_anchor(self, points_fixed: NDArray[np.floating]) -> NDArray[np.float64]:
+        return transform_points(self._anchor_T_fixed, np.asarray(points_fixed, dtype=np.float64).reshape(-1, 3))
+
     def _index(self, points_fixed: NDArray[np.floating]) -> tuple[NDArray[np.intp], NDArray[np.bool_]]:
-        p = np.asarray(points_fixed, dtype=np.float64).reshape(-1, 3)
+        p = self._to_anchor(points_fixed)
         idx = np.floor((p - self.origin) / self.voxel_size).astype(np.intp)
         ok = np.all((idx >= 0) & (idx < np.asarray(self.dims)), axis=1)
         return np.where(ok[:, None], idx, 0), ok
@@ -382,7 +417,7 @@ class TrackVolume:
         out = np.zeros(len(p), dtype=bool)
         if self.frames == 0 or len(p) == 0:
             return out
-        base = np.floor((p - self.origin) / self.voxel_size).astype(np.intp)
+        base = np.floor((self._to_anchor(p) - self.origin) / self.voxel_size).astype(np.intp)
         dims = np.asarray(self.dims, dtype=np.intp)
         for off in _NEIGHBOURS:
             idx = base + off
@@ -399,14 +434,19 @@ class StaticCameraCheck:
     ``camera_to_planning_transform``) has moved since the reference frame, from its
     background depth.
 
-    The reference is the background (label 0) depth on a pixel lattice of stride
-    ``FUSION_STATIC_STRIDE_PX`` of the first frame after a (re)start. A frame moved when more
-    than ``FUSION_STATIC_MOVED_FRACTION`` of the lattice pixels that are background with a
-    valid depth in both frames differ by more than ``max(FUSION_STATIC_TOL_M,
-    FUSION_MOVED_TOL_SIGMAS * sigma(z))`` (``sigma`` from the support plane's measured
-    noise); the frame then becomes the new reference. Comparing with the reference, not
-    the previous frame, also catches a slow drift. Objects that appear, leave or move
-    change no pixel that is background in both frames. Not thread-safe.
+    The reference is the background (label 0) depth of the first frame after a (re)start.
+    On a pixel lattice of stride ``FUSION_STATIC_STRIDE_PX``, a pixel that is background
+    with a valid depth in both frames has changed when its depth differs by more than
+    ``max(FUSION_STATIC_TOL_M, FUSION_MOVED_TOL_SIGMAS * sigma(z))`` (``sigma`` from the
+    support plane's measured noise) from the reference depth at every pixel within
+    ``FUSION_STATIC_SHIFT_PX`` (so depth edges that shift by a pixel or two, as a jittering
+    depth registration does, are no motion). The camera moved when more than
+    ``FUSION_STATIC_MOVED_FRACTION`` of those pixels changed; the frame then becomes the
+    new reference. Comparing with the reference, not the previous frame, also catches a
+    slow drift. Objects that appear, leave or move change no pixel that is background in
+    both frames. A move parallel to a bare planar background (sliding along the table)
+    leaves its depth unchanged and is not seen here; the tracks' own motion test
+    (:meth:`TrackVolume.moved_fraction`) sees the objects shift then. Not thread-safe.
     """
 
     def __init__(self) -> None:
@@ -418,22 +458,29 @@ class StaticCameraCheck:
 
     def moved(self, frame: RGBDFrame, noise_z2: float = 0.0) -> bool:
         """True when ``frame`` was seen from elsewhere than the reference (see the class)."""
-        s = C.FUSION_STATIC_STRIDE_PX
-        depth = np.asarray(frame.depth, dtype=np.float32)[::s, ::s]
-        background = np.asarray(frame.labels)[::s, ::s] == C.BACKGROUND_LABEL
+        depth = np.asarray(frame.depth, dtype=np.float32)
         with np.errstate(invalid="ignore"):
-            cur = np.where(background & (depth > 0), depth, np.float32(np.nan))
+            cur = np.where((np.asarray(frame.labels) == C.BACKGROUND_LABEL) & (depth > 0), depth, np.nan)
         ref = self._ref
         if ref is None or ref.shape != cur.shape:
-            self._ref = cur
+            self._ref = cur.astype(np.float32)
             return False
-        both = np.isfinite(ref) & np.isfinite(cur)
-        n = int(both.sum())
+        s, r = C.FUSION_STATIC_STRIDE_PX, C.FUSION_STATIC_SHIFT_PX
+        h, w = cur.shape
+        ys, xs = np.mgrid[r : h - r : s, r : w - r : s]
+        z = cur[ys, xs]
+        valid = np.isfinite(z) & np.isfinite(ref[ys, xs])
+        n = int(valid.sum())
         if n < C.FUSION_STATIC_MIN_PIXELS:
             return False  # too little background seen twice to tell
-        z = cur[both]
+        ys, xs, z = ys[valid], xs[valid], z[valid]
         tol = np.maximum(C.FUSION_STATIC_TOL_M, C.FUSION_MOVED_TOL_SIGMAS * max(noise_z2, 0.0) * z * z)
-        frac = float((np.abs(z - ref[both]) > tol).mean())
+        best = np.full(z.shape, np.inf, dtype=np.float32)
+        for dy in (-r, 0, r):
+            for dx in (-r, 0, r):
+                diff = np.abs(z - ref[ys + dy, xs + dx])
+                np.fmin(best, diff, out=best)  # NaN (no reference depth there) is ignored
+        frac = float((best > tol).mean())
         if frac > C.FUSION_STATIC_MOVED_FRACTION:
             logger.info(
                 "the camera moved (%.0f%% of %d background pixels changed depth) but has no pose "
@@ -441,6 +488,6 @@ class StaticCameraCheck:
                 100 * frac,
                 n,
             )
-            self._ref = cur
+            self._ref = cur.astype(np.float32)
             return True
         return False

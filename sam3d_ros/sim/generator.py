@@ -1083,6 +1083,52 @@ def _occlusion_score(
     return score
 
 
+def _object_truth(
+    rest: _Resting,
+    label: int,
+    labels: NDArray[np.int32],
+    k: CameraIntrinsics,
+    camera_T_world: NDArray[np.float64],
+) -> GeneratedObject:
+    """Ground truth of one rendered object (``label`` in the label image ``labels``)."""
+    camera_T_object = camera_T_world @ rest.world_T_object
+    mesh = ms.load_source(rest.pick.ref).mesh
+    v_cam = transform_points(camera_T_object, np.asarray(mesh.vertices) * rest.pick.scale)
+    visible = labels == label
+    amodal, full = _amodal(v_cam, np.asarray(mesh.faces), k, visible)
+    inside = int(np.count_nonzero(amodal))
+    color = rest.color
+    return GeneratedObject(
+        label=label,
+        mesh_ref=rest.pick.ref,
+        scale=float(rest.pick.scale),
+        camera_T_object=camera_T_object,
+        world_T_object=rest.world_T_object,
+        visible_pixels=int(np.count_nonzero(visible)),
+        amodal_pixels=inside,
+        amodal_mask=amodal,
+        color=(round(float(color[0])), round(float(color[1])), round(float(color[2]))),
+        amodal_pixels_full=full,
+        cut_by_border=full > 0 and (full - inside) >= BORDER_CUT_FRACTION * full,
+        on_table=rest.on_table,
+        supported_by=tuple(s + 1 for s in rest.supported_by),
+    )
+
+
+def _sensor_images(
+    depth_clean: NDArray[np.float32],
+    rgb: NDArray[np.uint8],
+    k: CameraIntrinsics,
+    rng: np.random.Generator,
+    profile: sensors.SensorProfile,
+    misregistration: tuple[int, int] | None = None,
+) -> tuple[NDArray[np.float32], NDArray[np.uint8]]:
+    """What ``profile``'s depth and colour cameras report of a clean render (depth first,
+    then colour, from ``rng``; ``misregistration`` as in :func:`sensors.simulate_depth`)."""
+    depth = sensors.simulate_depth(depth_clean, rgb, k, rng, profile, misregistration)
+    return depth, sensors.simulate_color(rgb, rng, profile)
+
+
 def generate_frame(
     seed: int, index: int, split: str = "val", config: GeneratorConfig | None = None
 ) -> GeneratedFrame:
@@ -1146,36 +1192,9 @@ def generate_frame(
 
     rgb, depth_clean, labels, light = _render(sim, rng, resting, visuals, k, world_T_camera)
     light["camera_model"] = cam_name
-    objects = []
-    for i, rest in enumerate(resting):
-        label = i + 1
-        camera_T_object = camera_T_world @ rest.world_T_object
-        mesh = ms.load_source(rest.pick.ref).mesh
-        v_cam = transform_points(camera_T_object, np.asarray(mesh.vertices) * rest.pick.scale)
-        visible = labels == label
-        amodal, full = _amodal(v_cam, np.asarray(mesh.faces), k, visible)
-        inside = int(np.count_nonzero(amodal))
-        color = rest.color
-        objects.append(
-            GeneratedObject(
-                label=label,
-                mesh_ref=rest.pick.ref,
-                scale=float(rest.pick.scale),
-                camera_T_object=camera_T_object,
-                world_T_object=rest.world_T_object,
-                visible_pixels=int(np.count_nonzero(visible)),
-                amodal_pixels=inside,
-                amodal_mask=amodal,
-                color=(round(float(color[0])), round(float(color[1])), round(float(color[2]))),
-                amodal_pixels_full=full,
-                cut_by_border=full > 0 and (full - inside) >= BORDER_CUT_FRACTION * full,
-                on_table=rest.on_table,
-                supported_by=tuple(s + 1 for s in rest.supported_by),
-            )
-        )
+    objects = [_object_truth(rest, i + 1, labels, k, camera_T_world) for i, rest in enumerate(resting)]
     if profile is not None:
-        depth = sensors.simulate_depth(depth_clean, rgb, k, rng, profile)
-        rgb = sensors.simulate_color(rgb, rng, profile)
+        depth, rgb = _sensor_images(depth_clean, rgb, k, rng, profile)
     else:
         depth = (
             apply_depth_noise(depth_clean, rng, cfg.noise)

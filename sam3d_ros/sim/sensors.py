@@ -717,9 +717,14 @@ def _tof(
 
 
 def _structured_light(
-    d: NDArray[np.float32], k: CameraIntrinsics, rng: np.random.Generator, p: SensorProfile
+    d: NDArray[np.float32],
+    k: CameraIntrinsics,
+    rng: np.random.Generator,
+    p: SensorProfile,
+    misregistration: tuple[int, int] | None = None,
 ) -> tuple[NDArray[np.float32], NDArray[np.bool_], tuple[int, int]]:
-    """Depth, invalid mask and misregistration (dx, dy) of the structured-light model."""
+    """Depth, invalid mask and misregistration (dx, dy) of the structured-light model (the
+    drawn one, or ``misregistration`` when given: the draw is made either way)."""
     h, w = d.shape
     edge = _discontinuities(d, p.edge_jump_rel)
     invalid = _occlusion_band(d, k.fx, p.baseline_m, p.shadow_side)
@@ -747,7 +752,19 @@ def _structured_light(
     length = float(rng.uniform(lo, hi))
     angle = float(rng.uniform(-math.pi, math.pi))
     dx, dy = round(length * math.cos(angle)), round(length * math.sin(angle))
+    if misregistration is not None:
+        dx, dy = misregistration
     return out.astype(np.float32, copy=False), invalid, (dx, dy)
+
+
+def draw_misregistration(rng: np.random.Generator, profile: SensorProfile) -> tuple[int, int]:
+    """One device's depth-to-colour misregistration (dx, dy) px, drawn as
+    :func:`simulate_depth` draws it per call ((0, 0) for a profile without one): a
+    calibration error, the same in every frame of one camera."""
+    lo, hi = profile.misregistration_px
+    length = float(rng.uniform(lo, hi))
+    angle = float(rng.uniform(-math.pi, math.pi))
+    return round(length * math.cos(angle)), round(length * math.sin(angle))
 
 
 _SRGB_TO_LINEAR: Final[NDArray[np.float32]] = (
@@ -774,6 +791,7 @@ def simulate_depth(
     k: CameraIntrinsics,
     rng: np.random.Generator,
     profile: SensorProfile,
+    misregistration: tuple[int, int] | None = None,
 ) -> NDArray[np.float32]:
     """What ``profile``'s depth camera would report for a clean depth image.
 
@@ -784,6 +802,9 @@ def simulate_depth(
         k: colour intrinsics of both images (width/height must match).
         rng: source of every random draw.
         profile: the sensor (:func:`sensor_profile`).
+        misregistration: structured light: the device's fixed shift (dx, dy) px
+            (:func:`draw_misregistration`; frames of one camera); None: drawn per call (a
+            new device per frame, as for independent dataset frames).
 
     Returns:
         (H, W) float32 depth in metres on a 1 mm grid, NaN where the sensor reports nothing.
@@ -802,7 +823,7 @@ def simulate_depth(
     elif profile.kind == "tof":
         out, invalid = _tof(d, rgb, k, rng, profile)
     else:
-        out, invalid, shift = _structured_light(d, k, rng, profile)
+        out, invalid, shift = _structured_light(d, k, rng, profile, misregistration)
     if profile.dropout_prob > 0.0:
         invalid |= rng.random((h, w), dtype=np.float32) < profile.dropout_prob
     invalid |= _holes((h, w), rng, profile.hole_rate, profile.hole_radius_px, w / 640.0)

@@ -1,0 +1,138 @@
+"""Fusion internals: the separable projection equals the per-voxel one, noise measured on
+the table, motion tests that tell noise from motion, bounded grids, and a static camera
+that moves without a pose."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from scene_helpers import box, cylinder, frame
+
+from sam3d_ros.core.config import default_config
+from sam3d_ros.core.frames import invert_transform, make_transform, transform_points
+from sam3d_ros.core.fusion import FusionGrowthError, StaticCameraCheck, TrackVolume
+from sam3d_ros.core.support_plane import estimate_support_plane
+from sam3d_ros.core.types import RGBDFrame, VoxelShape
+from sam3d_ros.sim.raycast import look_at
+from sam3d_ros.sim.scenes import d435_intrinsics
+
+
+def cube_shape(centre_cam: np.ndarray, side: float = 0.1, n: int = 24) -> VoxelShape:
+    """A solid cube of ``side`` (m) centred at ``centre_cam`` in a grid of n^3 voxels
+    twice its size, rotated 30 degrees about the camera's y axis."""
+    vs = 2 * side / n
+    occ = np.zeros((n, n, n), dtype=np.float32)
+    q = n // 4
+    occ[q : n - q, q : n - q, q : n - q] = 1.0
+    a = np.radians(30.0)
+    rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    t = make_transform(rot, centre_cam - rot @ np.full(3, side))
+    return VoxelShape(occupancy=occ, voxel_size=vs, origin=np.zeros(3), camera_T_grid=t, confidence=0.9)
+
+
+def noisy(f: RGBDFrame, sigma: float, seed: int) -> RGBDFrame:
+    rng = np.random.default_rng(seed)
+    d = f.depth + rng.normal(0.0, sigma, f.depth.shape).astype(np.float32) * f.depth**2
+    return replace(f, depth=d.astype(np.float32))
+
+
+def test_separable_observations_equal_the_per_voxel_projection() -> None:
+    f = frame([box(1, 0.0, 0.0)], 0)
+    obs_pts = f.camera.backproject(
+        *np.nonzero(f.labels.T == 1), f.depth.T[f.labels.T == 1].astype(np.float64)
+    )
+    shape = cube_shape(obs_pts.mean(axis=0))
+    f_T_c = make_transform(np.eye(3), np.array([0.3, -0.2, 0.1]))
+    vol = TrackVolume.for_shape(shape, f_T_c)
+    vol.integrate(shape, f, 1, f_T_c)
+    # the same evidence computed voxel by voxel from (N, 3) centres
+    axes = [vol.origin[a] + (np.arange(n) + 0.5) * vol.voxel_size for a, n in enumerate(vol.dims)]
+    centres = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    cam = transform_points(invert_transform(f_T_c) @ vol.fixed_T_anchor, centres)
+    k = f.camera
+    u = np.floor(k.fx * cam[:, 0] / cam[:, 2] + k.cx + 0.5).astype(int)
+    v = np.floor(k.fy * cam[:, 1] / cam[:, 2] + k.cy + 0.5).astype(int)
+    inside = (cam[:, 2] > 0) & (u >= 0) & (u < k.width) & (v >= 0) & (v < k.height)
+    meas = np.where(inside, f.depth[np.clip(v, 0, k.height - 1), np.clip(u, 0, k.width - 1)], np.nan)
+    tau = max(0.006, 2.0 * vol.voxel_size)
+    sd = cam[:, 2] - meas
+    free = inside & (sd < -max(tau / 2, vol.voxel_size, 0.004))
+    own = inside & (f.labels[np.clip(v, 0, k.height - 1), np.clip(u, 0, k.width - 1)] == 1)
+    band = own & (np.abs(sd) <= tau / 2)
+    got_free = (vol.obs_weight.reshape(-1) > 0) & (vol.surface_weight.reshape(-1) == 0)
+    got_band = vol.surface_weight.reshape(-1) > 0
+    # float32 against float64: at most a handful of voxels on a boundary differ
+    assert band.sum() > 100 and free.sum() > 1000
+    assert np.count_nonzero(got_band != band) <= 3
+    assert np.count_nonzero(got_free != free) <= 3
+    # the guess inside the shape's grid: voxels deep inside the cube are 1, far away 0
+    occ = vol.occupancy()
+    assert occ.max() == pytest.approx(1.0)
+    assert occ[0, 0, 0] == 0.0
+
+
+def test_depth_noise_is_measured_on_the_table() -> None:
+    f = frame([box(1, 0.0, 0.0)], 0)
+    cfg = default_config()
+    clean = estimate_support_plane(f, cfg)
+    assert clean is not None and clean.noise_z2 < 0.0005
+    for sigma in (0.002, 0.008):  # sigma(z) = sigma * z^2, as a stereo camera's
+        plane = estimate_support_plane(noisy(f, sigma, 1), cfg)
+        assert plane is not None
+        assert plane.noise_z2 == pytest.approx(sigma, rel=0.25)
+        assert float(plane.axial_sigma(1.5)) == pytest.approx(plane.noise_z2 * 2.25)
+
+
+def test_motion_test_tells_depth_noise_from_a_push() -> None:
+    objects = [box(1, 0.0, 0.0)]
+    f0 = noisy(frame(objects, 0), 0.006, 1)
+    cfg = default_config()
+    noise = estimate_support_plane(f0, cfg).noise_z2  # type: ignore[union-attr]
+    pts = f0.camera.backproject(
+        *np.nonzero(f0.labels.T == 1), f0.depth.T[f0.labels.T == 1].astype(np.float64)
+    )
+    shape = cube_shape(pts.mean(axis=0))
+    eye = np.eye(4)
+    vol = TrackVolume.for_shape(shape, eye)
+    for i in range(3):
+        vol.integrate(shape, noisy(frame(objects, i), 0.006, 10 + i), 1, eye, noise)
+    again = noisy(frame(objects, 5), 0.006, 99)
+    same = again.camera.backproject(
+        *np.nonzero(again.labels.T == 1), again.depth.T[again.labels.T == 1].astype(np.float64)
+    )
+    assert vol.moved_fraction(same, np.zeros(3), noise) < 0.1
+    pushed = frame([box(1, 0.0, -0.12)], 6)  # pushed 12 cm away from the camera's side
+    moved = pushed.camera.backproject(
+        *np.nonzero(pushed.labels.T == 1), pushed.depth.T[pushed.labels.T == 1].astype(np.float64)
+    )
+    assert vol.moved_fraction(moved, np.zeros(3), noise) > 0.5
+
+
+def test_a_grid_grows_at_most_a_few_times_before_it_restarts() -> None:
+    f = frame([box(1, 0.0, 0.0)], 0)
+    pts = f.camera.backproject(*np.nonzero(f.labels.T == 1), f.depth.T[f.labels.T == 1].astype(np.float64))
+    shape = cube_shape(pts.mean(axis=0))
+    vol = TrackVolume.for_shape(shape, np.eye(4))
+    vol.integrate(shape, f, 1, np.eye(4))
+    near = replace(shape, camera_T_grid=shape.camera_T_grid @ make_transform(np.eye(3), np.full(3, 0.02)))
+    vol.integrate(near, f, 1, np.eye(4))  # a little off: the grid grows to cover it
+    far = replace(shape, camera_T_grid=shape.camera_T_grid @ make_transform(np.eye(3), np.full(3, 0.5)))
+    with pytest.raises(FusionGrowthError, match="grow"):
+        vol.integrate(far, f, 1, np.eye(4))
+    assert vol.frames == 2
+
+
+def test_a_static_camera_that_moves_is_noticed_but_objects_coming_and_going_are_not() -> None:
+    objects = [box(1, -0.1, 0.0), cylinder(2, 0.1, 0.02)]
+    check = StaticCameraCheck()
+    assert not check.moved(noisy(frame(objects, 0), 0.004, 1), 0.004)
+    for i in range(3):  # noise, an object leaving, an object coming back
+        assert not check.moved(noisy(frame(objects[: 1 + i % 2], i + 1), 0.004, 2 + i), 0.004)
+    # 5 cm up and towards the table (a move parallel to a bare table would leave its depth
+    # the same: then only the tracks' own motion test sees it)
+    nudged = look_at((0.0, -0.47, 0.55), (0.0, 0.0, 0.04), intrinsics=d435_intrinsics(320, 240))
+    assert check.moved(noisy(frame(objects, 5, nudged), 0.004, 9), 0.004)
+    # the moved view is the new reference
+    assert not check.moved(noisy(frame(objects, 6, nudged), 0.004, 10), 0.004)
