@@ -283,7 +283,7 @@ STATIC_FRAMES = 30
 def test_a_static_camera_adds_each_fused_object_at_most_three_times(mm: Any, harness: Harness) -> None:
     """30 frames of a cluttered scene (a pile, a cluster) from a static camera, the
     sensor's depth noise drawn anew for every frame, through the pipeline with the shipped
-    defaults (fusion on) into the planning-scene stream: the fused shapes converge, so each
+    defaults and fusion on into the planning-scene stream: the fused shapes converge, so each
     object is ADDed at most 3 times (the first ADD included) and never MOVEd or REMOVEd."""
     from sam3d_ros.backends.registry import create_backend
     from sam3d_ros.core.config import default_node_config
@@ -299,8 +299,9 @@ def test_a_static_camera_adds_each_fused_object_at_most_three_times(mm: Any, har
         border_fraction=0.0,
         scene_weights={"pile": 1.0, "cluster": 1.0, "stack": 1.0, "bin": 1.0},
     )
-    cfg = default_node_config().replace(moveit_enabled=True, moveit_mode="collision_object")
-    assert cfg.pipeline.fusion_enabled
+    cfg = default_node_config().replace(
+        moveit_enabled=True, moveit_mode="collision_object", fusion_enabled=True
+    )
     for seed, index in STATIC_SCENES:
         g = generate_frame(seed, index, "val", gen_cfg)
         profile = sensors.sensor_profile(g.sensor)

@@ -398,7 +398,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "fusion_enabled",
         bool,
-        True,
+        False,
         "Fuse each track's observations over frames in planning_frame (observed surface "
         "and observed free space replace completed guesses; with a moving camera set "
         "planning_frame so that tf2 gives the camera's motion).",
