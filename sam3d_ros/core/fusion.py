@@ -368,7 +368,9 @@ class TrackVolume:
 
     # ------------------------------------------------------------------ queries
     def _to_anchor(self, points_fixed: NDArray[np.floating]) -> NDArray[np.float64]:
-        return transform_points(self._anchor_T_fixed, np.asarray(points_fixed, dtype=np.float64).reshape(-1, 3))
+        return transform_points(
+            self._anchor_T_fixed, np.asarray(points_fixed, dtype=np.float64).reshape(-1, 3)
+        )
 
     def _index(self, points_fixed: NDArray[np.floating]) -> tuple[NDArray[np.intp], NDArray[np.bool_]]:
         p = self._to_anchor(points_fixed)
