@@ -37,26 +37,20 @@ from sam3d_ros.core.config import default_config
 from sam3d_ros.core.frames import transform_points
 from sam3d_ros.core.metrics import evaluate_object
 from sam3d_ros.core.pipeline import FramePipeline
-from sam3d_ros.core.types import RGBDFrame
-from sam3d_ros.sim import mesh_sources as ms
-from sam3d_ros.sim.generator import GeneratedFrame, GeneratorConfig
-from sam3d_ros.sim.sequences import SEQUENCE_KINDS, GeneratedSequence, generate_sequence
+from sam3d_ros.sim.generator import GeneratorConfig
+from sam3d_ros.sim.sequences import (
+    SEQUENCE_KINDS,
+    GeneratedSequence,
+    generate_sequence,
+    object_mesh,
+    to_rgbd_frame,
+)
 
 METRICS = ("chamfer_l1_mm", "fscore_10mm", "accuracy_mm", "completeness_mm")
 BUCKETS = (("visible>=0.6", 0.6, 1.01), ("visible 0.35-0.6", 0.35, 0.6), ("visible<0.35", 0.0, 0.35))
 MODES = ("single", "fused")
-
-
-def _rgbd(f: GeneratedFrame) -> RGBDFrame:
-    return RGBDFrame(
-        stamp_ns=f.stamp_ns,
-        frame_id="camera_color_optical_frame",
-        rgb=f.rgb,
-        depth=f.depth,
-        labels=f.labels.astype(np.int32),
-        camera=f.intrinsics,
-        scores={o.label: 1.0 for o in f.objects},
-    )
+#: The input images' frame_id (a RealSense driver's colour optical frame).
+CAMERA_FRAME_ID = "camera_color_optical_frame"
 
 
 def run_sequence(seq: GeneratedSequence) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
@@ -69,21 +63,15 @@ def run_sequence(seq: GeneratedSequence) -> tuple[list[dict[str, Any]], dict[str
         try:
             for v, f in enumerate(seq.frames):
                 t0 = time.perf_counter()
-                upd = pipe.process_scene(_rgbd(f), f.world_T_camera)
+                upd = pipe.process_scene(to_rgbd_frame(f, CAMERA_FRAME_ID), f.world_T_camera)
                 times[mode].append((time.perf_counter() - t0) * 1000.0)
                 truth = {o.label: o for o in f.objects}
                 for obj in upd.result.objects:
                     gt = truth.get(obj.instance_id)
                     if gt is None:
                         continue
-                    t = obj.pose.matrix()
-                    pred = (transform_points(t, obj.mesh.vertices), obj.mesh.faces)
-                    mesh = ms.load_source(gt.mesh_ref).mesh
-                    true = (
-                        transform_points(gt.camera_T_object, np.asarray(mesh.vertices) * gt.scale),
-                        np.asarray(mesh.faces),
-                    )
-                    m = evaluate_object(pred, true, n_samples=4000, iou_resolution=32)
+                    pred = (transform_points(obj.pose.matrix(), obj.mesh.vertices), obj.mesh.faces)
+                    m = evaluate_object(pred, object_mesh(gt), n_samples=4000, iou_resolution=32)
                     scores[mode][(v, obj.instance_id)] = {k: float(getattr(m, k)) for k in METRICS}
         finally:
             pipe.close()
@@ -194,7 +182,7 @@ def main() -> int:
     sequences = []
     for kind in args.kinds:
         for seed in args.seeds:
-            seq = generate_sequence(seed, 0, kind, args.views, args.split, gen_cfg)
+            seq = generate_sequence(seed, kind, args.views, args.split, gen_cfg)
             recs, t = run_sequence(seq)
             records.extend(recs)
             for m, v in t.items():
@@ -203,8 +191,8 @@ def main() -> int:
                 {
                     "seed": seed,
                     "kind": kind,
-                    "layout": seq.frames[0].scene_kind,
-                    "sensor": seq.frames[0].sensor,
+                    "layout": seq.layout,
+                    "sensor": seq.sensor,
                     "objects": len(seq.frames[0].objects),
                 }
             )

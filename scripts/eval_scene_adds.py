@@ -31,9 +31,8 @@ import numpy as np
 from sam3d_ros.backends.registry import create_backend
 from sam3d_ros.core.config import default_config
 from sam3d_ros.core.pipeline import FramePipeline
-from sam3d_ros.core.types import RGBDFrame
-from sam3d_ros.sim import sensors
-from sam3d_ros.sim.generator import PERIOD_NS, GeneratorConfig, generate_frame
+from sam3d_ros.sim.generator import GeneratorConfig, generate_frame
+from sam3d_ros.sim.sequences import static_camera_frames
 
 #: An object's ADDs count as "no flood" up to this many (issue #13).
 MAX_ADDS = 3
@@ -50,7 +49,6 @@ def adds_of_scene(seed: int, index: int, frames: int, size: tuple[int, int]) -> 
         scene_weights={"pile": 1.0, "bin": 1.0, "cluster": 1.0, "stack": 1.0},
     )
     g = generate_frame(seed, index, "val", gen)
-    profile = sensors.sensor_profile(g.sensor)
     out: dict[str, Any] = {
         "scene": [seed, index, g.scene_kind, g.sensor],
         "visible": {o.label: o.visible_fraction for o in g.objects},
@@ -59,20 +57,9 @@ def adds_of_scene(seed: int, index: int, frames: int, size: tuple[int, int]) -> 
         cfg = default_config().replace(fusion_enabled=mode == "fused")
         pipe = FramePipeline(cfg, create_backend(cfg))
         rng = np.random.default_rng([seed, index])
-        shift = sensors.draw_misregistration(rng, profile)  # one camera: a fixed calibration error
         adds: collections.Counter[int] = collections.Counter()
         try:
-            for i in range(frames):
-                depth = sensors.simulate_depth(g.depth_clean, g.rgb, g.intrinsics, rng, profile, shift)
-                frame = RGBDFrame(
-                    stamp_ns=g.stamp_ns + i * PERIOD_NS,
-                    frame_id="camera",
-                    rgb=g.rgb,
-                    depth=depth,
-                    labels=g.labels.astype(np.int32),
-                    camera=g.intrinsics,
-                    scores={o.label: 1.0 for o in g.objects},
-                )
+            for frame in static_camera_frames(g, frames, rng, g.stamp_ns, "camera"):
                 for obj in pipe.process_scene(frame).objects:
                     if obj.appeared or obj.geometry_changed:
                         adds[obj.result.instance_id] += 1

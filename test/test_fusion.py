@@ -32,6 +32,12 @@ def cube_shape(centre_cam: np.ndarray, side: float = 0.1, n: int = 24) -> VoxelS
     return VoxelShape(occupancy=occ, voxel_size=vs, origin=np.zeros(3), camera_T_grid=t, confidence=0.9)
 
 
+def mask_points(f: RGBDFrame, label: int = 1) -> np.ndarray:
+    """(N, 3) camera-frame points of the pixels labelled ``label``."""
+    v, u = np.nonzero(f.labels == label)
+    return f.camera.backproject(u, v, f.depth[v, u].astype(np.float64))
+
+
 def noisy(f: RGBDFrame, sigma: float, seed: int) -> RGBDFrame:
     rng = np.random.default_rng(seed)
     d = f.depth + rng.normal(0.0, sigma, f.depth.shape).astype(np.float32) * f.depth**2
@@ -40,9 +46,7 @@ def noisy(f: RGBDFrame, sigma: float, seed: int) -> RGBDFrame:
 
 def test_separable_observations_equal_the_per_voxel_projection() -> None:
     f = frame([box(1, 0.0, 0.0)], 0)
-    obs_pts = f.camera.backproject(
-        *np.nonzero(f.labels.T == 1), f.depth.T[f.labels.T == 1].astype(np.float64)
-    )
+    obs_pts = mask_points(f)
     shape = cube_shape(obs_pts.mean(axis=0))
     f_T_c = make_transform(np.eye(3), np.array([0.3, -0.2, 0.1]))
     vol = TrackVolume.for_shape(shape, f_T_c)
@@ -76,10 +80,10 @@ def test_separable_observations_equal_the_per_voxel_projection() -> None:
 def test_depth_noise_is_measured_on_the_table() -> None:
     f = frame([box(1, 0.0, 0.0)], 0)
     cfg = default_config()
-    clean = estimate_support_plane(f, cfg)
+    clean = estimate_support_plane(f, cfg, measure_noise=True)
     assert clean is not None and clean.noise_z2 < 0.0005
     for sigma in (0.002, 0.008):  # sigma(z) = sigma * z^2, as a stereo camera's
-        plane = estimate_support_plane(noisy(f, sigma, 1), cfg)
+        plane = estimate_support_plane(noisy(f, sigma, 1), cfg, measure_noise=True)
         assert plane is not None
         assert plane.noise_z2 == pytest.approx(sigma, rel=0.25)
         assert float(plane.axial_sigma(1.5)) == pytest.approx(plane.noise_z2 * 2.25)
@@ -89,30 +93,24 @@ def test_motion_test_tells_depth_noise_from_a_push() -> None:
     objects = [box(1, 0.0, 0.0)]
     f0 = noisy(frame(objects, 0), 0.006, 1)
     cfg = default_config()
-    noise = estimate_support_plane(f0, cfg).noise_z2  # type: ignore[union-attr]
-    pts = f0.camera.backproject(
-        *np.nonzero(f0.labels.T == 1), f0.depth.T[f0.labels.T == 1].astype(np.float64)
-    )
+    noise = estimate_support_plane(f0, cfg, measure_noise=True).noise_z2  # type: ignore[union-attr]
+    pts = mask_points(f0)
     shape = cube_shape(pts.mean(axis=0))
     eye = np.eye(4)
     vol = TrackVolume.for_shape(shape, eye)
     for i in range(3):
         vol.integrate(shape, noisy(frame(objects, i), 0.006, 10 + i), 1, eye, noise)
     again = noisy(frame(objects, 5), 0.006, 99)
-    same = again.camera.backproject(
-        *np.nonzero(again.labels.T == 1), again.depth.T[again.labels.T == 1].astype(np.float64)
-    )
+    same = mask_points(again)
     assert vol.moved_fraction(same, np.zeros(3), noise) < 0.1
     pushed = frame([box(1, 0.0, -0.12)], 6)  # pushed 12 cm away from the camera's side
-    moved = pushed.camera.backproject(
-        *np.nonzero(pushed.labels.T == 1), pushed.depth.T[pushed.labels.T == 1].astype(np.float64)
-    )
+    moved = mask_points(pushed)
     assert vol.moved_fraction(moved, np.zeros(3), noise) > 0.5
 
 
 def test_a_grid_grows_at_most_a_few_times_before_it_restarts() -> None:
     f = frame([box(1, 0.0, 0.0)], 0)
-    pts = f.camera.backproject(*np.nonzero(f.labels.T == 1), f.depth.T[f.labels.T == 1].astype(np.float64))
+    pts = mask_points(f)
     shape = cube_shape(pts.mean(axis=0))
     vol = TrackVolume.for_shape(shape, np.eye(4))
     vol.integrate(shape, f, 1, np.eye(4))

@@ -293,9 +293,8 @@ def test_a_static_camera_adds_each_fused_object_at_most_three_times(mm: Any, har
     from sam3d_ros.backends.registry import create_backend
     from sam3d_ros.core.config import default_node_config
     from sam3d_ros.core.pipeline import FramePipeline
-    from sam3d_ros.core.types import RGBDFrame
-    from sam3d_ros.sim import sensors
     from sam3d_ros.sim.generator import GeneratorConfig, generate_frame
+    from sam3d_ros.sim.sequences import static_camera_frames
 
     gen_cfg = GeneratorConfig(
         width=320,
@@ -309,25 +308,13 @@ def test_a_static_camera_adds_each_fused_object_at_most_three_times(mm: Any, har
     )
     for seed, index in STATIC_SCENES:
         g = generate_frame(seed, index, "val", gen_cfg)
-        profile = sensors.sensor_profile(g.sensor)
         sync = moveit_mod.PlanningSceneSync(harness.peer, cfg)
         recorder = _Recorder()
         real_pub, sync._pub = sync._pub, recorder
         pipe = FramePipeline(cfg.pipeline, create_backend(cfg.pipeline))
         rng = np.random.default_rng(index)
-        shift = sensors.draw_misregistration(rng, profile)  # one camera: a fixed calibration error
         try:
-            for i in range(STATIC_FRAMES):
-                depth = sensors.simulate_depth(g.depth_clean, g.rgb, g.intrinsics, rng, profile, shift)
-                frame = RGBDFrame(
-                    stamp_ns=T0 + i * DT,
-                    frame_id="camera",
-                    rgb=g.rgb,
-                    depth=depth,
-                    labels=g.labels.astype(np.int32),
-                    camera=g.intrinsics,
-                    scores={o.label: 1.0 for o in g.objects},
-                )
+            for frame in static_camera_frames(g, STATIC_FRAMES, rng, T0, "camera"):
                 sync.update(pipe.process_scene(frame), cfg.pipeline.collision_kinds())
         finally:
             pipe.close()

@@ -177,7 +177,7 @@ class FramePipeline:
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
         with _timed(timings, "plane"):
-            plane = estimate_support_plane(frame, cfg)
+            plane = estimate_support_plane(frame, cfg, measure_noise=cfg.fusion_enabled)
         scene = SceneContext(frame=frame, plane=plane)
         if cfg.fusion_enabled and fixed_T_camera is None:
             self._restart_fusion_if_camera_moved(frame, plane)

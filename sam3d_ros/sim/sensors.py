@@ -747,14 +747,12 @@ def _structured_light(
         q = np.float32(p.disparity_step_px)
         disp = np.rint(disp / q) * q
         out = np.where(disp > 0, fb / disp, np.float32(np.nan)) + np.float32(p.bias_m)
-    # misregistration of the depth image relative to colour
-    lo, hi = p.misregistration_px
-    length = float(rng.uniform(lo, hi))
-    angle = float(rng.uniform(-math.pi, math.pi))
-    dx, dy = round(length * math.cos(angle)), round(length * math.sin(angle))
+    # misregistration of the depth image relative to colour (drawn either way, so the
+    # rest of the random stream does not depend on whether it is given)
+    shift = draw_misregistration(rng, p)
     if misregistration is not None:
-        dx, dy = misregistration
-    return out.astype(np.float32, copy=False), invalid, (dx, dy)
+        shift = misregistration
+    return out.astype(np.float32, copy=False), invalid, shift
 
 
 def draw_misregistration(rng: np.random.Generator, profile: SensorProfile) -> tuple[int, int]:

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -573,6 +574,32 @@ def to_rgbd_frame(frame: gen.GeneratedFrame, frame_id: str = SIM_FRAME_ID) -> RG
         camera=frame.intrinsics,
         scores={o.label: 1.0 for o in frame.objects},
     )
+
+
+def static_camera_frames(
+    frame: gen.GeneratedFrame,
+    n_frames: int,
+    rng: np.random.Generator,
+    start_ns: int,
+    frame_id: str = SIM_FRAME_ID,
+) -> Iterator[RGBDFrame]:
+    """``n_frames`` frames of a static camera on ``frame``'s scene (the pipeline's input, as
+    :func:`to_rgbd_frame`): the frame's sensor draws its depth noise anew for every frame
+    from ``rng``, with one depth-to-colour misregistration drawn first (one camera, one
+    calibration error); the colour image is the frame's. Stamps ``start_ns + i *
+    PERIOD_NS``.
+
+    Raises:
+        SequenceError: the frame has no sensor profile (the legacy noise model).
+    """
+    if not frame.sensor:
+        raise SequenceError(f"frame {frame.seed}/{frame.index} has no sensor profile to draw noise from")
+    profile = sensors.sensor_profile(frame.sensor)
+    shift = sensors.draw_misregistration(rng, profile)
+    base = to_rgbd_frame(frame, frame_id)
+    for i in range(n_frames):
+        depth = sensors.simulate_depth(frame.depth_clean, frame.rgb, frame.intrinsics, rng, profile, shift)
+        yield replace(base, stamp_ns=start_ns + i * gen.PERIOD_NS, depth=depth)
 
 
 def object_mesh(obj: gen.GeneratedObject) -> trimesh.Trimesh:
