@@ -461,17 +461,17 @@ class StaticCameraCheck:
     def moved(self, frame: RGBDFrame, noise_z2: float = 0.0) -> bool:
         """True when ``frame`` was seen from elsewhere than the reference (see the class)."""
         depth = np.asarray(frame.depth, dtype=np.float32)
-        with np.errstate(invalid="ignore"):
-            cur = np.where((np.asarray(frame.labels) == C.BACKGROUND_LABEL) & (depth > 0), depth, np.nan)
+        labels = np.asarray(frame.labels)
         ref = self._ref
-        if ref is None or ref.shape != cur.shape:
-            self._ref = cur.astype(np.float32)
+        if ref is None or ref.shape != depth.shape:
+            self._ref = _background_depth(depth, labels)
             return False
         s, r = C.FUSION_STATIC_STRIDE_PX, C.FUSION_STATIC_SHIFT_PX
-        h, w = cur.shape
+        h, w = depth.shape
         ys, xs = np.mgrid[r : h - r : s, r : w - r : s]
-        z = cur[ys, xs]
-        valid = np.isfinite(z) & np.isfinite(ref[ys, xs])
+        z = depth[ys, xs]  # only the lattice of this frame is read
+        with np.errstate(invalid="ignore"):
+            valid = (labels[ys, xs] == C.BACKGROUND_LABEL) & (z > 0) & np.isfinite(ref[ys, xs])
         n = int(valid.sum())
         if n < C.FUSION_STATIC_MIN_PIXELS:
             return False  # too little background seen twice to tell
@@ -490,6 +490,14 @@ class StaticCameraCheck:
                 100 * frac,
                 n,
             )
-            self._ref = cur.astype(np.float32)
+            self._ref = _background_depth(depth, labels)
             return True
         return False
+
+
+def _background_depth(depth: NDArray[np.float32], labels: NDArray[np.integer]) -> NDArray[np.float32]:
+    """(H, W) float32 depth of the background (label 0) pixels with a valid depth, NaN
+    elsewhere (the reference of :class:`StaticCameraCheck`)."""
+    with np.errstate(invalid="ignore"):
+        keep = (labels == C.BACKGROUND_LABEL) & (depth > 0)
+    return np.where(keep, depth, np.float32(np.nan)).astype(np.float32, copy=False)
