@@ -73,12 +73,13 @@ def shape_points(shape: VoxelShape, level: float) -> NDArray[np.float64]:
     return transform_points(np.asarray(shape.camera_T_grid, dtype=np.float64), g)
 
 
-def _shape_box_fixed(shape: VoxelShape, fixed_T_camera: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
-    """AABB (lo, hi) in ``F`` of a shape's whole grid box."""
+def _shape_box(shape: VoxelShape, target_T_camera: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
+    """AABB (lo, hi) of a shape's whole grid box in the frame ``target_T_camera`` maps
+    camera points into."""
     dims = np.asarray(shape.occupancy.shape, dtype=np.float64)
     o = np.asarray(shape.origin, dtype=np.float64)
     corners = o + _CORNERS * dims * shape.voxel_size
-    pts = transform_points(fixed_T_camera @ np.asarray(shape.camera_T_grid, dtype=np.float64), corners)
+    pts = transform_points(target_T_camera @ np.asarray(shape.camera_T_grid, dtype=np.float64), corners)
     return pts.min(axis=0), pts.max(axis=0)
 
 
@@ -155,7 +156,7 @@ class TrackVolume:
         f_T_c = np.asarray(fixed_T_camera, dtype=np.float64)
         anchor = f_T_c @ np.asarray(shape.camera_T_grid, dtype=np.float64)
         anchor = anchor @ make_transform(np.eye(3), np.asarray(shape.origin, dtype=np.float64))
-        lo, hi = _shape_box_fixed(shape, invert_transform(anchor) @ f_T_c)
+        lo, hi = _shape_box(shape, invert_transform(anchor) @ f_T_c)
         return cls(shape.voxel_size, lo, hi, anchor)
 
     @property
@@ -201,9 +202,9 @@ class TrackVolume:
         self.origin = new_lo.astype(np.float64) * vs
         self._occupancy = None
 
-    def _index_box(self, shape: VoxelShape, anchor_T_camera: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
-        """Voxel index range [lo, hi) of this grid that holds ``shape``'s grid box."""
-        lo, hi = _shape_box_fixed(shape, anchor_T_camera)
+    def _index_box(self, lo: NDArray[np.float64], hi: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
+        """Voxel index range [lo, hi) of this grid that holds the box [lo, hi] (anchor
+        frame, m)."""
         vs = self.voxel_size
         ilo = np.floor((lo - self.origin) / vs).astype(np.intp)
         ihi = np.ceil((hi - self.origin) / vs).astype(np.intp)
@@ -241,11 +242,11 @@ class TrackVolume:
         if f_T_c.shape != (4, 4) or not np.all(np.isfinite(f_T_c)):
             raise FusionError(f"fixed_T_camera must be a finite 4x4 matrix, got {f_T_c!r}")
         a_T_c = self._anchor_T_fixed @ f_T_c
-        lo, hi = _shape_box_fixed(shape, a_T_c)
+        lo, hi = _shape_box(shape, a_T_c)
         self._cover(lo, hi)
         c_T_a = invert_transform(a_T_c)
         self._observe(frame, label, c_T_a, max(float(noise_z2), 0.0))
-        self._add_guess(shape, a_T_c, c_T_a)
+        self._add_guess(shape, c_T_a, self._index_box(lo, hi))
         self.frames += 1
         self.confidence = max(self.confidence, float(shape.confidence))
         self._occupancy = None
@@ -312,10 +313,12 @@ class TrackVolume:
         self.obs_weight += weight
         self.surface_weight += band
 
-    def _add_guess(self, shape: VoxelShape, a_T_c: NDArray[np.float64], c_T_a: NDArray[np.float64]) -> None:
+    def _add_guess(
+        self, shape: VoxelShape, c_T_a: NDArray[np.float64], box: tuple[NDArray[np.intp], NDArray[np.intp]]
+    ) -> None:
         """Trilinear resampling of the shape's occupancy into the voxels its grid box covers
         (the rest of the grid gets 0, which needs no work)."""
-        ilo, ihi = self._index_box(shape, a_T_c)
+        ilo, ihi = box
         if np.any(ihi <= ilo):
             return
         g_T_a = invert_transform(np.asarray(shape.camera_T_grid, dtype=np.float64)) @ c_T_a
