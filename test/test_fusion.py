@@ -13,6 +13,7 @@ from scene_helpers import box, cylinder, frame
 from sam3d_ros.core.config import default_config
 from sam3d_ros.core.frames import invert_transform, make_transform, transform_points
 from sam3d_ros.core.fusion import FusionGrowthError, StaticCameraCheck, TrackVolume
+from sam3d_ros.core.refine import free_space_depth
 from sam3d_ros.core.support_plane import estimate_support_plane
 from sam3d_ros.core.types import RGBDFrame, VoxelShape
 from sam3d_ros.sim.raycast import look_at
@@ -62,7 +63,9 @@ def test_separable_observations_equal_the_per_voxel_projection() -> None:
     meas = np.where(inside, f.depth[np.clip(v, 0, k.height - 1), np.clip(u, 0, k.width - 1)], np.nan)
     tau = max(0.006, 2.0 * vol.voxel_size)
     sd = cam[:, 2] - meas
-    free = inside & (sd < -max(tau / 2, vol.voxel_size, 0.004))
+    # free space against the min-filtered depth, as the single-frame carving
+    near = free_space_depth(f.depth)[np.clip(v, 0, k.height - 1), np.clip(u, 0, k.width - 1)]
+    free = inside & (near > 0) & (cam[:, 2] - near < -max(tau / 2, vol.voxel_size, 0.004))
     own = inside & (f.labels[np.clip(v, 0, k.height - 1), np.clip(u, 0, k.width - 1)] == 1)
     band = own & (np.abs(sd) <= tau / 2)
     got_free = (vol.obs_weight.reshape(-1) > 0) & (vol.surface_weight.reshape(-1) == 0)
@@ -75,6 +78,59 @@ def test_separable_observations_equal_the_per_voxel_projection() -> None:
     occ = vol.occupancy()
     assert occ.max() == pytest.approx(1.0)
     assert occ[0, 0, 0] == 0.0
+
+
+def test_each_observation_is_an_occupancy_in_0_1_so_free_space_never_outvotes_surface() -> None:
+    """obs_sum / obs_weight is a weighted mean of per-observation occupancies in [0, 1]: a
+    voxel seen free once (however far in front of the depth) and on the surface several
+    times afterwards ends near the surface's occupancy, not pinned at 0."""
+    f = noisy(frame([box(1, 0.0, 0.0)], 0), 0.004, 3)
+    shape = cube_shape(mask_points(f).mean(axis=0))
+    vol = TrackVolume.for_shape(shape, np.eye(4))
+    for i in range(3):
+        vol.integrate(shape, noisy(frame([box(1, 0.0, 0.0)], i), 0.004, 20 + i), 1, np.eye(4))
+    seen = vol.obs_weight > 0
+    assert seen.sum() > 1000
+    assert np.all(vol.obs_sum >= 0.0)
+    assert np.all(vol.obs_sum <= vol.obs_weight + 1e-5)
+    # one free observation of a surface voxel, then three surface ones: the surface wins
+    surf = np.argwhere(vol.surface_weight >= 3)[0]
+    i, j, k = surf
+    before = vol.obs_sum[i, j, k] / vol.obs_weight[i, j, k]
+    vol.obs_weight[i, j, k] += 1.0  # as a free observation adds: weight 1, occupancy 0
+    assert vol.obs_sum[i, j, k] / vol.obs_weight[i, j, k] == pytest.approx(before * 0.75, rel=0.05)
+
+
+def test_surface_evidence_comes_only_from_the_trusted_pixels() -> None:
+    """A mask that bleeds onto the table (the labels reach 3 px past the object) adds
+    surface at the table's depth on the bleed pixels; given the observation's trusted
+    pixels (the eroded mask) none of them gives surface evidence."""
+    from scipy import ndimage
+
+    f = frame([box(1, 0.0, 0.0)], 0)
+    own = f.labels == 1
+    bled = ndimage.binary_dilation(own, iterations=3)
+    labels = np.where(bled, 1, f.labels).astype(f.labels.dtype)
+    fb = replace(f, labels=labels)
+    trusted = ndimage.binary_erosion(own, iterations=2)
+    v, u = np.nonzero(trusted)
+    pixels = np.stack([u, v], axis=1).astype(np.int32)
+    shape = cube_shape(mask_points(f).mean(axis=0))
+    loose = TrackVolume.for_shape(shape, np.eye(4))
+    loose.integrate(shape, fb, 1, np.eye(4))
+    tight = TrackVolume.for_shape(shape, np.eye(4))
+    tight.integrate(shape, fb, 1, np.eye(4), surface_pixels=pixels)
+    # project every voxel centre: which pixel it falls on
+    axes = [tight.origin[a] + (np.arange(n) + 0.5) * tight.voxel_size for a, n in enumerate(tight.dims)]
+    centres = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    cam = transform_points(tight.fixed_T_anchor, centres)
+    k = f.camera
+    pu = np.clip(np.floor(k.fx * cam[:, 0] / cam[:, 2] + k.cx + 0.5).astype(int), 0, k.width - 1)
+    pv = np.clip(np.floor(k.fy * cam[:, 1] / cam[:, 2] + k.cy + 0.5).astype(int), 0, k.height - 1)
+    on_bleed = (bled & ~own)[pv, pu]
+    assert (loose.surface_weight.reshape(-1)[on_bleed] > 0).sum() > 20
+    assert (tight.surface_weight.reshape(-1)[on_bleed] > 0).sum() == 0
+    assert (tight.surface_weight.reshape(-1)[trusted[pv, pu]] > 0).sum() > 100
 
 
 def test_depth_noise_is_measured_on_the_table() -> None:

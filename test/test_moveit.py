@@ -280,11 +280,6 @@ STATIC_SCENES = ((7, 2), (7, 4))
 STATIC_FRAMES = 30
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #13 open: in the pile scene (7, 2) a small object's fused track is lost and "
-    "re-added (ADD, ADD, ADD, REMOVE); fusion is off by default until this and the accuracy hold",
-)
 def test_a_static_camera_adds_each_fused_object_at_most_three_times(mm: Any, harness: Harness) -> None:
     """30 frames of a cluttered scene (a pile, a cluster) from a static camera, the
     sensor's depth noise drawn anew for every frame, through the pipeline with the shipped

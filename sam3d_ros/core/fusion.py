@@ -7,10 +7,12 @@ voxel for voxel, without resampling, and a static camera's later shapes, with ne
 same orientation, lose little), that accumulates per voxel
 
 * observation evidence from the depth image (projective truncated signed distance): a
-  voxel the camera saw through (measured depth beyond it by more than half the truncation
-  band ``tau`` and by more than the carving margin of the single-frame refinement, at
-  any pixel) is observed *free* (0); a voxel within the band on the
-  object's own mask pixels is observed *surface* with occupancy ``0.5 + (z_voxel -
+  voxel the camera saw through (the min-filtered depth of
+  :func:`~sam3d_ros.core.refine.free_space_depth`, as the single-frame carving uses, beyond
+  it by more than half the truncation band ``tau`` and by more than the carving margin,
+  at any pixel) is observed *free* (occupancy 0, weight 1); a voxel within the band on the
+  object's trusted pixels (the observation's eroded, filtered surface pixels; not mask
+  bleed onto the table) is observed *surface* with occupancy ``0.5 + (z_voxel -
   z_measured) / tau`` (so the 0.5 iso-surface lies on the measured surface), at full
   weight in front of the measured surface and at a weight falling to 0 at the band's end
   behind it; anything else (behind the surface, occluded, no depth, outside the image) is
@@ -43,6 +45,7 @@ from scipy import ndimage
 
 from sam3d_ros.core import constants as C
 from sam3d_ros.core.frames import invert_transform, make_transform, transform_points
+from sam3d_ros.core.refine import free_space_depth
 from sam3d_ros.core.types import RGBDFrame, VoxelShape
 
 logger = logging.getLogger(__name__)
@@ -219,6 +222,7 @@ class TrackVolume:
         label: int,
         fixed_T_camera: NDArray[np.float64],
         noise_z2: float = 0.0,
+        surface_pixels: NDArray[np.integer] | None = None,
     ) -> None:
         """Add one frame: the backend's shape (guess) and the frame's depth (observations).
 
@@ -232,6 +236,10 @@ class TrackVolume:
                 measured depth ``z`` is ``max(FUSION_MIN_TRUNCATION,
                 FUSION_TRUNCATION_VOXELS voxels, FUSION_TRUNCATION_SIGMAS * noise_z2 *
                 z^2)``, at most ``FUSION_MAX_TRUNCATION``.
+            surface_pixels: (N, 2) integer (u, v) pixels whose depth is the object's
+                surface (:attr:`ObjectObservation.pixels`: the eroded, filtered mask); only
+                they give surface evidence, so mask bleed onto the table or the background
+                adds no surface there. None: every pixel labelled ``label``.
 
         Raises:
             FusionGrowthError: the grid would grow beyond ``FUSION_MAX_GROWTH`` times its
@@ -245,13 +253,20 @@ class TrackVolume:
         lo, hi = _shape_box(shape, a_T_c)
         self._cover(lo, hi)
         c_T_a = invert_transform(a_T_c)
-        self._observe(frame, label, c_T_a, max(float(noise_z2), 0.0))
+        self._observe(frame, label, c_T_a, max(float(noise_z2), 0.0), surface_pixels)
         self._add_guess(shape, c_T_a, self._index_box(lo, hi))
         self.frames += 1
         self.confidence = max(self.confidence, float(shape.confidence))
         self._occupancy = None
 
-    def _observe(self, frame: RGBDFrame, label: int, c_T_a: NDArray[np.float64], noise_z2: float) -> None:
+    def _observe(
+        self,
+        frame: RGBDFrame,
+        label: int,
+        c_T_a: NDArray[np.float64],
+        noise_z2: float,
+        surface_pixels: NDArray[np.integer] | None,
+    ) -> None:
         """Projective truncated signed distance of every voxel against the frame's depth."""
         dims = np.asarray(self.dims, dtype=np.intp)
         x, y, z = _separable(c_T_a, self.origin, self.voxel_size, np.zeros(3, np.intp), dims)
@@ -275,13 +290,23 @@ class TrackVolume:
             inside &= v < h
         if not inside.any():
             return
-        v *= np.float32(w)
-        v += u
-        v[~inside] = 0
-        flat = v.astype(np.intp)
+        ui = np.where(inside, u, np.float32(0.0)).astype(np.intp)
+        vi = np.where(inside, v, np.float32(0.0)).astype(np.intp)
+        flat = vi * w + ui
         meas = depth.reshape(-1)[flat]
         with np.errstate(invalid="ignore"):
             known = inside & (meas > 0)  # NaN compares False
+        # free space from the min-filtered depth (as the single-frame carving): a mixed or
+        # misregistered silhouette pixel that reads the background behind the object
+        # carves nothing; computed on the crop the grid projects into
+        r = C.FREE_SPACE_FILTER_PX
+        u_in, v_in = ui[inside], vi[inside]
+        u0, u1 = max(int(u_in.min()) - r, 0), min(int(u_in.max()) + r + 1, w)
+        v0, v1 = max(int(v_in.min()) - r, 0), min(int(v_in.max()) + r + 1, h)
+        del u_in, v_in
+        near = free_space_depth(depth[v0:v1, u0:u1])
+        near_meas = near[np.clip(vi - v0, 0, v1 - v0 - 1), np.clip(ui - u0, 0, u1 - u0 - 1)]
+        seen = inside & (near_meas > 0)
         tau_min = max(C.FUSION_MIN_TRUNCATION, C.FUSION_TRUNCATION_VOXELS * self.voxel_size)
         tau: NDArray[np.float32] | np.float32
         if noise_z2 > 0.0:
@@ -293,11 +318,18 @@ class TrackVolume:
             tau = np.float32(tau_min)
         half = np.float32(0.5) * tau
         carve = np.float32(max(C.REFINE_CARVE_MARGIN_VOXELS * self.voxel_size, C.REFINE_CARVE_MIN_MARGIN_M))
+        free = z - near_meas < -np.maximum(half, carve)
+        free &= seen
         sd = np.subtract(z, meas, out=z)
         sd[~known] = 0.0
-        free = sd < -np.maximum(half, carve)
-        free &= known
-        band = np.asarray(frame.labels).reshape(-1)[flat] == label
+        if surface_pixels is None:
+            band = np.asarray(frame.labels).reshape(-1)[flat] == label
+        else:
+            trusted = np.zeros(h * w, dtype=np.bool_)
+            px = np.asarray(surface_pixels, dtype=np.intp).reshape(-1, 2)
+            ok = (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
+            trusted[px[ok, 1] * w + px[ok, 0]] = True
+            band = trusted[flat]
         band &= known
         band &= np.abs(sd) <= half
         sd /= tau  # now in [-0.5, 0.5] on the band
@@ -307,9 +339,10 @@ class TrackVolume:
         weight = np.clip(np.float32(1.0) - np.float32(2.0) * sd, 0.0, 1.0)
         sd += np.float32(0.5)
         weight[~band] = 0.0
-        weight[free] = 1.0
         sd *= weight
-        self.obs_sum += sd  # free voxels add 0
+        sd[free] = 0.0  # a free observation: occupancy 0 at full weight
+        weight[free] = 1.0
+        self.obs_sum += sd
         self.obs_weight += weight
         self.surface_weight += band
 

@@ -344,11 +344,11 @@ class FramePipeline:
             if vol is None:
                 vol = TrackVolume.for_shape(shape, f_T_c)
             try:
-                vol.integrate(shape, frame, obs.instance_id, f_T_c, noise)
+                vol.integrate(shape, frame, obs.instance_id, f_T_c, noise, obs.pixels)
             except FusionGrowthError as err:
                 logger.debug("track %d: fusion restarts: %s", track.track_id, err)
                 vol = TrackVolume.for_shape(shape, f_T_c)
-                vol.integrate(shape, frame, obs.instance_id, f_T_c, noise)
+                vol.integrate(shape, frame, obs.instance_id, f_T_c, noise, obs.pixels)
             track.volume = vol
             return vol.voxel_shape(invert_transform(f_T_c), self.config.occupancy_threshold)
         except FusionError as err:
