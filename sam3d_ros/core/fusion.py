@@ -45,7 +45,7 @@ from scipy import ndimage
 
 from sam3d_ros.core import constants as C
 from sam3d_ros.core.frames import invert_transform, make_transform, transform_points
-from sam3d_ros.core.refine import free_space_depth
+from sam3d_ros.core.refine import free_space_depth, free_space_depth_at
 from sam3d_ros.core.types import RGBDFrame, VoxelShape
 
 logger = logging.getLogger(__name__)
@@ -223,6 +223,7 @@ class TrackVolume:
         fixed_T_camera: NDArray[np.float64],
         noise_z2: float = 0.0,
         surface_pixels: NDArray[np.integer] | None = None,
+        near: NDArray[np.float32] | None = None,
     ) -> None:
         """Add one frame: the backend's shape (guess) and the frame's depth (observations).
 
@@ -253,7 +254,12 @@ class TrackVolume:
         lo, hi = _shape_box(shape, a_T_c)
         self._cover(lo, hi)
         c_T_a = invert_transform(a_T_c)
-        self._observe(frame, label, c_T_a, max(float(noise_z2), 0.0), surface_pixels)
+        depth = np.asarray(frame.depth, dtype=np.float32)
+        if near is None:
+            near = free_space_depth(depth)
+        elif near.shape != depth.shape:
+            raise FusionError(f"free-space depth {near.shape} does not match the depth {depth.shape}")
+        self._observe(frame, label, c_T_a, max(float(noise_z2), 0.0), surface_pixels, near)
         self._add_guess(shape, c_T_a, self._index_box(lo, hi))
         self.frames += 1
         self.confidence = max(self.confidence, float(shape.confidence))
@@ -266,8 +272,10 @@ class TrackVolume:
         c_T_a: NDArray[np.float64],
         noise_z2: float,
         surface_pixels: NDArray[np.integer] | None,
+        near: NDArray[np.float32],
     ) -> None:
-        """Projective truncated signed distance of every voxel against the frame's depth."""
+        """Projective truncated signed distance of every voxel against the frame's depth
+        (``near``: its free-space depth)."""
         dims = np.asarray(self.dims, dtype=np.intp)
         x, y, z = _separable(c_T_a, self.origin, self.voxel_size, np.zeros(3, np.intp), dims)
         k = frame.camera
@@ -298,15 +306,9 @@ class TrackVolume:
             known = inside & (meas > 0)  # NaN compares False
         # free space from the min-filtered depth (as the single-frame carving): a mixed or
         # misregistered silhouette pixel that reads the background behind the object
-        # carves nothing; computed on the crop the grid projects into
-        r = C.FREE_SPACE_FILTER_PX
-        u_in, v_in = ui[inside], vi[inside]
-        u0, u1 = max(int(u_in.min()) - r, 0), min(int(u_in.max()) + r + 1, w)
-        v0, v1 = max(int(v_in.min()) - r, 0), min(int(v_in.max()) + r + 1, h)
-        del u_in, v_in
-        near = free_space_depth(depth[v0:v1, u0:u1])
-        near_meas = near[np.clip(vi - v0, 0, v1 - v0 - 1), np.clip(ui - u0, 0, u1 - u0 - 1)]
-        seen = inside & (near_meas > 0)
+        # carves nothing
+        near_meas = free_space_depth_at(near, ui, vi, inside)
+        seen = near_meas > 0
         tau_min = max(C.FUSION_MIN_TRUNCATION, C.FUSION_TRUNCATION_VOXELS * self.voxel_size)
         tau: NDArray[np.float32] | np.float32
         if noise_z2 > 0.0:

@@ -47,7 +47,7 @@ from sam3d_ros.core.images import touches_border
 from sam3d_ros.core.layout import LayoutError, estimate_object_frame, observed_in_frame, visible_fraction
 from sam3d_ros.core.meshing import MeshingError, mesh_from_voxels, mesh_volume
 from sam3d_ros.core.observation import extract_observations
-from sam3d_ros.core.refine import RefinementError, carve_seen_free, snap_to_depth
+from sam3d_ros.core.refine import RefinementError, carve_seen_free, free_space_depth, snap_to_depth
 from sam3d_ros.core.support import NO_SUPPORT, Support, cut_below, find_supports
 from sam3d_ros.core.support_plane import estimate_support_plane
 from sam3d_ros.core.threads import limit_blas_threads
@@ -296,11 +296,16 @@ class FramePipeline:
         timings["collision"] = 0.0
         if self.config.fusion_enabled:
             timings["fusion"] = 0.0
+        near = None
+        if pairs and (self.config.surface_refinement or self.config.fusion_enabled):
+            # the free-space depth, once per frame for every object's carving and fusion
+            with _timed(timings, "free_space"):
+                near = free_space_depth(frame.depth)
         for (obs, shape), (track, is_new) in zip(pairs, matches, strict=True):
             try:
                 support = supports.get(obs.instance_id, NO_SUPPORT)
                 tracked = self._finish_object(
-                    frame, scene, obs, shape, support, track, is_new, f_T_c, timings
+                    frame, scene, obs, shape, support, track, is_new, f_T_c, near, timings
                 )
             except (MeshingError, LayoutError, CollisionError, RefinementError) as err:
                 # a shape that gives no usable mesh, frame or collision geometry: the object
@@ -321,16 +326,18 @@ class FramePipeline:
         track: Track,
         f_T_c: NDArray[np.float64],
         plane: SupportPlane | None,
+        near: NDArray[np.float32] | None,
     ) -> VoxelShape | None:
         """Integrate the frame into the track's volume; the fused shape or None (fusion off
         or failed: the single-frame shape is used). The depth noise measured on the
-        support plane sets the truncation band and the motion test's tolerance."""
+        support plane sets the truncation band and the motion test's tolerance; ``near``:
+        the frame's free-space depth."""
         if not self.config.fusion_enabled:
             track.volume = None
             return None
         noise = plane.noise_z2 if plane is not None else 0.0
+        vol = track.volume
         try:
-            vol = track.volume
             if vol is not None:
                 frac = vol.moved_fraction(transform_points(f_T_c, obs.points), f_T_c[:3, 3], noise)
                 if frac > C.FUSION_MOVED_FREE_FRACTION:
@@ -341,14 +348,15 @@ class FramePipeline:
                     )
                     vol = None
                     self._drop_parts(track)
-            if vol is None:
+            if vol is not None:
+                try:
+                    vol.integrate(shape, frame, obs.instance_id, f_T_c, noise, obs.pixels, near)
+                except FusionGrowthError as err:
+                    logger.debug("track %d: fusion restarts: %s", track.track_id, err)
+                    vol = None
+            if vol is None:  # a new volume covers the shape: it cannot need to grow
                 vol = TrackVolume.for_shape(shape, f_T_c)
-            try:
-                vol.integrate(shape, frame, obs.instance_id, f_T_c, noise, obs.pixels)
-            except FusionGrowthError as err:
-                logger.debug("track %d: fusion restarts: %s", track.track_id, err)
-                vol = TrackVolume.for_shape(shape, f_T_c)
-                vol.integrate(shape, frame, obs.instance_id, f_T_c, noise, obs.pixels)
+                vol.integrate(shape, frame, obs.instance_id, f_T_c, noise, obs.pixels, near)
             track.volume = vol
             return vol.voxel_shape(invert_transform(f_T_c), self.config.occupancy_threshold)
         except FusionError as err:
@@ -366,9 +374,11 @@ class FramePipeline:
         track: Track,
         is_new: bool,
         f_T_c: NDArray[np.float64],
+        near: NDArray[np.float32] | None,
         timings: dict[str, float],
     ) -> TrackedObject:
-        """Mesh, refine, pose, collision shapes and track state of one object.
+        """Mesh, refine, pose, collision shapes and track state of one object (``near``:
+        the frame's free-space depth, None when neither refinement nor fusion needs it).
 
         With ``surface_refinement`` seen-free voxels are emptied before meshing and the seen
         surface is snapped onto the measured depth after it (:mod:`sam3d_ros.core.refine`)."""
@@ -377,9 +387,9 @@ class FramePipeline:
         t0 = time.perf_counter()
         if refine:
             margin = max(C.REFINE_CARVE_MARGIN_VOXELS * shape.voxel_size, C.REFINE_CARVE_MIN_MARGIN_M)
-            shape, _ = carve_seen_free(shape, frame, margin)
+            shape, _ = carve_seen_free(shape, frame, margin, near)
         t_carved = time.perf_counter()
-        fused = self._fuse(frame, obs, shape, track, f_T_c, scene.plane)
+        fused = self._fuse(frame, obs, shape, track, f_T_c, scene.plane, near)
         fuse_s = time.perf_counter() - t_carved
         mesh_cam = None
         if fused is not None:

@@ -67,27 +67,43 @@ def free_space_depth(depth: NDArray[np.floating]) -> NDArray[np.float32]:
     return np.asarray(ndimage.minimum_filter(d, size=2 * C.FREE_SPACE_FILTER_PX + 1, mode="nearest"))
 
 
-def carve_seen_free(shape: VoxelShape, frame: RGBDFrame, margin_m: float) -> tuple[VoxelShape, int]:
-    """Empty the voxels of ``shape`` the camera saw through (see the module docstring).
+def free_space_depth_at(
+    near: NDArray[np.float32], ui: NDArray[np.integer], vi: NDArray[np.integer], inside: NDArray[np.bool_]
+) -> NDArray[np.float32]:
+    """(N,) float32 free-space depth (``near``: the frame's :func:`free_space_depth`, (H,
+    W)) at the pixels (``ui``, ``vi``) (integer, any shape N) where ``inside``; 0.0 (no
+    evidence of free space) at the others, whose indices may lie outside the image."""
+    h, w = near.shape
+    u = np.where(inside, ui, 0).astype(np.intp)
+    v = np.where(inside, vi, 0).astype(np.intp)
+    out = near.reshape(-1)[np.clip(v, 0, h - 1) * w + np.clip(u, 0, w - 1)]
+    return np.where(inside, out, np.float32(0.0)).astype(np.float32, copy=False)
 
-    The free-space depth (:func:`free_space_depth`) is computed on the crop of the image
-    where the tested voxel centres project (plus the filter radius), not the whole image.
+
+def carve_seen_free(
+    shape: VoxelShape, frame: RGBDFrame, margin_m: float, near: NDArray[np.float32] | None = None
+) -> tuple[VoxelShape, int]:
+    """Empty the voxels of ``shape`` the camera saw through (see the module docstring).
 
     Args:
         shape: the predicted occupancy.
         frame: the frame (depth (H, W) metres and intrinsics of the same size).
         margin_m: a voxel centre is free when it lies more than this in front of the depth.
+        near: the frame's :func:`free_space_depth` (H, W) when the caller has it (one per
+            frame for all objects and the fusion); None: computed here.
 
     Returns:
         (carved shape, number of voxels emptied that had occupancy >= 0.5).
 
     Raises:
-        RefinementError: the depth image does not match the camera's image size.
+        RefinementError: the depth image (or ``near``) does not match the camera's image size.
     """
     cam = frame.camera
     depth = np.asarray(frame.depth)
     if depth.shape != (cam.height, cam.width):
         raise RefinementError(f"depth {depth.shape} does not match the camera {(cam.height, cam.width)}")
+    if near is not None and near.shape != depth.shape:
+        raise RefinementError(f"free-space depth {near.shape} does not match the depth {depth.shape}")
     occ = np.asarray(shape.occupancy, dtype=np.float32)
     idx = np.argwhere(occ > C.CARVE_MIN_OCCUPANCY)
     if len(idx) == 0:
@@ -97,12 +113,8 @@ def carve_seen_free(shape: VoxelShape, frame: RGBDFrame, margin_m: float) -> tup
     ui, vi, inside = cam.pixel_indices(p[:, 0], p[:, 1], p[:, 2])
     if not np.any(inside):
         return shape, 0
-    r = C.FREE_SPACE_FILTER_PX
-    u0, u1 = max(int(ui[inside].min()) - r, 0), min(int(ui[inside].max()) + r + 1, cam.width)
-    v0, v1 = max(int(vi[inside].min()) - r, 0), min(int(vi[inside].max()) + r + 1, cam.height)
-    near = free_space_depth(depth[v0:v1, u0:u1])
-    d = near[np.where(inside, vi - v0, 0), np.where(inside, ui - u0, 0)]
-    free = inside & (d > 0) & (p[:, 2] < d - margin_m)
+    d = free_space_depth_at(free_space_depth(depth) if near is None else near, ui, vi, inside)
+    free = (d > 0) & (p[:, 2] < d - margin_m)
     if not np.any(free):
         return shape, 0
     out = occ.copy()
