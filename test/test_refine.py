@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import trimesh
+from scipy import ndimage
 
 from sam3d_ros.core import constants as C
 from sam3d_ros.core.camera import CameraIntrinsics
@@ -185,3 +186,21 @@ def test_carving_keeps_voxels_at_a_silhouette_and_checks_sizes() -> None:
     bad = _frame(depth[:-1], np.zeros(depth[:-1].shape, np.int32))
     with pytest.raises(RefinementError):
         carve_seen_free(_block_shape(), bad, 0.005)
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+def test_free_space_depth_is_the_min_filter_with_the_edge_repeated(
+    radius: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The separable slice passes equal scipy's square minimum filter (nearest edge mode),
+    with NaN, zero and infinite depths as "no depth" (0.0)."""
+    monkeypatch.setattr(C, "FREE_SPACE_FILTER_PX", radius)
+    rng = np.random.default_rng(7)
+    for shape in [(48, 64), (5, 7), (1, 4), (3, 1)]:
+        d = rng.uniform(0.3, 2.0, shape).astype(np.float32)
+        d[rng.random(shape) < 0.1] = np.nan
+        d[rng.random(shape) < 0.1] = 0.0
+        d[rng.random(shape) < 0.05] = np.inf
+        clean = np.where(np.isfinite(d) & (d > 0), d, 0.0).astype(np.float32)
+        want = ndimage.minimum_filter(clean, size=2 * radius + 1, mode="nearest")
+        np.testing.assert_array_equal(free_space_depth(d), want)
