@@ -171,3 +171,43 @@ def test_amodal_cube_holds_the_box_and_the_observation_and_respects_the_support(
     assert gf_up.origin[2] > 0.015
     with pytest.raises(EncodingError):
         amodal_grid_frame(frame_pts, plane, np.full((4, 4), np.nan), size)
+
+
+def test_stage2_cube_rests_on_the_supporting_object(box_scene) -> None:
+    """An object found resting on another one (contact 5 cm above the table): the cube's
+    floor and the below-ground channel sit at that object's top, however low the box
+    reaches; a contact above the observed bottom never cuts off what was seen."""
+    from sam3d_ros.core.constants import SUPPORT_CUT_TOL
+
+    _, _, _, _, cam = box_scene
+    world = Box(BOX_SIZE, make_transform(np.eye(3), np.array([0.0, 0.0, 0.05 + BOX_SIZE[2] / 2])))
+    frame = render(Scene(objects=(SceneObject(1, world),)), cam).to_rgbd_frame()
+    cfg = default_config()
+    plane = estimate_support_plane(frame, cfg)
+    obs, _ = extract_observations(frame, cfg)
+    assert plane is not None and len(obs) == 1
+    pts = obs[0].points
+    # a layout box that reaches down to the table (the stage-1 guess of a stacked object)
+    cam_T_box = cam.camera_T_world @ make_transform(np.eye(3), np.array([0.0, 0.0, (0.05 + BOX_SIZE[2]) / 2]))
+    size = np.array([BOX_SIZE[0], BOX_SIZE[1], 0.05 + BOX_SIZE[2]])
+    on_table = amodal_grid_frame(pts, plane, cam_T_box, size)
+    stacked = amodal_grid_frame(pts, plane, cam_T_box, size, support_height=0.05)
+    assert on_table.ground == 0.0 and on_table.origin[2] < 0.0
+    ground = 0.05 - SUPPORT_CUT_TOL
+    assert stacked.ground == pytest.approx(ground, abs=1e-9)
+    assert stacked.origin[2] == pytest.approx(ground - FLOOR_VOXELS * stacked.voxel_size, abs=1e-9)
+    assert stacked.side < on_table.side  # the part under the contact is not encoded: finer voxels
+    assert _in_cube(stacked, pts).mean() > 0.99
+    scene = SceneContext(frame=frame, plane=plane)
+    feats, _ = encode_object(scene, obs[0], stacked)
+    z = stacked.origin[2] + (np.arange(GRID_SIZE) + 0.5) * stacked.voxel_size
+    below = feats[CHANNELS.index("below_plane")]
+    np.testing.assert_array_equal(below.any(axis=(0, 1)), z < ground)
+    assert below[:, :, z < ground].all()
+    # a contact above the observed bottom (a wrong support) is clamped to the bottom seen
+    high = amodal_grid_frame(pts, plane, cam_T_box, size, support_height=0.10)
+    assert 0.04 < high.ground < 0.06  # the robust (2nd percentile) bottom of the seen points
+    assert _in_cube(high, pts).mean() > 0.97
+    # without a plane the support is not used
+    no_plane = amodal_grid_frame(pts, None, cam_T_box, size, support_height=0.05)
+    assert no_plane.ground == 0.0

@@ -277,6 +277,8 @@ class LearnedBackend(Backend):
         self.manifest = load_manifest(self.model_dir)
         #: the stages this model runs, in order (see :func:`stage_graphs`)
         self.stages = stage_graphs(self.manifest)
+        #: stage 2 was trained on cubes grounded on the object each one rests on
+        self.stage2_local_support = bool(self.manifest.get("encoding", {}).get("stage2_local_support", False))
         self.last_layouts: list[tuple[NDArray[np.float64], NDArray[np.float64]] | None] = []
 
     @abc.abstractmethod
@@ -325,9 +327,10 @@ class LearnedBackend(Backend):
             if gf is None:
                 frames2.append(None)
                 continue
+            ground = scene.support_heights.get(obs.instance_id) if self.stage2_local_support else None
             try:
                 f2, gf2 = encode_object(
-                    scene, obs, stage2_grid_frame(obs.points, scene.plane, gf, next(rows))
+                    scene, obs, stage2_grid_frame(obs.points, scene.plane, gf, next(rows), ground)
                 )
             except EncodingError as err:  # a degenerate box: the observed-extent cube
                 logger.debug("object %d: stage-1 box unusable (%s); stage-1 cube", obs.instance_id, err)

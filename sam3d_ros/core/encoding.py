@@ -14,6 +14,13 @@ scale-normalised frame ``G`` built like the grid frame of the geometric completi
   by ``BACK_SHIFT * side`` along the horizontal viewing direction (the hidden back lies
   there); vertically it starts ``FLOOR_VOXELS`` voxels below the support plane.
 
+A two-stage model's stage 2 encodes the object again on the cube its stage-1 amodal box
+places (:func:`stage2_grid_frame`). With local support (``STAGE2_LOCAL_SUPPORT``; a model
+trained so says ``stage2_local_support`` in its manifest's encoding) an object resting on
+another object has its *ground* at that object's contact height minus ``SUPPORT_CUT_TOL``:
+the cube starts ``FLOOR_VOXELS`` voxels below the ground instead of the table, and the
+``below_plane`` channel marks everything below the ground (the supporting object's top).
+
 Channels (``CHANNELS``; float32, (C, N, N, N) indexed [c, i, j, k] along x, y, z of ``G``):
 
 0 ``observed``: 1 where an observed surface point of the object falls in the voxel;
@@ -21,7 +28,8 @@ Channels (``CHANNELS``; float32, (C, N, N, N) indexed [c, i, j, k] along x, y, z
   centre (the camera saw through the voxel): definitely empty;
 2 ``unknown``: neither free nor observed (behind a surface or an occluder, no valid depth,
   outside the image);
-3 ``below_plane``: the voxel centre is below the support plane (0 everywhere without one);
+3 ``below_plane``: the voxel centre is below the ground: the support plane, or (stage 2 with
+  local support) the top of the object it rests on (0 everywhere without a plane);
 4 ``mask``: the centre projects into the object's own mask (pixel-aligned, CUPID-style);
 5 ``occluder``: the centre projects into the occluder mask (other objects in front);
 6-8 ``red``, ``green``, ``blue``: colour at the projected pixel in [0, 1];
@@ -82,6 +90,11 @@ AMODAL_BOX_PAD_M: Final[float] = 0.01
 #: saturated size output of a barely seen object would otherwise give a metre-wide cube;
 #: 1.2 % of the validation objects are longer than this relative to their stage-1 cube).
 AMODAL_MAX_BOX_SIDES: Final[float] = 2.5
+#: Stage-2 datasets built by this code put the ground of an object found resting on another
+#: object at that object's top (``stage2_grid_frame(..., support_height)``); exported models
+#: record it as ``stage2_local_support`` in their manifest's encoding, and a model without it
+#: is run without (its training cubes floored at the table).
+STAGE2_LOCAL_SUPPORT: Final[bool] = True
 #: Truncation of the projective TSDF channel, in voxels.
 TSDF_TRUNC_VOXELS: Final[float] = 3.0
 
@@ -100,6 +113,9 @@ class GridFrame:
         voxel_size: voxel edge, metres (``side / GRID_SIZE``).
         side: cube side, metres (the scale normalisation: normalised = metres / side).
         plane_used: whether z is the support-plane normal (else the camera's up).
+        ground: height in ``G`` (metres above the plane) of the surface the object rests
+            on: 0 for the plane, higher for an object on another object (stage 2 with
+            local support); below it the ``below_plane`` channel is 1.
     """
 
     camera_T_grid: NDArray[np.float64]
@@ -107,6 +123,7 @@ class GridFrame:
     voxel_size: float
     side: float
     plane_used: bool
+    ground: float = 0.0
 
     @property
     def centre(self) -> NDArray[np.float64]:
@@ -149,9 +166,12 @@ def _observed_extent(points: NDArray[np.floating], plane: SupportPlane | None) -
     return _ObservedExtent(R=R, base=base, lo=lo, hi=hi, floor=floor, plane_used=plane_used, P=P)
 
 
-def _cube(ob: _ObservedExtent, centre_xy: NDArray[np.float64], side: float, floor: float) -> GridFrame:
+def _cube(
+    ob: _ObservedExtent, centre_xy: NDArray[np.float64], side: float, floor: float, ground: float = 0.0
+) -> GridFrame:
     """The cube of side ``side`` in ``ob``'s axes, centred on ``centre_xy`` horizontally,
-    its bottom ``FLOOR_VOXELS`` voxels below the height ``floor``."""
+    its bottom ``FLOOR_VOXELS`` voxels below the height ``floor``; ``ground``: see
+    :class:`GridFrame`."""
     voxel = side / GRID_SIZE
     origin = np.array([centre_xy[0] - side / 2, centre_xy[1] - side / 2, floor - FLOOR_VOXELS * voxel])
     return GridFrame(
@@ -160,6 +180,7 @@ def _cube(ob: _ObservedExtent, centre_xy: NDArray[np.float64], side: float, floo
         voxel_size=voxel,
         side=side,
         plane_used=ob.plane_used,
+        ground=ground,
     )
 
 
@@ -204,18 +225,27 @@ def decode_layout(
 
 
 def stage2_grid_frame(
-    points: NDArray[np.floating], plane: SupportPlane | None, stage1: GridFrame, layout: NDArray[np.floating]
+    points: NDArray[np.floating],
+    plane: SupportPlane | None,
+    stage1: GridFrame,
+    layout: NDArray[np.floating],
+    support_height: float | None = None,
 ) -> GridFrame:
     """The stage-2 cube of one object from stage 1's layout row on its cube ``stage1``: the
     decoded box (:func:`decode_layout`), each size at most ``AMODAL_MAX_BOX_SIDES`` stage-1
-    sides, through :func:`amodal_grid_frame`. The one rule of inference and training.
+    sides, through :func:`amodal_grid_frame` (``support_height``: the contact height above
+    the plane of the object it rests on, or None). The one rule of inference and training.
 
     Raises:
         EncodingError: see :func:`amodal_grid_frame`.
     """
     camera_T_box, size = decode_layout(layout, stage1)
     return amodal_grid_frame(
-        points, plane, camera_T_box, np.minimum(size, AMODAL_MAX_BOX_SIDES * stage1.side)
+        points,
+        plane,
+        camera_T_box,
+        np.minimum(size, AMODAL_MAX_BOX_SIDES * stage1.side),
+        support_height=support_height,
     )
 
 
@@ -224,6 +254,7 @@ def amodal_grid_frame(
     plane: SupportPlane | None,
     camera_T_box: NDArray[np.floating],
     box_size: NDArray[np.floating],
+    support_height: float | None = None,
 ) -> GridFrame:
     """The stage-2 cube of one object, placed and sized by its amodal box (stage 1's layout).
 
@@ -234,13 +265,18 @@ def amodal_grid_frame(
     the cube starts ``FLOOR_VOXELS`` voxels below the union's bottom, never below the support
     plane's floor: an object the box puts on top of another one is not completed down to the
     table. So the hidden part the box predicts lies inside the cube, and an object that is
-    fully seen gets a tighter cube (finer voxels) than stage 1's.
+    fully seen gets a tighter cube (finer voxels) than stage 1's. With ``support_height``
+    (local support found the object on another object; the plane is used) the ground is
+    that height minus ``SUPPORT_CUT_TOL``: the cube's floor is never below it, however low
+    the box reaches, and the cube's ``ground`` says so.
 
     Args:
         points: (N, 3) observed surface points, camera frame, metres.
         plane: the support plane, or None.
         camera_T_box: (4, 4) pose of the amodal box (centre and axes) in the camera frame.
         box_size: (3,) full box extents along its axes, metres.
+        support_height: contact height (metres above the plane) of the object this one
+            rests on, or None (on the plane, or not known).
 
     Raises:
         EncodingError: too few points, or a non-finite box.
@@ -260,11 +296,15 @@ def amodal_grid_frame(
     in_g = (cam - ob.base) @ ob.R
     lo = np.minimum(ob.lo, in_g.min(axis=0))
     hi = np.maximum(ob.hi, in_g.max(axis=0))
-    floor = max(float(lo[2]), ob.floor) if ob.plane_used else float(lo[2])
+    ground = 0.0
+    if ob.plane_used and support_height is not None and np.isfinite(support_height):
+        # never above the observed bottom: a wrong contact must not cut off what was seen
+        ground = max(0.0, min(float(support_height) - C.SUPPORT_CUT_TOL, float(ob.lo[2])))
+    floor = max(float(lo[2]), ob.floor, ground) if ob.plane_used else float(lo[2])
     extent = max(float(hi[0] - lo[0]), float(hi[1] - lo[1]), float(hi[2]) - floor)
     side = float(np.clip(AMODAL_EXTENT_FACTOR * extent, MIN_SIDE, MAX_SIDE))
     centre_xy = 0.5 * (lo[:2] + hi[:2])
-    return _cube(ob, centre_xy, side, floor)
+    return _cube(ob, centre_xy, side, floor, ground)
 
 
 def encode_object(
@@ -331,7 +371,7 @@ def encode_object(
     feats[1] = free & ~observed
     feats[2] = ~free & ~observed
     if gf.plane_used:
-        feats[3] = (c[:, 2] < 0.0)[None, None, :]
+        feats[3] = (c[:, 2] < gf.ground)[None, None, :]
     feats[4] = inside & np.take(own.reshape(-1), lin)
     feats[5] = inside & np.take(occl.reshape(-1), lin)
     if rgb.ndim == 3 and rgb.shape[2] >= 3:

@@ -48,7 +48,7 @@ from sam3d_ros.core.layout import LayoutError, estimate_object_frame, observed_i
 from sam3d_ros.core.meshing import MeshingError, mesh_from_voxels, mesh_volume
 from sam3d_ros.core.observation import extract_observations
 from sam3d_ros.core.refine import RefinementError, carve_seen_free, free_space_depth, snap_to_depth
-from sam3d_ros.core.support import NO_SUPPORT, Support, cut_below, find_supports
+from sam3d_ros.core.support import NO_SUPPORT, Support, contact_heights, cut_below, find_supports
 from sam3d_ros.core.support_plane import estimate_support_plane
 from sam3d_ros.core.threads import limit_blas_threads
 from sam3d_ros.core.tracking import (
@@ -178,16 +178,17 @@ class FramePipeline:
         t_start = time.perf_counter()
         with _timed(timings, "plane"):
             plane = estimate_support_plane(frame, cfg, measure_noise=cfg.fusion_enabled)
-        scene = SceneContext(frame=frame, plane=plane)
         if cfg.fusion_enabled and fixed_T_camera is None:
             self._restart_fusion_if_camera_moved(frame, plane)
         with _timed(timings, "observations"):
             observations, skipped_list = extract_observations(frame, cfg)
         skipped: list[SkippedObject] = list(skipped_list)
+        with _timed(timings, "support"):  # before the backend: a stage-2 cube rests on it
+            supports = find_supports(frame, plane, observations) if cfg.local_support else {}
+        scene = SceneContext(frame=frame, plane=plane, support_heights=contact_heights(supports))
         with _timed(timings, "backend"):
             shaped = self._reconstruct(scene, observations, skipped)
         with _timed(timings, "support"):
-            supports = find_supports(frame, plane, [o for o, _ in shaped]) if cfg.local_support else {}
             shaped = [(o, _rest_on(plane, s, supports.get(o.instance_id))) for o, s in shaped]
         with _timed(timings, "tracking"):
             pairs, matches, vanished = self._track(frame, shaped, f_T_c, skipped)

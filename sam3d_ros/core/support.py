@@ -25,7 +25,7 @@ the table. All in the camera optical frame, metres; heights are above the suppor
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -86,6 +86,12 @@ def find_supports(
     e = rotation_from_z_and_x(n, np.array([1.0, 0.0, 0.0]))[:, :2]
     flat = {o.instance_id: np.asarray(o.points, dtype=np.float64) @ e for o in observations}
     return {o.instance_id: _support_of(frame, o, n, off, flat) for o in observations}
+
+
+def contact_heights(supports: Mapping[int, Support]) -> dict[int, float]:
+    """Instance id -> contact height above the plane (metres) of the objects resting on
+    another object (``SceneContext.support_heights``; the stage-2 encoding's ground)."""
+    return {i: s.height for i, s in supports.items() if s.on_object and np.isfinite(s.height)}
 
 
 def _under(centre: NDArray[np.float64], footprint: NDArray[np.float64] | None) -> bool:

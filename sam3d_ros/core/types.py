@@ -7,6 +7,7 @@ treat them as read-only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -95,10 +96,14 @@ class SceneContext:
     Attributes:
         frame: the input frame.
         plane: the support plane, or None when none could be estimated.
+        support_heights: instance id -> contact height (metres above ``plane``) of the object
+            it rests on, for the objects local support found on another object
+            (:mod:`sam3d_ros.core.support`); empty when not looked for.
     """
 
     frame: RGBDFrame
     plane: SupportPlane | None
+    support_heights: Mapping[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ from sam3d_ros.core.config import PipelineConfig, default_config
 from sam3d_ros.core.encoding import (
     GRID_SIZE,
     NUM_CHANNELS,
+    STAGE2_LOCAL_SUPPORT,
     EncodingError,
     GridFrame,
     encode_object,
@@ -61,6 +62,7 @@ from sam3d_ros.core.encoding import (
 )
 from sam3d_ros.core.frames import invert_transform
 from sam3d_ros.core.observation import extract_observations
+from sam3d_ros.core.support import contact_heights, find_supports
 from sam3d_ros.core.support_plane import estimate_support_plane
 from sam3d_ros.core.types import RGBDFrame, SceneContext
 
@@ -419,8 +421,10 @@ def stage2_frame(
     scene: SceneContext, obs: Any, stage1_frame: GridFrame, layout: NDArray[np.floating]
 ) -> GridFrame:
     """The stage-2 cube of ``obs`` from stage 1's layout row on ``stage1_frame`` (the
-    inference rule, :func:`sam3d_ros.core.encoding.stage2_grid_frame`)."""
-    return stage2_grid_frame(obs.points, scene.plane, stage1_frame, layout)
+    inference rule, :func:`sam3d_ros.core.encoding.stage2_grid_frame`, grounded on the
+    object it rests on from ``scene.support_heights`` when ``STAGE2_LOCAL_SUPPORT``)."""
+    ground = scene.support_heights.get(obs.instance_id) if STAGE2_LOCAL_SUPPORT else None
+    return stage2_grid_frame(obs.points, scene.plane, stage1_frame, layout, ground)
 
 
 def _build_chunk(
@@ -442,8 +446,15 @@ def _build_chunk(
     vis: list[float] = []
     layout_net = _Stage1(stage1) if stage1 else None
     for lf in src.frames(split, stop, seed, start=start):
-        scene = SceneContext(frame=lf.frame, plane=estimate_support_plane(lf.frame, config))
+        plane = estimate_support_plane(lf.frame, config)
         observations, _ = extract_observations(lf.frame, config)
+        # as the pipeline: what each object rests on, found before the backend runs
+        heights = (
+            contact_heights(find_supports(lf.frame, plane, observations))
+            if layout_net is not None and STAGE2_LOCAL_SUPPORT and config.local_support
+            else {}
+        )
+        scene = SceneContext(frame=lf.frame, plane=plane, support_heights=heights)
         encoded: list[tuple[Any, ObjectTarget, NDArray[np.float32], GridFrame]] = []
         for obs in observations:
             tgt = lf.targets.get(obs.instance_id)
@@ -536,6 +547,8 @@ def build_dataset(
         from sam3d_ros.backends.learned import sha256_file
 
         recipe["stage1_sha256"] = sha256_file(stage1)
+        if STAGE2_LOCAL_SUPPORT and cfg.local_support:
+            recipe["stage2_local_support"] = True
     meta_path = out_dir / "dataset.json"
     if meta_path.is_file():
         meta: dict[str, Any] = json.loads(meta_path.read_text())

@@ -134,6 +134,7 @@ def encoding_spec() -> dict[str, Any]:
         "amodal_extent_factor": E.AMODAL_EXTENT_FACTOR,
         "amodal_box_pad": E.AMODAL_BOX_PAD,
         "amodal_box_pad_m": E.AMODAL_BOX_PAD_M,
+        "stage2_local_support": E.STAGE2_LOCAL_SUPPORT,
         "normalisation": "object-centric cube: z = support-plane normal, x = footprint major axis, origin = "
         "observed centroid projected on the plane; side = clip(extent_factor * observed extent, min_side, "
         "max_side) metres (a two-stage model's stage 2: the cube of encoding.amodal_grid_frame, side = amodal_extent_factor * the union of the observed box and the stage-1 box padded by amodal_box_pad relative + amodal_box_pad_m); lengths in the layout output are divided by the side; occupancy/mask/free/"
