@@ -190,3 +190,44 @@ def test_a_static_camera_that_moves_is_noticed_but_objects_coming_and_going_are_
     assert check.moved(noisy(frame(objects, 5, nudged), 0.004, 9), 0.004)
     # the moved view is the new reference
     assert not check.moved(noisy(frame(objects, 6, nudged), 0.004, 10), 0.004)
+
+
+def test_from_one_viewpoint_the_shape_is_the_pixel_weighted_guess_mean_until_the_views_spread() -> None:
+    """A static camera (or a wrist camera that has not moved): the published occupancy is
+    the mean of the frames' guesses, each weighted by its trusted pixels, while the
+    observations are still integrated; once the camera has swung 10 degrees around the
+    object the observations enter it."""
+    from sam3d_ros.core import constants as C
+
+    f = frame([box(1, 0.0, 0.0)], 0)
+    centre = mask_points(f).mean(axis=0)
+    small = cube_shape(centre, side=0.08)
+    occ_l = np.zeros_like(np.asarray(small.occupancy))
+    occ_l[4:20, 4:20, 4:20] = 1.0
+    large = replace(small, occupancy=occ_l)  # the same grid, a larger cube guessed
+    v, u = np.nonzero(f.labels == 1)
+    px = np.stack([u, v], axis=1).astype(np.int32)
+    vol = TrackVolume.for_shape(small, np.eye(4))
+    vol.integrate(small, f, 1, np.eye(4), surface_pixels=px[:300])
+    vol.integrate(large, f, 1, np.eye(4), surface_pixels=px[:100])
+    assert vol.view_spread_deg == 0.0 and not vol.views_spread
+    assert vol.guess_weight == pytest.approx(400.0)
+    # voxel by voxel: (300 * small + 100 * large) / 400 (both resampled without offset)
+    o = -np.rint(vol.origin / vol.voxel_size).astype(int)  # the shape's voxel 0 in the volume
+    assert np.all(o >= C.FUSION_GRID_MARGIN_VOXELS)
+    inner = vol.occupancy()[o[0] + 1 : o[0] + 23, o[1] + 1 : o[1] + 23, o[2] + 1 : o[2] + 23]
+    want = (300 * np.asarray(small.occupancy) + 100 * occ_l)[1:23, 1:23, 1:23] / 400
+    np.testing.assert_allclose(inner, want, atol=1e-4)
+    assert vol.obs_weight.sum() > 1000  # observed all the same
+    assert not np.allclose(vol.occupancy(), vol.fused_occupancy())
+    # the camera swings 10 degrees about the object: the evidence now counts
+    a = np.radians(10.0)
+    rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    swing = (
+        make_transform(np.eye(3), centre)
+        @ make_transform(rot, np.zeros(3))
+        @ make_transform(np.eye(3), -centre)
+    )
+    vol.integrate(small, f, 1, swing, surface_pixels=px[:100])
+    assert vol.view_spread_deg == pytest.approx(10.0, abs=1.0) and vol.views_spread
+    np.testing.assert_array_equal(vol.occupancy(), vol.fused_occupancy())

@@ -264,6 +264,7 @@ def test_stamps_far_from_the_stream_are_skipped_and_do_not_move_the_gate(
 def test_unmatched_messages_are_counted_by_topic_in_diagnostics(live: NodeUnderTest, rendered: Any) -> None:
     rgb_topic = f"{live.ns}/camera/color/image_raw"
     base = T0 + 3_000_000_000
+
     def latest() -> dict[str, str]:
         return diagnostic_values(live.diag[-1]) if live.diag else {}
 
@@ -271,7 +272,9 @@ def test_unmatched_messages_are_counted_by_topic_in_diagnostics(live: NodeUnderT
     # waited for, so a loaded machine cannot drop any from the subscriber's best-effort history.
     for i in range(12):
         live.pubs["rgb"].publish(frame_msgs(rendered, base + i * 33_000_000)[0])
-        assert wait_for(lambda: int(latest().get(f"messages_received/{rgb_topic}", 0)) == i + 1, 10.0), latest()
+        assert wait_for(lambda i=i: int(latest().get(f"messages_received/{rgb_topic}", 0)) == i + 1, 10.0), (
+            latest()
+        )
     values = live.assert_accounted()
     assert int(values[f"messages_received/{rgb_topic}"]) == 12
     assert int(values[f"queued/{rgb_topic}"]) == 10

@@ -203,6 +203,14 @@ FUSION_STATIC_MOVED_FRACTION: Final[float] = 0.1
 #: world (seeds 1-2, docs/benchmarks.md): w = 0.5 and 2 gave shapes 1-12 % worse than
 #: w -> 0 from the second view on.
 FUSION_GUESS_WEIGHT: Final[float] = 0.05
+#: Fusion: until the camera's viewing directions onto a track span at least this angle
+#: (degrees, from the first view), its fused shape is the pixel-weighted mean of its
+#: single-frame shapes (each already carved by its frame's free space and later snapped to
+#: its depth): views from one viewpoint measure the same surface again, and the projective
+#: evidence of one viewpoint is coarser than the single-frame carving and snapping (seeds
+#: 41-43, docs/benchmarks.md). The observations are integrated all along (the motion test
+#: reads them, and they count once the views spread).
+FUSION_MIN_VIEW_SPREAD_DEG: Final[float] = 5.0
 
 #: MoveIt: seconds between checks for new subscribers on the planning-scene topic.
 MOVEIT_SUBSCRIBER_CHECK_PERIOD_S: Final[float] = 0.5

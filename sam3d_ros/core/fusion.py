@@ -24,6 +24,14 @@ The fused occupancy of a voxel is ``(obs_sum + w * guess_mean) / (obs_weight + w
 ``w = FUSION_GUESS_WEIGHT``: the mean guess alone where nothing was observed; where a
 voxel was observed the measurements win (one free observation already takes it below
 the iso-level) and the guess's share ``w / (n + w)`` shrinks with every observation ``n``.
+The guess mean weighs each frame's guess by the object's trusted pixels in that frame (a
+frame that saw more of it guessed from more evidence). Until the viewing directions onto
+the object span ``FUSION_MIN_VIEW_SPREAD_DEG`` (a static camera, or a wrist camera that
+has not moved yet) the published occupancy (:meth:`TrackVolume.occupancy`) is the guess
+mean alone: more views from one viewpoint measure the same surface again, and the
+single-frame shapes were already carved and are snapped to each frame's depth; the
+observations are integrated all the same (the motion test reads the fused evidence,
+:meth:`TrackVolume.fused_occupancy`).
 The grid grows (integer voxel shifts) to cover new shapes; its voxel size is the first
 shape's.
 
@@ -118,7 +126,10 @@ class TrackVolume:
         obs_sum, obs_weight: (NX, NY, NZ) float32 weighted sum and total weight of the
             observations.
         surface_weight: (NX, NY, NZ) float32 count of surface (band) observations.
-        guess_sum: (NX, NY, NZ) float32 sum of resampled guesses; ``frames`` integrated.
+        guess_sum: (NX, NY, NZ) float32 weighted sum of resampled guesses; ``guess_weight``
+            the sum of their weights; ``frames`` integrated.
+        view_spread_deg: largest angle (degrees) between the first frame's viewing
+            direction onto the volume's first box centre and any later frame's.
         confidence: running maximum of the shapes' confidences.
     """
 
@@ -146,11 +157,16 @@ class TrackVolume:
         self.obs_weight = empty.copy()
         self.surface_weight = empty.copy()
         self.guess_sum = empty.copy()
+        self.guess_weight = 0.0
         self.frames = 0
+        self.view_spread_deg = 0.0
+        self._first_view: NDArray[np.float64] | None = None
         self.confidence = 0.0
         self._occupancy: NDArray[np.float32] | None = None
         self._cover(lo, hi)
         self._first_voxels = int(np.prod(self.dims))
+        #: the point (in ``F``) the viewing directions are measured to: the first box's centre
+        self._target = transform_points(a, (0.5 * (np.asarray(lo) + np.asarray(hi))).reshape(1, 3))[0]
 
     @classmethod
     def for_shape(cls, shape: VoxelShape, fixed_T_camera: NDArray[np.float64]) -> TrackVolume:
@@ -260,7 +276,10 @@ class TrackVolume:
         elif near.shape != depth.shape:
             raise FusionError(f"free-space depth {near.shape} does not match the depth {depth.shape}")
         self._observe(frame, label, c_T_a, max(float(noise_z2), 0.0), surface_pixels, near)
-        self._add_guess(shape, c_T_a, self._index_box(lo, hi))
+        # a frame's guess weighs by the object's trusted pixels in it
+        weight = float(max(len(surface_pixels), 1)) if surface_pixels is not None else 1.0
+        self._add_guess(shape, c_T_a, self._index_box(lo, hi), weight)
+        self._add_view(f_T_c)
         self.frames += 1
         self.confidence = max(self.confidence, float(shape.confidence))
         self._occupancy = None
@@ -348,11 +367,31 @@ class TrackVolume:
         self.obs_weight += weight
         self.surface_weight += band
 
+    def _add_view(self, f_T_c: NDArray[np.float64]) -> None:
+        """Record the viewing direction from the camera centre to the volume's first box
+        centre (a fixed point of ``F``: a static camera's spread stays 0 however the
+        shapes jitter) and update :attr:`view_spread_deg`."""
+        ray = self._target - f_T_c[:3, 3]
+        norm = float(np.linalg.norm(ray))
+        if norm <= 0.0:
+            return
+        ray = ray / norm
+        if self._first_view is None:
+            self._first_view = ray
+            return
+        cos = float(np.clip(ray @ self._first_view, -1.0, 1.0))
+        self.view_spread_deg = max(self.view_spread_deg, float(np.degrees(np.arccos(cos))))
+
     def _add_guess(
-        self, shape: VoxelShape, c_T_a: NDArray[np.float64], box: tuple[NDArray[np.intp], NDArray[np.intp]]
+        self,
+        shape: VoxelShape,
+        c_T_a: NDArray[np.float64],
+        box: tuple[NDArray[np.intp], NDArray[np.intp]],
+        weight: float = 1.0,
     ) -> None:
         """Trilinear resampling of the shape's occupancy into the voxels its grid box covers
-        (the rest of the grid gets 0, which needs no work)."""
+        (the rest of the grid gets 0, which needs no work), added with ``weight``."""
+        self.guess_weight += weight
         ilo, ihi = box
         if np.any(ihi <= ilo):
             return
@@ -370,16 +409,33 @@ class TrackVolume:
             cval=0.0,
         )
         sl = tuple(slice(int(a), int(b)) for a, b in zip(ilo, ihi, strict=True))
-        self.guess_sum[sl] += guess.reshape(gx.shape)
+        self.guess_sum[sl] += np.float32(weight) * guess.reshape(gx.shape)
 
-    def occupancy(self) -> NDArray[np.float32]:
-        """Fused occupancy (NX, NY, NZ) float32 in [0, 1] (computed once per frame)."""
+    def guess_mean(self) -> NDArray[np.float32]:
+        """(NX, NY, NZ) float32 weighted mean of the resampled guesses."""
+        return self.guess_sum / np.float32(self.guess_weight if self.guess_weight > 0 else 1.0)
+
+    def fused_occupancy(self) -> NDArray[np.float32]:
+        """Occupancy (NX, NY, NZ) float32 in [0, 1] of the observations and the guess mean
+        (see the module docstring; computed once per frame)."""
         if self._occupancy is None:
             wg = np.float32(C.FUSION_GUESS_WEIGHT)
-            guess = self.guess_sum / np.float32(max(self.frames, 1))
-            occ = (self.obs_sum + wg * guess) / (self.obs_weight + wg)
+            occ = (self.obs_sum + wg * self.guess_mean()) / (self.obs_weight + wg)
             self._occupancy = np.clip(occ, 0.0, 1.0).astype(np.float32, copy=False)
         return self._occupancy
+
+    @property
+    def views_spread(self) -> bool:
+        """The viewing directions span ``FUSION_MIN_VIEW_SPREAD_DEG``: the observations
+        enter the published occupancy."""
+        return self.view_spread_deg >= C.FUSION_MIN_VIEW_SPREAD_DEG
+
+    def occupancy(self) -> NDArray[np.float32]:
+        """The published occupancy (NX, NY, NZ) float32 in [0, 1]: :meth:`fused_occupancy`
+        once the views spread (:attr:`views_spread`), the guess mean before."""
+        if self.views_spread:
+            return self.fused_occupancy()
+        return np.clip(self.guess_mean(), 0.0, 1.0)
 
     def voxel_shape(self, camera_T_fixed: NDArray[np.float64], level: float) -> VoxelShape:
         """The fused occupancy as a :class:`VoxelShape` (grid frame ``A``), cropped to the
@@ -448,7 +504,7 @@ class TrackVolume:
         idx, ok = self._index(points_fixed)
         i, j, k = idx[:, 0], idx[:, 1], idx[:, 2]
         seen = self.obs_weight[i, j, k] > 0
-        return ~ok | (seen & (self.occupancy()[i, j, k] < C.FUSION_FREE_LEVEL))
+        return ~ok | (seen & (self.fused_occupancy()[i, j, k] < C.FUSION_FREE_LEVEL))
 
     def observed_points(self, points_fixed: NDArray[np.floating]) -> NDArray[np.bool_]:
         """(N,) bool: a surface observation exists in the voxel of a point or one of its 26
