@@ -368,9 +368,10 @@ def test_every_shipped_manifest_is_checked_for_machine_paths() -> None:
 # --------------------------------------------------------------------------- two stages
 
 
-def _two_stage_dir(tmp_path: Path) -> Path:
+def _two_stage_dir(tmp_path: Path, local_support: bool | None = None) -> Path:
     """A two-stage model: the shipped network as stage 2, models/v4's as stage 1 (files
-    copied and listed in the manifest, as ``export_model(..., stage1=...)`` writes them)."""
+    copied and listed in the manifest, as ``export_model(..., stage1=...)`` writes them);
+    ``local_support``: the manifest's ``stage2_local_support`` (None: as shipped)."""
     from sam3d_ros.backends.learned import STAGE1_ONNX_KEY, STAGE1_WEIGHTS_KEY, WEIGHTS_KEY, sha256_file
 
     manifest = load_manifest(MODELS)
@@ -383,8 +384,57 @@ def _two_stage_dir(tmp_path: Path) -> Path:
     ):
         shutil.copy(MODELS / "v4" / v4["files"][src_key]["name"], tmp_path / name)
         manifest["files"][key] = {"name": name, "sha256": sha256_file(tmp_path / name)}
+    if local_support is not None:
+        manifest["encoding"]["stage2_local_support"] = local_support
     (tmp_path / MANIFEST_NAME).write_text(json.dumps(manifest))
     return tmp_path
+
+
+@pytest.mark.parametrize("local_support", [True, False])
+def test_stage_two_rests_on_the_supporting_object_when_the_model_was_trained_so(
+    tmp_path: Path, local_support: bool
+) -> None:
+    """A model whose manifest says ``stage2_local_support`` grounds a stacked object's
+    stage-2 cube on the top of what it rests on (``SceneContext.support_heights``); an
+    older model ignores the heights (its cubes were floored at the table in training)."""
+    from dataclasses import replace
+
+    from sam3d_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from sam3d_ros.core.constants import SUPPORT_CUT_TOL
+    from sam3d_ros.core.encoding import FLOOR_VOXELS
+    from sam3d_ros.core.frames import make_transform
+    from sam3d_ros.core.observation import extract_observations
+    from sam3d_ros.core.support_plane import estimate_support_plane
+    from sam3d_ros.core.types import SceneContext
+    from sam3d_ros.sim.raycast import Box, Scene, SceneObject, look_at, render
+
+    d = _two_stage_dir(tmp_path, local_support)
+    two = OnnxRuntimeBackend(default_config(), directory=d, intra_op_threads=1, use_cuda=False)
+    assert two.stage2_local_support is local_support
+    # a 6 cm box on a 5 cm high slab
+    slab = Box((0.16, 0.14, 0.05), make_transform(np.eye(3), np.array([0.0, 0.0, 0.025])))
+    top = Box((0.06, 0.05, 0.06), make_transform(np.eye(3), np.array([0.0, 0.0, 0.08])))
+    cam = look_at(eye=(0.05, -0.5, 0.4), target=(0.0, 0.0, 0.05))
+    frame = render(Scene(objects=(SceneObject(1, slab), SceneObject(2, top))), cam).to_rgbd_frame()
+    cfg = default_config()
+    scene = SceneContext(frame=frame, plane=estimate_support_plane(frame, cfg))
+    assert scene.plane is not None
+    observations, _ = extract_observations(frame, cfg)
+    assert [o.instance_id for o in observations] == [1, 2]
+    plain = two.reconstruct(scene, observations)
+    grounded = two.reconstruct(replace(scene, support_heights={2: 0.05}), observations)
+    assert all(s is not None for s in (*plain, *grounded))
+    np.testing.assert_array_equal(plain[0].origin, grounded[0].origin)  # the slab: untouched
+    np.testing.assert_array_equal(plain[0].occupancy, grounded[0].occupancy)
+    if not local_support:
+        np.testing.assert_array_equal(plain[1].origin, grounded[1].origin)
+        np.testing.assert_array_equal(plain[1].occupancy, grounded[1].occupancy)
+        return
+    # the top box's cube starts FLOOR_VOXELS voxels under the slab's top, not at the table
+    ground = 0.05 - SUPPORT_CUT_TOL
+    shape = grounded[1]
+    assert shape.origin[2] == pytest.approx(ground - FLOOR_VOXELS * shape.voxel_size, abs=1e-6)
+    assert shape.origin[2] > plain[1].origin[2] + 0.01
 
 
 def test_two_stage_model_runs_stage_two_on_the_stage_one_box(tmp_path: Path) -> None:
