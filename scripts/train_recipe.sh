@@ -8,7 +8,8 @@
 # geometric backend and v4.
 # Times on the 2-core development machine (shared with other work; docs/benchmarks.md):
 # val split 2.1 min, train split 16.5 min, v4: encodings 6.0 min, training 40.2 min;
-# two-stage: stage-2 encodings 4.9 min, training 26.5 min; gate 26.2 min.
+# two-stage: stage-2 encodings 4.1 min, training 20.9 min (the first run: 4.9, 26.5); gate with
+# the v4 comparison 26.2 min.
 # Usage: bash scripts/train_recipe.sh [CACHE_DIR]   (default ~/.cache/sam3d_ros; resumable:
 # run it again after an interruption and finished frames, datasets and epochs are kept)
 set -euo pipefail
