@@ -93,11 +93,11 @@ def test_stage_two_dataset_is_encoded_on_the_stage_one_boxes(tiny_cache: Path, t
     places (the inference rule), records the stage-1 sha256 in the recipe and the cache name."""
     from sam3d_ros.backends.learned import sha256_file, stage1_files
     from sam3d_ros.core.config import default_config
-    from sam3d_ros.core.encoding import encode_object, encode_objects
+    from sam3d_ros.core.encoding import encode_object, encode_objects, stage2_cube
     from sam3d_ros.core.observation import extract_observations
     from sam3d_ros.core.support_plane import estimate_support_plane
     from sam3d_ros.core.types import SceneContext
-    from sam3d_ros.learning.data import _Stage1, stage2_frame
+    from sam3d_ros.learning.data import _Stage1
     from sam3d_ros.learning.train import dataset_dir
 
     root = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_stage_two_dataset_is_encoded_on_the_stage_one_boxes(tiny_cache: Path, t
     gfs = [f for f in frames1 if f is not None]
     x2 = np.stack(
         [
-            encode_object(scene, o, stage2_frame(scene, o, g, lay))[0]
+            encode_object(scene, o, stage2_cube(scene, o, g, lay, local_support=cfg.local_support))[0]
             for o, g, lay in zip(encoded, gfs, layouts, strict=True)
         ]
     )

@@ -43,7 +43,7 @@ from sam3d_ros.core.encoding import (
     decode_layout,
     encode_object,
     encode_objects,
-    stage2_grid_frame,
+    stage2_cube,
 )
 from sam3d_ros.core.types import ObjectObservation, SceneContext, VoxelShape
 
@@ -302,7 +302,7 @@ class LearnedBackend(Backend):
         """Encode all objects, run one batched pass per stage, decode (see the module
         docstring). A two-stage model first predicts each object's amodal box on its
         observed-extent cube (stage 1), then encodes it again on the cube that box gives
-        (:func:`~sam3d_ros.core.encoding.stage2_grid_frame`) and predicts the shape there.
+        (:func:`~sam3d_ros.core.encoding.stage2_cube`) and predicts the shape there.
 
         Raises:
             BackendError: the runtime failed on the batch (the pipeline skips the frame's
@@ -327,11 +327,9 @@ class LearnedBackend(Backend):
             if gf is None:
                 frames2.append(None)
                 continue
-            ground = scene.support_heights.get(obs.instance_id) if self.stage2_local_support else None
             try:
-                f2, gf2 = encode_object(
-                    scene, obs, stage2_grid_frame(obs.points, scene.plane, gf, next(rows), ground)
-                )
+                cube = stage2_cube(scene, obs, gf, next(rows), local_support=self.stage2_local_support)
+                f2, gf2 = encode_object(scene, obs, cube)
             except EncodingError as err:  # a degenerate box: the observed-extent cube
                 logger.debug("object %d: stage-1 box unusable (%s); stage-1 cube", obs.instance_id, err)
                 f2, gf2 = encode_object(scene, obs, gf)

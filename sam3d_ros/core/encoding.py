@@ -15,9 +15,9 @@ scale-normalised frame ``G`` built like the grid frame of the geometric completi
   there); vertically it starts ``FLOOR_VOXELS`` voxels below the support plane.
 
 A two-stage model's stage 2 encodes the object again on the cube its stage-1 amodal box
-places (:func:`stage2_grid_frame`). With local support (``STAGE2_LOCAL_SUPPORT``; a model
-trained so says ``stage2_local_support`` in its manifest's encoding) an object resting on
-another object has its *ground* at that object's contact height minus ``SUPPORT_CUT_TOL``:
+places (:func:`stage2_cube`). With local support (a model trained so says
+``stage2_local_support`` in its manifest's encoding) an object resting on another object
+has its *ground* at that object's contact height minus ``SUPPORT_CUT_TOL``:
 the cube starts ``FLOOR_VOXELS`` voxels below the ground instead of the table, and the
 ``below_plane`` channel marks everything below the ground (the supporting object's top).
 
@@ -90,11 +90,6 @@ AMODAL_BOX_PAD_M: Final[float] = 0.01
 #: saturated size output of a barely seen object would otherwise give a metre-wide cube;
 #: 1.2 % of the validation objects are longer than this relative to their stage-1 cube).
 AMODAL_MAX_BOX_SIDES: Final[float] = 2.5
-#: Stage-2 datasets built by this code put the ground of an object found resting on another
-#: object at that object's top (``stage2_grid_frame(..., support_height)``); exported models
-#: record it as ``stage2_local_support`` in their manifest's encoding, and a model without it
-#: is run without (its training cubes floored at the table).
-STAGE2_LOCAL_SUPPORT: Final[bool] = True
 #: Truncation of the projective TSDF channel, in voxels.
 TSDF_TRUNC_VOXELS: Final[float] = 3.0
 
@@ -224,6 +219,26 @@ def decode_layout(
     return gf.camera_T_grid @ grid_T_box, size
 
 
+def stage2_cube(
+    scene: SceneContext,
+    obs: ObjectObservation,
+    stage1: GridFrame,
+    layout: NDArray[np.floating],
+    *,
+    local_support: bool,
+) -> GridFrame:
+    """The stage-2 cube of ``obs``: :func:`stage2_grid_frame` on its points and the scene's
+    plane, grounded (``local_support``: the model was trained so) on the contact height
+    ``scene.support_heights`` holds for it. The one rule of inference (the learned
+    backends) and training (the stage-2 datasets).
+
+    Raises:
+        EncodingError: see :func:`amodal_grid_frame`.
+    """
+    ground = scene.support_heights.get(obs.instance_id) if local_support else None
+    return stage2_grid_frame(obs.points, scene.plane, stage1, layout, ground)
+
+
 def stage2_grid_frame(
     points: NDArray[np.floating],
     plane: SupportPlane | None,
@@ -234,7 +249,7 @@ def stage2_grid_frame(
     """The stage-2 cube of one object from stage 1's layout row on its cube ``stage1``: the
     decoded box (:func:`decode_layout`), each size at most ``AMODAL_MAX_BOX_SIDES`` stage-1
     sides, through :func:`amodal_grid_frame` (``support_height``: the contact height above
-    the plane of the object it rests on, or None). The one rule of inference and training.
+    the plane of the object it rests on, or None).
 
     Raises:
         EncodingError: see :func:`amodal_grid_frame`.

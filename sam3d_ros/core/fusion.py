@@ -46,6 +46,7 @@ All lengths metres; ``fixed_T_camera`` maps camera-frame points into ``F``.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -411,17 +412,23 @@ class TrackVolume:
         sl = tuple(slice(int(a), int(b)) for a, b in zip(ilo, ihi, strict=True))
         self.guess_sum[sl] += np.float32(weight) * guess.reshape(gx.shape)
 
-    def guess_mean(self) -> NDArray[np.float32]:
-        """(NX, NY, NZ) float32 weighted mean of the resampled guesses."""
-        return self.guess_sum / np.float32(self.guess_weight if self.guess_weight > 0 else 1.0)
+    def guess_mean(self, sel: Any = ...) -> NDArray[np.float32]:
+        """Float32 weighted mean of the resampled guesses: (NX, NY, NZ), or of the voxels an
+        index expression ``sel`` selects."""
+        return self.guess_sum[sel] / np.float32(self.guess_weight if self.guess_weight > 0 else 1.0)
+
+    def _fused(self, sel: Any = ...) -> NDArray[np.float32]:
+        """Float32 fused occupancy in [0, 1] of the voxels ``sel`` selects (all by default;
+        see the module docstring)."""
+        wg = np.float32(C.FUSION_GUESS_WEIGHT)
+        occ = (self.obs_sum[sel] + wg * self.guess_mean(sel)) / (self.obs_weight[sel] + wg)
+        return np.clip(occ, 0.0, 1.0).astype(np.float32, copy=False)
 
     def fused_occupancy(self) -> NDArray[np.float32]:
         """Occupancy (NX, NY, NZ) float32 in [0, 1] of the observations and the guess mean
         (see the module docstring; computed once per frame)."""
         if self._occupancy is None:
-            wg = np.float32(C.FUSION_GUESS_WEIGHT)
-            occ = (self.obs_sum + wg * self.guess_mean()) / (self.obs_weight + wg)
-            self._occupancy = np.clip(occ, 0.0, 1.0).astype(np.float32, copy=False)
+            self._occupancy = self._fused()
         return self._occupancy
 
     @property
@@ -504,7 +511,9 @@ class TrackVolume:
         idx, ok = self._index(points_fixed)
         i, j, k = idx[:, 0], idx[:, 1], idx[:, 2]
         seen = self.obs_weight[i, j, k] > 0
-        return ~ok | (seen & (self.fused_occupancy()[i, j, k] < C.FUSION_FREE_LEVEL))
+        # only the points' voxels: a track seen from one viewpoint never needs the whole grid
+        occ = self._occupancy[i, j, k] if self._occupancy is not None else self._fused((i, j, k))
+        return ~ok | (seen & (occ < C.FUSION_FREE_LEVEL))
 
     def observed_points(self, points_fixed: NDArray[np.floating]) -> NDArray[np.bool_]:
         """(N,) bool: a surface observation exists in the voxel of a point or one of its 26

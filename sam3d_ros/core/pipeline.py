@@ -1,6 +1,6 @@
 """The per-frame pipeline: validate -> support plane -> observations -> local support ->
-backend -> support cut -> tracking (+ fusion) -> mesh, pose, collision shapes. Pure numpy; the ROS node and the
-offline replay both call it, so both give the same track ids.
+backend -> support cut -> tracking (+ fusion) -> mesh, pose, collision shapes. Pure
+numpy; the ROS node and the offline replay both call it, so both give the same track ids.
 
 Tracking, fusion and collision caching keep state between frames (one pipeline per input
 stream). Convex decompositions run in a background process (see

@@ -54,11 +54,10 @@ from sam3d_ros.core.config import PipelineConfig, default_config
 from sam3d_ros.core.encoding import (
     GRID_SIZE,
     NUM_CHANNELS,
-    STAGE2_LOCAL_SUPPORT,
     EncodingError,
     GridFrame,
     encode_object,
-    stage2_grid_frame,
+    stage2_cube,
 )
 from sam3d_ros.core.frames import invert_transform
 from sam3d_ros.core.observation import extract_observations
@@ -417,16 +416,6 @@ class _Stage1:
         return np.asarray(out[0], dtype=np.float32)
 
 
-def stage2_frame(
-    scene: SceneContext, obs: Any, stage1_frame: GridFrame, layout: NDArray[np.floating]
-) -> GridFrame:
-    """The stage-2 cube of ``obs`` from stage 1's layout row on ``stage1_frame`` (the
-    inference rule, :func:`sam3d_ros.core.encoding.stage2_grid_frame`, grounded on the
-    object it rests on from ``scene.support_heights`` when ``STAGE2_LOCAL_SUPPORT``)."""
-    ground = scene.support_heights.get(obs.instance_id) if STAGE2_LOCAL_SUPPORT else None
-    return stage2_grid_frame(obs.points, scene.plane, stage1_frame, layout, ground)
-
-
 def _build_chunk(
     out_dir: Path,
     source: str,
@@ -436,10 +425,12 @@ def _build_chunk(
     stop: int,
     config: PipelineConfig,
     stage1: str = "",
+    local_support: bool = False,
 ) -> _ChunkResult:
     """Encode frames ``start .. stop - 1`` into ``shard_CCCC_KK.npz`` (C = chunk index).
     With ``stage1`` (the stage-1 ONNX of a two-stage model) every object is encoded on the
-    stage-2 cube that stage 1's layout gives, as at inference."""
+    stage-2 cube that stage 1's layout gives, as at inference (``local_support``: grounded on
+    the object it rests on, :func:`~sam3d_ros.core.encoding.stage2_cube`)."""
     src = create_source(source)
     writer = _ShardWriter(out_dir, f"shard_{start // CHUNK_FRAMES:04d}")
     shapes: dict[str, int] = {}
@@ -449,11 +440,7 @@ def _build_chunk(
         plane = estimate_support_plane(lf.frame, config)
         observations, _ = extract_observations(lf.frame, config)
         # as the pipeline: what each object rests on, found before the backend runs
-        heights = (
-            contact_heights(find_supports(lf.frame, plane, observations))
-            if layout_net is not None and STAGE2_LOCAL_SUPPORT and config.local_support
-            else {}
-        )
+        heights = contact_heights(find_supports(lf.frame, plane, observations)) if local_support else {}
         scene = SceneContext(frame=lf.frame, plane=plane, support_heights=heights)
         encoded: list[tuple[Any, ObjectTarget, NDArray[np.float32], GridFrame]] = []
         for obs in observations:
@@ -471,7 +458,7 @@ def _build_chunk(
             staged = []
             for (obs, tgt, _, gf1), lay in zip(encoded, lays, strict=True):
                 try:
-                    gf2 = stage2_frame(scene, obs, gf1, lay)
+                    gf2 = stage2_cube(scene, obs, gf1, lay, local_support=local_support)
                     feats2, _ = encode_object(scene, obs, gf2)
                 except EncodingError as err:
                     logger.debug("scene %d object %d: no stage-2 cube: %s", lf.seed, obs.instance_id, err)
@@ -536,6 +523,7 @@ def build_dataset(
         raise DataError(f"workers must be >= 1, got {workers}")
     cfg = config or default_config()
     out_dir = Path(out_dir)
+    local_support = stage1 is not None and cfg.local_support  # stage-2 cubes rest on supports
     recipe: dict[str, Any] = {
         "source": source,
         "split": split,
@@ -547,7 +535,7 @@ def build_dataset(
         from sam3d_ros.backends.learned import sha256_file
 
         recipe["stage1_sha256"] = sha256_file(stage1)
-        if STAGE2_LOCAL_SUPPORT and cfg.local_support:
+        if local_support:  # (absent otherwise: the recipes of older datasets stay equal)
             recipe["stage2_local_support"] = True
     meta_path = out_dir / "dataset.json"
     if meta_path.is_file():
@@ -563,7 +551,17 @@ def build_dataset(
         old.unlink()
     t0 = time.time()
     jobs = [
-        (out_dir, source, split, seed, a, min(a + CHUNK_FRAMES, n_frames), cfg, str(stage1 or ""))
+        (
+            out_dir,
+            source,
+            split,
+            seed,
+            a,
+            min(a + CHUNK_FRAMES, n_frames),
+            cfg,
+            str(stage1 or ""),
+            local_support,
+        )
         for a in range(0, n_frames, CHUNK_FRAMES)
     ]
     results: list[_ChunkResult] = []

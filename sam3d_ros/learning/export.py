@@ -120,8 +120,9 @@ def io_spec() -> dict[str, Any]:
     }
 
 
-def encoding_spec() -> dict[str, Any]:
-    """The encoding and normalisation constants the model was trained with."""
+def encoding_spec(stage2_local_support: bool = False) -> dict[str, Any]:
+    """The encoding and normalisation constants the model was trained with
+    (``stage2_local_support``: its stage-2 cubes rested on the supporting objects)."""
     return {
         "grid_size": E.GRID_SIZE,
         "channels": list(E.CHANNELS),
@@ -134,7 +135,7 @@ def encoding_spec() -> dict[str, Any]:
         "amodal_extent_factor": E.AMODAL_EXTENT_FACTOR,
         "amodal_box_pad": E.AMODAL_BOX_PAD,
         "amodal_box_pad_m": E.AMODAL_BOX_PAD_M,
-        "stage2_local_support": E.STAGE2_LOCAL_SUPPORT,
+        "stage2_local_support": stage2_local_support,
         "normalisation": "object-centric cube: z = support-plane normal, x = footprint major axis, origin = "
         "observed centroid projected on the plane; side = clip(extent_factor * observed extent, min_side, "
         "max_side) metres (a two-stage model's stage 2: the cube of encoding.amodal_grid_frame, side = amodal_extent_factor * the union of the observed box and the stage-1 box padded by amodal_box_pad relative + amodal_box_pad_m); lengths in the layout output are divided by the side; occupancy/mask/free/"
@@ -234,7 +235,10 @@ def export_model(
         "files": files,
         "stages": stages,
         **io_spec(),
-        "encoding": encoding_spec(),
+        # as the training data was encoded (its dataset recipe says so)
+        "encoding": encoding_spec(
+            bool(training.get("train_data", {}).get("recipe", {}).get("stage2_local_support", False))
+        ),
         "model_config": model.cfg.to_dict(),
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "export": {
