@@ -21,10 +21,17 @@ from sam3d_ros.core.collision import (
     pad_convex,
     pad_primitive,
     points_outside_convex,
+    shape_changed,
     simplify_mesh,
 )
 from sam3d_ros.core.images import touches_border
-from sam3d_ros.core.meshing import drop_back_to_back_faces, is_watertight, mesh_volume, split_pinched_edges
+from sam3d_ros.core.meshing import (
+    drop_back_to_back_faces,
+    face_areas_and_centroids,
+    is_watertight,
+    mesh_volume,
+    split_pinched_edges,
+)
 from sam3d_ros.core.pipeline import FramePipeline
 from sam3d_ros.core.types import PrimitiveType, RGBDFrame, TriangleMesh
 
@@ -215,3 +222,66 @@ def test_border_margin_decides_cut() -> None:
     bottom = np.zeros((20, 30), bool)
     bottom[-1, 10] = True
     assert touches_border(bottom)
+
+
+def _cube(side: float) -> tuple[float, float]:
+    """Hull volume (m^3) and area (m^2) of a cube of ``side`` m."""
+    hull = convex_hull(tm(trimesh.creation.box((side, side, side))))
+    return mesh_volume(hull), float(face_areas_and_centroids(hull)[0].sum())
+
+
+@pytest.mark.parametrize(
+    ("side", "grow", "min_distance", "expected"),
+    [
+        (0.03, 0.002, 0.003, False),  # +45 % volume, but the surface moved 2.3 mm on average
+        (0.03, 0.002, 0.0015, True),
+        (0.03, 0.002, 0.0, True),  # the volume test alone (the old rule)
+        (0.10, 0.004, 0.003, True),  # +25 %, 4.2 mm
+        (0.30, 0.002, 0.0, False),  # 4 % of a large object: under the relative threshold
+        (0.30, 0.002, 0.001, False),
+    ],
+)
+def test_shape_change_needs_the_relative_and_the_mean_surface_change(
+    side: float, grow: float, min_distance: float, expected: bool
+) -> None:
+    """A cube whose faces all move outwards by ``grow``: its hull volume changes by about
+    ``grow`` times its area (first order), so the size-aware test compares the mean surface
+    displacement with ``min_distance``; both tests must fire, and shrinking is symmetric."""
+    v0, a0 = _cube(side)
+    v1, a1 = _cube(side + 2 * grow)
+    assert (v1 - v0) / a0 == pytest.approx(grow, rel=0.2)  # the first-order relation
+    assert shape_changed(v0, a0, v1, 0.1, min_distance) is expected
+    assert shape_changed(v1, a1, v0, 0.1, min_distance) is expected
+    assert not shape_changed(v0, a0, v0, 0.0, 0.0)  # no change is never a change
+
+
+def test_a_grown_object_is_a_new_geometry_version_and_noise_is_not() -> None:
+    """Through the pipeline (geometric backend, fixed camera, default thresholds): the same
+    box again keeps its geometry version; the box grown by 2 cm in every direction (a real
+    new shape, e.g. a second object put on it) is re-ADDed; 1 mm more is not."""
+    cfg = config(fusion_enabled=False)
+    pipe = FramePipeline(cfg, create_backend(cfg))
+    try:
+        sizes = [(0.08, 0.06, 0.10), (0.08, 0.06, 0.10), (0.12, 0.10, 0.14), (0.121, 0.101, 0.141)]
+        flags = []
+        for i, size in enumerate(sizes):
+            (obj,) = pipe.process_scene(frame([box(1, 0.0, 0.0, size)], i)).objects
+            flags.append((obj.appeared, obj.geometry_changed))
+        assert flags == [(True, False), (False, False), (False, True), (False, False)], flags
+    finally:
+        pipe.close()
+
+
+@pytest.mark.parametrize(("min_distance", "changed"), [(C.SHAPE_CHANGE_MIN_DISTANCE, False), (0.0, True)])
+def test_a_small_object_is_not_re_added_for_a_millimetre(min_distance: float, changed: bool) -> None:
+    """A 4 cm box whose faces move out by 1.5 mm: +31 % hull volume (beyond the relative
+    threshold), but only ~1.5 mm of surface: no new version under the default distance, a
+    new one with the volume test alone."""
+    cfg = config(fusion_enabled=False, shape_change_min_distance=min_distance)
+    pipe = FramePipeline(cfg, create_backend(cfg))
+    try:
+        pipe.process_scene(frame([box(1, 0.0, 0.0, (0.04, 0.04, 0.04))], 0))
+        (obj,) = pipe.process_scene(frame([box(1, 0.0, 0.0, (0.043, 0.043, 0.043))], 1)).objects
+        assert not obj.appeared and obj.geometry_changed is changed
+    finally:
+        pipe.close()

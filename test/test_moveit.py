@@ -280,13 +280,6 @@ STATIC_SCENES = ((7, 2), (7, 4))
 STATIC_FRAMES = 30
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #13 not met: a 3.4 cm object of scene (7, 4) (57 depth points) is ADDed 4 times: its "
-    "first guess is 75 % too large and the guess mean converges from it (hull volume 73.6 -> 54.4 -> "
-    "46.5 -> 41.8 cm^3, each step > shape_change_threshold 10 %); over 10 scenes fused mean 4.07 ADDs per "
-    "object, 68 % at most 3 (docs/benchmarks.md)",
-)
 def test_a_static_camera_adds_each_fused_object_at_most_three_times(mm: Any, harness: Harness) -> None:
     """30 frames of a cluttered scene (a pile, a cluster) from a static camera, the
     sensor's depth noise drawn anew for every frame, through the pipeline with the shipped

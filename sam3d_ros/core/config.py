@@ -369,6 +369,16 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         min=0.0,
         max=10.0,
     ),
+    ParamSpec(
+        "shape_change_min_distance",
+        float,
+        C.SHAPE_CHANGE_MIN_DISTANCE,
+        "A new collision geometry version also needs the hull's surface to move by more than "
+        "this on average (m): the hull volume change over the hull area (a small object's "
+        "converging shape is not re-ADDed for sub-millimetre changes; 0 = volume test only).",
+        min=0.0,
+        max=0.5,
+    ),
     # --- tracking and fusion ---------------------------------------------------------------
     ParamSpec("track_use_labels", bool, True, "Prefer the mask label kept by the upstream segmenter."),
     ParamSpec(
@@ -532,6 +542,7 @@ class PipelineConfig:
     collision_padding_observed: float
     collision_padding_completed: float
     shape_change_threshold: float
+    shape_change_min_distance: float
     track_use_labels: bool
     track_max_distance: float
     track_move_threshold: float

@@ -30,6 +30,7 @@ from sam3d_ros.core.collision import (
     pad_convex,
     pad_mesh,
     pad_primitive,
+    shape_changed,
     simplify_mesh,
 )
 from sam3d_ros.core.config import PipelineConfig
@@ -45,7 +46,7 @@ from sam3d_ros.core.frames import Pose, invert_transform, matrix_from_quaternion
 from sam3d_ros.core.fusion import FusionError, FusionGrowthError, StaticCameraCheck, TrackVolume, shape_points
 from sam3d_ros.core.images import touches_border
 from sam3d_ros.core.layout import LayoutError, estimate_object_frame, observed_in_frame, visible_fraction
-from sam3d_ros.core.meshing import MeshingError, mesh_from_voxels, mesh_volume
+from sam3d_ros.core.meshing import MeshingError, face_areas_and_centroids, mesh_from_voxels, mesh_volume
 from sam3d_ros.core.observation import extract_observations
 from sam3d_ros.core.refine import RefinementError, carve_seen_free, free_space_depth, snap_to_depth
 from sam3d_ros.core.support import NO_SUPPORT, Support, contact_heights, cut_below, find_supports
@@ -472,7 +473,10 @@ class FramePipeline:
         cut_by_border: bool = False,
     ) -> tuple[CollisionSet, bool]:
         """Collision shapes of one object (object frame) and whether its geometry version
-        changed (new hull beyond ``shape_change_threshold`` or new decomposition parts).
+        changed (new decomposition parts, or a new hull: its volume changed by more than
+        ``shape_change_threshold`` of the last version's and by more than
+        ``shape_change_min_distance`` times the last version's hull area, i.e. the hull's
+        surface moved by more than that distance on average).
         ``seen`` flags the vertices of ``mesh_obj`` observed in this frame (padded less).
         An object cut by the image border is padded as completed surface all over."""
         cfg = self.config
@@ -484,13 +488,17 @@ class FramePipeline:
         simplified = simplify_mesh(mesh_obj, cfg.simplified_max_triangles) if "simplified" in kinds else None
         # geometry versions
         volume = mesh_volume(hull)
-        changed = track.geometry_volume is None or (
-            abs(volume - track.geometry_volume)
-            > cfg.shape_change_threshold * max(track.geometry_volume, 1e-12)
+        changed = track.geometry_volume is None or shape_changed(
+            track.geometry_volume,
+            track.geometry_area,
+            volume,
+            cfg.shape_change_threshold,
+            cfg.shape_change_min_distance,
         )
         if changed:
             track.geometry_version += 1
             track.geometry_volume = volume
+            track.geometry_area = float(face_areas_and_centroids(hull)[0].sum())
             if track.geometry_version > 1:
                 logger.debug("track %d: geometry version %d", track.track_id, track.geometry_version)
             self._submit_decomposition(track, mesh_obj, fixed_T_object)
