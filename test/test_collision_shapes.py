@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import trimesh
-from scene_helpers import box, config, cylinder, frame
+from scene_helpers import box, config, cylinder, frame, relabel
 
 from sam3d_ros.backends.registry import create_backend
 from sam3d_ros.core import constants as C
@@ -18,12 +18,14 @@ from sam3d_ros.core.collision import (
     cap_convex_vertices,
     convex_hull,
     fit_primitives,
+    held_geometry_fits,
     pad_convex,
     pad_primitive,
     points_outside_convex,
     shape_changed,
     simplify_mesh,
 )
+from sam3d_ros.core.frames import make_transform
 from sam3d_ros.core.images import touches_border
 from sam3d_ros.core.meshing import (
     drop_back_to_back_faces,
@@ -34,6 +36,7 @@ from sam3d_ros.core.meshing import (
 )
 from sam3d_ros.core.pipeline import FramePipeline
 from sam3d_ros.core.types import PrimitiveType, RGBDFrame, TriangleMesh
+from sam3d_ros.sim.raycast import Box, SceneObject
 
 
 def tm(m: trimesh.Trimesh) -> TriangleMesh:
@@ -283,5 +286,55 @@ def test_a_small_object_is_not_re_added_for_a_millimetre(min_distance: float, ch
         pipe.process_scene(frame([box(1, 0.0, 0.0, (0.04, 0.04, 0.04))], 0))
         (obj,) = pipe.process_scene(frame([box(1, 0.0, 0.0, (0.043, 0.043, 0.043))], 1)).objects
         assert not obj.appeared and obj.geometry_changed is changed
+    finally:
+        pipe.close()
+
+
+def test_a_move_keeps_the_held_shapes_only_where_they_still_fit() -> None:
+    """A mug-like hull (body and a 3 cm handle on +x) in its object frame: the same hull
+    a few millimetres off fits (a MOVE places it right); the hull turned by 180 degrees
+    about z (the frame convention flipped against the object) puts the handle on the
+    other side, 3 cm away: it does not fit, the shapes must be sent again. A symmetric box
+    turned by 180 degrees fits."""
+    body = trimesh.creation.box((0.08, 0.08, 0.10))
+    handle = trimesh.creation.box((0.03, 0.01, 0.05))
+    handle.apply_translation((0.055, 0.0, 0.0))
+    mug = convex_hull(tm(trimesh.util.concatenate([body, handle])))
+    turn = np.diag([-1.0, -1.0, 1.0])
+    turned = convex_hull(TriangleMesh(mug.vertices @ turn.T, mug.faces))
+    shifted = convex_hull(TriangleMesh(mug.vertices + np.array([0.004, -0.003, 0.002]), mug.faces))
+    assert held_geometry_fits(mug, mug, 1e-9)
+    assert held_geometry_fits(mug, shifted, 0.02) and not held_geometry_fits(mug, shifted, 0.002)
+    assert not held_geometry_fits(mug, turned, 0.02) and not held_geometry_fits(turned, mug, 0.02)
+    cube = convex_hull(tm(body))
+    assert held_geometry_fits(cube, convex_hull(TriangleMesh(cube.vertices @ turn.T, cube.faces)), 1e-6)
+
+
+def _mug(label: int, x: float, y: float, turned: bool) -> list[SceneObject]:
+    """A 6 cm body with a 4 cm 'handle' on +x (on -x when ``turned``); rendered as two
+    labels, merged into one mask by :func:`_mug_frame`."""
+    side = -1.0 if turned else 1.0
+    body = Box((0.06, 0.06, 0.10), make_transform(np.eye(3), (x, y, 0.05)))
+    handle = Box((0.04, 0.02, 0.04), make_transform(np.eye(3), (x + side * 0.05, y, 0.02)))
+    return [SceneObject(label, body, (200, 60, 60)), SceneObject(label + 1, handle, (200, 60, 60))]
+
+
+def _mug_frame(y: float, turned: bool, index: int) -> RGBDFrame:
+    return relabel(frame(_mug(1, 0.0, y, turned), index), {2: 1})
+
+
+@pytest.mark.parametrize(("turned", "expected"), [(False, "moved"), (True, "geometry_changed")])
+def test_a_pushed_object_is_moved_unless_its_frame_turned_against_it(turned: bool, expected: str) -> None:
+    """Pushed 6 cm (beyond track_move_threshold): a MOVE when the object kept its
+    orientation; turned by 180 degrees as well, the object frame (footprint's long side,
+    signed towards the camera) does not turn with it, so a MOVE would leave the handle on
+    the wrong side in the planning scene: the shapes are sent again (a new version)."""
+    cfg = config(fusion_enabled=False)
+    pipe = FramePipeline(cfg, create_backend(cfg))
+    try:
+        pipe.process_scene(_mug_frame(0.0, False, 0))
+        (obj,) = pipe.process_scene(_mug_frame(0.06, turned, 1)).objects
+        assert not obj.appeared
+        assert (obj.moved, obj.geometry_changed) == (expected == "moved", expected == "geometry_changed")
     finally:
         pipe.close()

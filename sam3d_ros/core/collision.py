@@ -278,6 +278,20 @@ def shape_changed(
     return change > relative_threshold * max(old_volume, 1e-12) and change > min_distance * old_area
 
 
+def held_geometry_fits(held: TriangleMesh, current: TriangleMesh, tolerance: float) -> bool:
+    """Whether a MOVE (new pose, same shapes) would place the geometry the planning scene
+    holds within ``tolerance`` (m) of the current one: ``held`` and ``current`` are closed
+    convex hulls, both expressed in the current object frame (the held one in the frame it
+    was sent in). Every vertex of each must lie within ``tolerance`` of the other's
+    surface (the distance to the nearest face plane: exact inside, a lower bound outside).
+    The object frame's axes follow a convention (the footprint's long side, signed towards
+    the camera), so a push can turn the frame against the object; then the shapes must be
+    sent again."""
+    d_held = points_outside_convex(held.vertices, current)
+    d_current = points_outside_convex(current.vertices, held)
+    return bool(max(np.abs(d_held).max(), np.abs(d_current).max()) <= tolerance)
+
+
 def accepted_primitives(
     primitives: tuple[CollisionPrimitive, ...], max_fit_error: float
 ) -> tuple[CollisionPrimitive, ...]:

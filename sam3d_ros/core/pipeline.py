@@ -26,6 +26,7 @@ from sam3d_ros.core.collision import (
     accepted_primitives,
     convex_hull,
     fit_primitives,
+    held_geometry_fits,
     margins_from_reference,
     pad_convex,
     pad_mesh,
@@ -433,7 +434,7 @@ class FramePipeline:
         moved = False
         if is_new or track.reported_position is None or geometry_changed:
             track.reported_position = position
-        elif float(np.linalg.norm(position - track.reported_position)) > cfg.track_move_threshold:
+        elif self._will_move(track, fixed_T_object):
             moved = True
             track.reported_position = position
             self._drop_parts(track)
@@ -495,10 +496,17 @@ class FramePipeline:
             cfg.shape_change_threshold,
             cfg.shape_change_min_distance,
         )
+        if not changed and track.geometry_hull is not None and self._will_move(track, fixed_T_object):
+            # a MOVE keeps the held shapes in the new object frame: send them again when
+            # they would not lie where the object is
+            changed = not held_geometry_fits(track.geometry_hull, hull, cfg.track_move_threshold)
+            if changed:
+                logger.debug("track %d: moved and its object frame turned: shapes sent again", track.track_id)
         if changed:
             track.geometry_version += 1
             track.geometry_volume = volume
             track.geometry_area = float(face_areas_and_centroids(hull)[0].sum())
+            track.geometry_hull = hull
             if track.geometry_version > 1:
                 logger.debug("track %d: geometry version %d", track.track_id, track.geometry_version)
             self._submit_decomposition(track, mesh_obj, fixed_T_object)
@@ -536,6 +544,13 @@ class FramePipeline:
         upgraded = upgraded and bool(parts)
         track.collision = collision
         return collision, changed or upgraded
+
+    def _will_move(self, track: Track, fixed_T_object: NDArray[np.float64]) -> bool:
+        """Whether this frame reports the track as moved (a MOVE; see ``_finish_object``)."""
+        if track.reported_position is None:
+            return False
+        step = fixed_T_object[:3, 3] - track.reported_position
+        return float(np.linalg.norm(step)) > self.config.track_move_threshold
 
     # ------------------------------------------------------------------ decomposition cache
     def _submit_decomposition(
