@@ -391,6 +391,21 @@ CHUNK_FRAMES: Final[int] = 40
 
 
 @dataclass(frozen=True)
+class _ChunkJob:
+    """Frames ``start .. stop - 1`` of one dataset build (see :func:`_build_chunk`)."""
+
+    out_dir: Path
+    source: str
+    split: str
+    seed: int
+    start: int
+    stop: int
+    config: PipelineConfig
+    stage1: str = ""
+    local_support: bool = False
+
+
+@dataclass(frozen=True)
 class _ChunkResult:
     files: list[str]
     count: int
@@ -416,21 +431,20 @@ class _Stage1:
         return np.asarray(out[0], dtype=np.float32)
 
 
-def _build_chunk(
-    out_dir: Path,
-    source: str,
-    split: str,
-    seed: int,
-    start: int,
-    stop: int,
-    config: PipelineConfig,
-    stage1: str = "",
-    local_support: bool = False,
-) -> _ChunkResult:
-    """Encode frames ``start .. stop - 1`` into ``shard_CCCC_KK.npz`` (C = chunk index).
-    With ``stage1`` (the stage-1 ONNX of a two-stage model) every object is encoded on the
-    stage-2 cube that stage 1's layout gives, as at inference (``local_support``: grounded on
-    the object it rests on, :func:`~sam3d_ros.core.encoding.stage2_cube`)."""
+def _build_chunk(job: _ChunkJob) -> _ChunkResult:
+    """Encode frames ``job.start .. job.stop - 1`` into ``shard_CCCC_KK.npz`` (C = chunk
+    index). With ``job.stage1`` (the stage-1 ONNX of a two-stage model) every object is
+    encoded on the stage-2 cube that stage 1's layout gives, as at inference
+    (``job.local_support``: grounded on the object it rests on,
+    :func:`~sam3d_ros.core.encoding.stage2_cube`)."""
+    out_dir, source, split, seed = job.out_dir, job.source, job.split, job.seed
+    start, stop, config, stage1, local_support = (
+        job.start,
+        job.stop,
+        job.config,
+        job.stage1,
+        job.local_support,
+    )
     src = create_source(source)
     writer = _ShardWriter(out_dir, f"shard_{start // CHUNK_FRAMES:04d}")
     shapes: dict[str, int] = {}
@@ -485,10 +499,6 @@ def _build_chunk(
             vis.append(tgt.visible_fraction)
     writer.flush()
     return _ChunkResult(files=writer.files, count=writer.count, shapes=shapes, visible=vis)
-
-
-def _build_chunk_star(args: tuple[Any, ...]) -> _ChunkResult:
-    return _build_chunk(*args)
 
 
 def build_dataset(
@@ -551,7 +561,7 @@ def build_dataset(
         old.unlink()
     t0 = time.time()
     jobs = [
-        (
+        _ChunkJob(
             out_dir,
             source,
             split,
@@ -567,17 +577,17 @@ def build_dataset(
     results: list[_ChunkResult] = []
     if workers == 1 or len(jobs) <= 1:
         for job in jobs:
-            results.append(_build_chunk_star(job))
+            results.append(_build_chunk(job))
             if progress is not None:
-                progress(job[5], n_frames)
+                progress(job.stop, n_frames)
     else:
         import multiprocessing
 
         with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
-            for job, res in zip(jobs, pool.imap(_build_chunk_star, jobs), strict=True):
+            for job, res in zip(jobs, pool.imap(_build_chunk, jobs), strict=True):
                 results.append(res)
                 if progress is not None:
-                    progress(job[5], n_frames)
+                    progress(job.stop, n_frames)
     shapes: dict[str, int] = {}
     for r in results:
         for k, v in r.shapes.items():
