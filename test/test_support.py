@@ -112,3 +112,35 @@ def test_the_pipeline_cuts_a_stacked_object_at_its_support_and_says_so() -> None
     # completed down to the table without the support; to about the wide box's top with it
     assert lowest[(False, 2)] < WIDE[2] - 0.02
     assert lowest[(True, 2)] == pytest.approx(WIDE[2], abs=0.012)
+
+
+def test_the_geometric_completion_extrudes_a_stacked_object_down_to_its_support_only() -> None:
+    """The box on the wide box, completed by the geometric backend with and without its
+    contact height in the scene: without it the columns are filled down to the table (the
+    grid starts at the plane); with it the grid starts at the support's top (less
+    SUPPORT_CUT_TOL), nothing is filled below it, and the shorter grid has finer voxels."""
+    from sam3d_ros.core.completion import complete_shape
+    from sam3d_ros.core.support import contact_heights
+    from sam3d_ros.core.types import SceneContext
+
+    objects = [_box(1, WIDE, 0.0, 0.02, 0.0), _box(2, (0.05, 0.05, 0.07), 0.0, 0.03, WIDE[2])]
+    frame = render(
+        Scene(objects=tuple(objects), table=Table((0.0, 0.0), (0.5, 0.4))), camera()
+    ).to_rgbd_frame()
+    plane = estimate_support_plane(frame, CFG)
+    assert plane is not None
+    obs, _ = extract_observations(frame, CFG)
+    heights = contact_heights(find_supports(frame, plane, obs))
+    assert heights[2] == pytest.approx(WIDE[2], abs=0.006)
+    top = next(o for o in obs if o.instance_id == 2)
+    low, voxel = {}, {}
+    for grounded in (False, True):
+        scene = SceneContext(frame=frame, plane=plane, support_heights=heights if grounded else {})
+        shape = complete_shape(scene, top, CFG)
+        occupied = np.argwhere(shape.occupancy > CFG.occupancy_threshold)
+        centres = shape.origin + (occupied + 0.5) * shape.voxel_size
+        low[grounded] = float(plane.signed_distance(transform_points(shape.camera_T_grid, centres)).min())
+        voxel[grounded] = shape.voxel_size
+    assert low[False] < WIDE[2] - 0.02
+    assert low[True] == pytest.approx(WIDE[2], abs=0.006 + voxel[True])
+    assert voxel[True] < voxel[False]

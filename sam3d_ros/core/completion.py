@@ -9,7 +9,9 @@ simple priors and one hard constraint, in the order (a), (b), (d), (c), (e):
     silhouette loss of the mask erosion (``mask_erosion_px + 1`` pixels at the object's depth);
 (b) extrusion: objects rest on the support plane, so every occupied column is filled down
     to the plane, never more than ``config.max_completion_depth`` below the lowest observed
-    point. Without a plane "down" is unknown and nothing is extruded;
+    point; an object found resting on another object (``scene.support_heights``) is filled
+    down to that object's top only (its contact height less ``SUPPORT_CUT_TOL``, never above
+    the lowest observed point). Without a plane "down" is unknown and nothing is extruded;
 (d) free-space carving: a voxel whose centre projects onto a pixel whose measured depth is
     beyond the voxel (the camera saw through it) is empty, except on occluder pixels and
     pixels without valid depth (unknown); voxels projecting into the object's own mask more
@@ -59,7 +61,8 @@ def complete_shape(scene: SceneContext, obs: ObjectObservation, config: Pipeline
     """Amodal occupancy of one object from its observation (see the module docstring).
 
     Args:
-        scene: the frame (depth used for free-space carving) and the support plane.
+        scene: the frame (depth used for free-space carving), the support plane and the
+            contact heights of objects resting on other objects.
         obs: the object's filtered points (N, 3) in the camera frame (m), its mask and
             occluder mask (H, W) bool.
         config: uses ``mesh_resolution``, ``min_voxel_size``, ``use_symmetry``,
@@ -102,7 +105,11 @@ def complete_shape(scene: SceneContext, obs: ObjectObservation, config: Pipeline
     camera_T_grid = make_transform(R, base_point)
     floor_h: float | None = None
     if axes.heights is not None:
-        floor_h = max(0.0, float(axes.heights.min()) - mcd)
+        bottom = float(axes.heights.min())
+        floor_h = max(0.0, bottom - mcd)
+        ground = scene.support_heights.get(obs.instance_id)
+        if ground is not None:  # resting on another object: the grid starts on its top
+            floor_h = max(floor_h, min(ground - C.SUPPORT_CUT_TOL, bottom))
     P = (pts - base_point) @ R  # (N, 3) in G
     plane_used = floor_h is not None
     if floor_h is None:
