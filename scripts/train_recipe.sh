@@ -7,9 +7,9 @@
 # and measure the bucketed quality gate on the val split against the extruded hull, the
 # geometric backend and v4.
 # Times on the 2-core development machine (shared with other work; docs/benchmarks.md):
-# val split 2.1 min, train split 16.5 min, v4: encodings 6.0 min, training 40.2 min;
-# two-stage: stage-2 encodings 4.1 min, training 20.9 min (the first run: 4.9, 26.5); gate with
-# the v4 comparison 26.2 min.
+# val split 2.1 min, train split 16.5 min for its first 1600 frames (the next 1600: 10.5 min),
+# v4: encodings 6.0 min, training 40.2 min; two-stage on 3200 frames: stage-2 encodings
+# 8.0 min, training 41.9 min (on 1600 frames: 4.1, 20.9); gate with a comparison 19-26 min.
 # Usage: bash scripts/train_recipe.sh [CACHE_DIR]   (default ~/.cache/sam3d_ros; resumable:
 # run it again after an interruption and finished frames, datasets and epochs are kept)
 set -euo pipefail
@@ -17,7 +17,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${1:-$HOME/.cache/sam3d_ros}"
 GEN="$CACHE/gen_clutter"
 WORKERS="${SAM3D_WORKERS:-2}"
-TRAIN_FRAMES=1600
+TRAIN_FRAMES=3200
+V4_TRAIN_FRAMES=1600  # v4 was fine-tuned on the split's first 1600 frames (frame i depends on (seed, i) only)
 VAL_FRAMES=300
 bash "$ROOT/scripts/setup.sh" >/dev/null
 # shellcheck disable=SC1091
@@ -25,18 +26,24 @@ bash "$ROOT/scripts/setup.sh" >/dev/null
 cd "$ROOT"
 [ -f "$GEN/val/dataset.json" ] || sam3d-ros generate "$GEN/val" --frames "$VAL_FRAMES" --seed 0 --split val \
   --workers "$WORKERS" --resume
+# a train split generated with fewer frames (an older recipe) is extended: its frames are kept
+if [ -f "$GEN/train/dataset.json" ] && python -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["num_frames"] >= int(sys.argv[2]))' \
+  "$GEN/train/dataset.json" "$TRAIN_FRAMES"; then
+  mv "$GEN/train/dataset.json" "$GEN/train/dataset_shorter.json"
+fi
 [ -f "$GEN/train/dataset.json" ] || sam3d-ros generate "$GEN/train" --frames "$TRAIN_FRAMES" --seed 0 --split train \
   --workers "$WORKERS" --resume
 # v4 (one stage): fine-tuned from the scattered-world weights (v3): 6 epochs at a lower peak
 # learning rate; objects < 60 % visible twice per epoch.
 sam3d-ros train --source "dataset:$GEN" --cache-dir "$CACHE" --run-dir "$CACHE/runs/geometry_layout_clutter" \
-  --train-frames "$TRAIN_FRAMES" --val-frames "$VAL_FRAMES" --epochs 6 --lr 1e-3 --max-minutes 150 --threads 2 \
+  --train-frames "$V4_TRAIN_FRAMES" --val-frames "$VAL_FRAMES" --epochs 6 --lr 1e-3 --max-minutes 150 --threads 2 \
   --low-visibility-repeat 2 --init-weights models/v3/geometry_layout.pt \
   --data-workers "$WORKERS" --seed 0 --export-dir models/v4 --no-gate
 # The shipped two-stage model: stage 2 fine-tuned from v4 for 5 epochs on the cubes that
-# v4's layout (stage 1) places; the export ships v4's layout-only graph as stage 1.
-sam3d-ros train --source "dataset:$GEN" --cache-dir "$CACHE" --run-dir "$CACHE/runs/two_stage" \
-  --train-frames "$TRAIN_FRAMES" --val-frames "$VAL_FRAMES" --epochs 5 --lr 1e-3 --max-minutes 70 --threads 2 \
+# v4's layout (stage 1) places, on all 3200 train frames; the export ships v4's layout-only
+# graph as stage 1.
+sam3d-ros train --source "dataset:$GEN" --cache-dir "$CACHE" --run-dir "$CACHE/runs/two_stage_3200" \
+  --train-frames "$TRAIN_FRAMES" --val-frames "$VAL_FRAMES" --epochs 5 --lr 1e-3 --max-minutes 65 --threads 2 \
   --low-visibility-repeat 2 --init-weights models/v4/geometry_layout.pt --stage1 models/v4 \
   --data-workers "$WORKERS" --seed 0 --export-dir models --no-gate
 rc=0
