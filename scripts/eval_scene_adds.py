@@ -11,7 +11,7 @@ scene when its track appears and whenever its collision geometry changed (the ru
 
 Prints, per mode, the distribution of ADDs per object (mean, median, 90th percentile,
 max, share of objects with at most 3) over all objects and by the object's visible
-fraction, as JSON.
+fraction, and the MOVEs per object (nothing moves: each is churn), as JSON.
 
 Usage: python scripts/eval_scene_adds.py [--scenes 10] [--frames 30] [--seed 7]
        [--width 640 --height 480] [--json OUT]
@@ -58,14 +58,18 @@ def adds_of_scene(seed: int, index: int, frames: int, size: tuple[int, int]) -> 
         pipe = FramePipeline(cfg, create_backend(cfg))
         rng = np.random.default_rng([seed, index])
         adds: collections.Counter[int] = collections.Counter()
+        moves: collections.Counter[int] = collections.Counter()
         try:
             for frame in static_camera_frames(g, frames, rng, g.stamp_ns, "camera"):
                 for obj in pipe.process_scene(frame).objects:
                     if obj.appeared or obj.geometry_changed:
                         adds[obj.result.instance_id] += 1
+                    elif obj.moved:
+                        moves[obj.result.instance_id] += 1
         finally:
             pipe.close()
         out[mode] = dict(adds)
+        out[f"{mode}_moves"] = dict(moves)
     return out
 
 
@@ -104,6 +108,13 @@ def main() -> int:
                     if lo <= vis < hi:
                         per.setdefault(name, []).append(n)
         result["summary"][mode] = {k: summary(v) for k, v in per.items()}
+        # MOVEs (pose only) of the same objects: nothing moves in these scenes
+        moves = [
+            sc[f"{mode}_moves"].get(label, 0)
+            for sc in scenes
+            for label in set(sc["single"]) & set(sc["fused"])
+        ]
+        result["summary"][mode]["moves_per_object"] = round(sum(moves) / max(len(moves), 1), 3)
     print(json.dumps(result["summary"], indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

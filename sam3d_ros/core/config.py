@@ -393,7 +393,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "track_move_threshold",
         float,
         0.02,
-        "A track moved when its position changed by more than this since the last report (m).",
+        "A track moved when its position changed by more than this since the last report "
+        "and its last reported shape no longer lies within this of the current one (m).",
         min=0.0,
         max=10.0,
     ),

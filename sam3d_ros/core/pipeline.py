@@ -421,7 +421,7 @@ class FramePipeline:
         cut = touches_border(frame.labels, value=obs.instance_id)  # the mask before erosion
         t1 = time.perf_counter()
         fixed_T_object = f_T_c @ camera_T_object
-        collision, geometry_changed = self._collision(
+        collision, geometry_changed, move = self._collision(
             mesh_obj, seen, track, fixed_T_object, cut_by_border=cut
         )
         t2 = time.perf_counter()
@@ -434,9 +434,10 @@ class FramePipeline:
         moved = False
         if is_new or track.reported_position is None or geometry_changed:
             track.reported_position = position
-        elif self._will_move(track, fixed_T_object):
+        elif move:
             moved = True
             track.reported_position = position
+            track.reported_fixed_T_object = fixed_T_object.copy()
             self._drop_parts(track)
             self._submit_decomposition(track, mesh_obj, fixed_T_object)
         result = ObjectResult(
@@ -472,12 +473,20 @@ class FramePipeline:
         fixed_T_object: NDArray[np.float64],
         *,
         cut_by_border: bool = False,
-    ) -> tuple[CollisionSet, bool]:
-        """Collision shapes of one object (object frame) and whether its geometry version
-        changed (new decomposition parts, or a new hull: its volume changed by more than
-        ``shape_change_threshold`` of the last version's and by more than
-        ``shape_change_min_distance`` times the last version's hull area, i.e. the hull's
-        surface moved by more than that distance on average).
+    ) -> tuple[CollisionSet, bool, bool]:
+        """Collision shapes of one object (object frame), whether its geometry changed (an
+        ADD) and whether it moved (a MOVE).
+
+        The geometry changed with new decomposition parts, or with a new hull version: its
+        volume changed by more than ``shape_change_threshold`` of the last version's and by
+        more than ``shape_change_min_distance`` times the last version's hull area (the
+        hull's surface moved by more than that distance on average). Otherwise the object
+        moved when its object frame's origin moved by more than ``track_move_threshold``
+        from the last reported pose and the geometry the planning scene holds (the last
+        version's hull at that pose) no longer lies within that distance of the current
+        hull everywhere (a static object whose frame convention wobbles is not re-posed);
+        then a MOVE when the held hull at the new pose fits, else the shapes are sent again
+        (the frame turned against the object).
         ``seen`` flags the vertices of ``mesh_obj`` observed in this frame (padded less).
         An object cut by the image border is padded as completed surface all over."""
         cfg = self.config
@@ -496,17 +505,30 @@ class FramePipeline:
             cfg.shape_change_threshold,
             cfg.shape_change_min_distance,
         )
-        if not changed and track.geometry_hull is not None and self._will_move(track, fixed_T_object):
-            # a MOVE keeps the held shapes in the new object frame: send them again when
-            # they would not lie where the object is
-            changed = not held_geometry_fits(track.geometry_hull, hull, cfg.track_move_threshold)
-            if changed:
-                logger.debug("track %d: moved and its object frame turned: shapes sent again", track.track_id)
+        move = False
+        held, held_T = track.geometry_hull, track.reported_fixed_T_object
+        tol = cfg.track_move_threshold
+        if (
+            not changed
+            and held is not None
+            and held_T is not None
+            and float(np.linalg.norm(fixed_T_object[:3, 3] - held_T[:3, 3])) > tol
+        ):
+            held_then = TriangleMesh(transform_points(held_T, held.vertices), held.faces)
+            now = TriangleMesh(transform_points(fixed_T_object, hull.vertices), hull.faces)
+            if not held_geometry_fits(held_then, now, tol):  # both in F
+                # a MOVE keeps the held shapes in the new object frame: send them again
+                # when they would not lie where the object is
+                move = held_geometry_fits(held, hull, tol)
+                changed = not move
+                if changed:
+                    logger.debug(
+                        "track %d: moved and its object frame turned: shapes sent again", track.track_id
+                    )
         if changed:
             track.geometry_version += 1
             track.geometry_volume = volume
             track.geometry_area = float(face_areas_and_centroids(hull)[0].sum())
-            track.geometry_hull = hull
             if track.geometry_version > 1:
                 logger.debug("track %d: geometry version %d", track.track_id, track.geometry_version)
             self._submit_decomposition(track, mesh_obj, fixed_T_object)
@@ -517,6 +539,7 @@ class FramePipeline:
         if "decomposition" in kinds and track.parts and track.parts_fixed_T_object is not None:
             o_T_p = invert_transform(fixed_T_object) @ track.parts_fixed_T_object
             parts = tuple(TriangleMesh(transform_points(o_T_p, p.vertices), p.faces) for p in track.parts)
+        unpadded = hull
         # padding: more where the surface was completed than where it was observed
         m_obs, m_comp = cfg.collision_padding_observed, cfg.collision_padding_completed
         if m_obs > 0.0 or m_comp > 0.0:
@@ -543,14 +566,9 @@ class FramePipeline:
         )
         upgraded = upgraded and bool(parts)
         track.collision = collision
-        return collision, changed or upgraded
-
-    def _will_move(self, track: Track, fixed_T_object: NDArray[np.float64]) -> bool:
-        """Whether this frame reports the track as moved (a MOVE; see ``_finish_object``)."""
-        if track.reported_position is None:
-            return False
-        step = fixed_T_object[:3, 3] - track.reported_position
-        return float(np.linalg.norm(step)) > self.config.track_move_threshold
+        if changed or upgraded:  # an ADD: the planning scene holds this hull at this pose
+            track.geometry_hull, track.reported_fixed_T_object = unpadded, fixed_T_object.copy()
+        return collision, changed or upgraded, move
 
     # ------------------------------------------------------------------ decomposition cache
     def _submit_decomposition(

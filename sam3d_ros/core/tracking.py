@@ -76,7 +76,9 @@ class Track:
         reported_position: (3,) position in ``F`` at the last appear/move report.
         geometry_volume: hull volume (m^3) of the current geometry version.
         geometry_area: hull surface area (m^2) of the current geometry version.
-        geometry_hull: its convex hull (object frame, unpadded) as last reported.
+        geometry_hull: the convex hull (object frame, unpadded) last sent whole (ADD).
+        reported_fixed_T_object: 4x4 object frame in ``F`` of the last ADD or MOVE: where
+            the planning scene holds ``geometry_hull``.
         geometry_version: increases when the collision geometry changed notably.
         parts: convex parts in the object frame of ``parts_fixed_T_object``.
         parts_version: the geometry version the parts belong to.
@@ -97,6 +99,7 @@ class Track:
     geometry_volume: float | None = None
     geometry_area: float = 0.0
     geometry_hull: TriangleMesh | None = None
+    reported_fixed_T_object: NDArray[np.float64] | None = None
     geometry_version: int = 0
     parts: tuple[TriangleMesh, ...] = ()
     parts_version: int | None = None
