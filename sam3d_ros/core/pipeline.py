@@ -430,13 +430,8 @@ class FramePipeline:
             timings["fusion"] += fuse_s * 1000.0
         timings["refinement"] += refine_s * 1000.0
         timings["collision"] += (t2 - t1) * 1000.0
-        position = fixed_T_object[:3, 3].copy()
-        moved = False
-        if is_new or track.reported_position is None or geometry_changed:
-            track.reported_position = position
-        elif move:
-            moved = True
-            track.reported_position = position
+        moved = move and not geometry_changed  # an ADD (new or changed) carries the pose
+        if moved:
             track.reported_fixed_T_object = fixed_T_object.copy()
             self._drop_parts(track)
             self._submit_decomposition(track, mesh_obj, fixed_T_object)

@@ -73,7 +73,6 @@ class Track:
         centroid, lo, hi: last position and box in ``F``.
         missed: consecutive frames without a match. hits: frames matched.
         volume: fused evidence (when fusion is enabled).
-        reported_position: (3,) position in ``F`` at the last appear/move report.
         geometry_volume: hull volume (m^3) of the current geometry version.
         geometry_area: hull surface area (m^2) of the current geometry version.
         geometry_hull: the convex hull (object frame, unpadded) last sent whole (ADD).
@@ -95,7 +94,6 @@ class Track:
     missed: int = 0
     hits: int = 0
     volume: TrackVolume | None = None
-    reported_position: NDArray[np.float64] | None = None
     geometry_volume: float | None = None
     geometry_area: float = 0.0
     geometry_hull: TriangleMesh | None = None
