@@ -99,21 +99,17 @@ def main() -> int:
     result: dict[str, Any] = {"frames": args.frames, "scenes": scenes, "summary": {}}
     for mode in ("single", "fused"):
         per: dict[str, list[int]] = {"all": []}
+        moves: list[int] = []  # MOVEs (pose only) of the same objects: nothing moves here
         for sc in scenes:
             # objects both modes reconstructed at least once, so the counts are paired
             for label in set(sc["single"]) & set(sc["fused"]):
                 n, vis = sc[mode][label], sc["visible"][label]
                 per["all"].append(n)
+                moves.append(sc[f"{mode}_moves"].get(label, 0))
                 for name, lo, hi in BUCKETS:
                     if lo <= vis < hi:
                         per.setdefault(name, []).append(n)
         result["summary"][mode] = {k: summary(v) for k, v in per.items()}
-        # MOVEs (pose only) of the same objects: nothing moves in these scenes
-        moves = [
-            sc[f"{mode}_moves"].get(label, 0)
-            for sc in scenes
-            for label in set(sc["single"]) & set(sc["fused"])
-        ]
         result["summary"][mode]["moves_per_object"] = round(sum(moves) / max(len(moves), 1), 3)
     print(json.dumps(result["summary"], indent=1))
     if args.json:

@@ -19,6 +19,7 @@ from sam3d_ros.core.collision import (
     convex_hull,
     fit_primitives,
     held_geometry_fits,
+    held_placement,
     pad_convex,
     pad_primitive,
     points_outside_convex,
@@ -338,3 +339,24 @@ def test_a_pushed_object_is_moved_unless_its_frame_turned_against_it(turned: boo
         assert (obj.moved, obj.geometry_changed) == (expected == "moved", expected == "geometry_changed")
     finally:
         pipe.close()
+
+
+def test_held_placement_kept_moved_turned() -> None:
+    """The held mug hull at its pose against the current one: the frame origin barely moved,
+    or moved while the hull stayed (a wobbling frame): kept; the object pushed 6 cm with its
+    frame: moved; pushed and its frame turned against it: turned (shapes sent again)."""
+    body = trimesh.creation.box((0.08, 0.08, 0.10))
+    handle = trimesh.creation.box((0.03, 0.01, 0.05))
+    handle.apply_translation((0.055, 0.0, 0.0))
+    mug = convex_hull(tm(trimesh.util.concatenate([body, handle])))
+    at = make_transform(np.eye(3), (0.3, 0.0, 0.05))
+    turn = np.diag([-1.0, -1.0, 1.0])
+    tol = 0.02
+    assert held_placement(mug, at, mug, make_transform(np.eye(3), (0.31, 0.0, 0.05)), tol) == "kept"
+    # the same hull in F, described in a frame whose origin sits 3 cm further along x
+    shifted = convex_hull(TriangleMesh(mug.vertices - np.array([0.03, 0.0, 0.0]), mug.faces))
+    assert held_placement(mug, at, shifted, make_transform(np.eye(3), (0.33, 0.0, 0.05)), tol) == "kept"
+    pushed = make_transform(np.eye(3), (0.3, 0.06, 0.05))
+    assert held_placement(mug, at, mug, pushed, tol) == "moved"
+    turned = convex_hull(TriangleMesh(mug.vertices @ turn.T, mug.faces))
+    assert held_placement(mug, at, turned, pushed, tol) == "turned"

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError, cKDTree
 
-from sam3d_ros.core.frames import make_transform
+from sam3d_ros.core.frames import make_transform, transform_points
 from sam3d_ros.core.logs import warn_once
 from sam3d_ros.core.meshing import (
     drop_back_to_back_faces,
@@ -279,17 +280,45 @@ def shape_changed(
 
 
 def held_geometry_fits(held: TriangleMesh, current: TriangleMesh, tolerance: float) -> bool:
-    """Whether a MOVE (new pose, same shapes) would place the geometry the planning scene
-    holds within ``tolerance`` (m) of the current one: ``held`` and ``current`` are closed
-    convex hulls, both expressed in the current object frame (the held one in the frame it
-    was sent in). Every vertex of each must lie within ``tolerance`` of the other's
-    surface (the distance to the nearest face plane: exact inside, a lower bound outside).
-    The object frame's axes follow a convention (the footprint's long side, signed towards
-    the camera), so a push can turn the frame against the object; then the shapes must be
-    sent again."""
+    """Whether the closed convex hulls ``held`` and ``current``, expressed in one frame, lie
+    within ``tolerance`` (m) of each other: every vertex of each within ``tolerance`` of the
+    other's surface (the distance to the nearest face plane: exact inside, a lower bound
+    outside)."""
     d_held = points_outside_convex(held.vertices, current)
     d_current = points_outside_convex(current.vertices, held)
     return bool(max(np.abs(d_held).max(), np.abs(d_current).max()) <= tolerance)
+
+
+#: Outcomes of :func:`held_placement`.
+Placement = Literal["kept", "moved", "turned"]
+
+
+def held_placement(
+    held: TriangleMesh,
+    held_T: NDArray[np.float64],
+    hull: TriangleMesh,
+    fixed_T_object: NDArray[np.float64],
+    tolerance: float,
+) -> Placement:
+    """How the hull a planning scene holds stands to an object's current hull, both convex
+    and unpadded, each in its object frame (``held_T`` and ``fixed_T_object``: 4x4 object
+    frames in the fixed frame ``F``):
+
+    * ``"kept"``: the object frame's origin moved by at most ``tolerance`` (m), or the held
+      hull at its pose still lies within ``tolerance`` of the current one (a static object
+      whose frame convention wobbles): nothing to send;
+    * ``"moved"``: it no longer does, and the held hull at the new pose does (a MOVE);
+    * ``"turned"``: neither: the object frame's axes follow a convention (the footprint's
+      long side, signed towards the camera) that a push can turn against the object, so a
+      MOVE would show the held shapes turned; they must be sent again (an ADD).
+    """
+    if float(np.linalg.norm(fixed_T_object[:3, 3] - held_T[:3, 3])) <= tolerance:
+        return "kept"
+    held_then = TriangleMesh(transform_points(held_T, held.vertices), held.faces)
+    now = TriangleMesh(transform_points(fixed_T_object, hull.vertices), hull.faces)
+    if held_geometry_fits(held_then, now, tolerance):  # both in F
+        return "kept"
+    return "moved" if held_geometry_fits(held, hull, tolerance) else "turned"
 
 
 def accepted_primitives(

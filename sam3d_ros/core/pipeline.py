@@ -26,7 +26,7 @@ from sam3d_ros.core.collision import (
     accepted_primitives,
     convex_hull,
     fit_primitives,
-    held_geometry_fits,
+    held_placement,
     margins_from_reference,
     pad_convex,
     pad_mesh,
@@ -421,7 +421,7 @@ class FramePipeline:
         cut = touches_border(frame.labels, value=obs.instance_id)  # the mask before erosion
         t1 = time.perf_counter()
         fixed_T_object = f_T_c @ camera_T_object
-        collision, geometry_changed, move = self._collision(
+        collision, geometry_changed, moved = self._collision(
             mesh_obj, seen, track, fixed_T_object, cut_by_border=cut
         )
         t2 = time.perf_counter()
@@ -430,9 +430,7 @@ class FramePipeline:
             timings["fusion"] += fuse_s * 1000.0
         timings["refinement"] += refine_s * 1000.0
         timings["collision"] += (t2 - t1) * 1000.0
-        moved = move and not geometry_changed  # an ADD (new or changed) carries the pose
         if moved:
-            track.reported_fixed_T_object = fixed_T_object.copy()
             self._drop_parts(track)
             self._submit_decomposition(track, mesh_obj, fixed_T_object)
         result = ObjectResult(
@@ -501,25 +499,17 @@ class FramePipeline:
             cfg.shape_change_min_distance,
         )
         move = False
-        held, held_T = track.geometry_hull, track.reported_fixed_T_object
-        tol = cfg.track_move_threshold
-        if (
-            not changed
-            and held is not None
-            and held_T is not None
-            and float(np.linalg.norm(fixed_T_object[:3, 3] - held_T[:3, 3])) > tol
-        ):
-            held_then = TriangleMesh(transform_points(held_T, held.vertices), held.faces)
-            now = TriangleMesh(transform_points(fixed_T_object, hull.vertices), hull.faces)
-            if not held_geometry_fits(held_then, now, tol):  # both in F
-                # a MOVE keeps the held shapes in the new object frame: send them again
-                # when they would not lie where the object is
-                move = held_geometry_fits(held, hull, tol)
-                changed = not move
-                if changed:
-                    logger.debug(
-                        "track %d: moved and its object frame turned: shapes sent again", track.track_id
-                    )
+        if not changed and track.geometry_hull is not None and track.reported_fixed_T_object is not None:
+            placement = held_placement(
+                track.geometry_hull,
+                track.reported_fixed_T_object,
+                hull,
+                fixed_T_object,
+                cfg.track_move_threshold,
+            )
+            move, changed = placement == "moved", placement == "turned"
+            if changed:
+                logger.debug("track %d: moved and its object frame turned: shapes sent again", track.track_id)
         if changed:
             track.geometry_version += 1
             track.geometry_volume = volume
@@ -561,8 +551,11 @@ class FramePipeline:
         )
         upgraded = upgraded and bool(parts)
         track.collision = collision
-        if changed or upgraded:  # an ADD: the planning scene holds this hull at this pose
-            track.geometry_hull, track.reported_fixed_T_object = unpadded, fixed_T_object.copy()
+        move = move and not upgraded  # an ADD carries the pose
+        if changed or upgraded:  # an ADD: the planning scene holds this hull ...
+            track.geometry_hull = unpadded
+        if changed or upgraded or move:  # ... at this pose
+            track.reported_fixed_T_object = fixed_T_object.copy()
         return collision, changed or upgraded, move
 
     # ------------------------------------------------------------------ decomposition cache

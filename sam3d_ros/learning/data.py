@@ -437,24 +437,16 @@ def _build_chunk(job: _ChunkJob) -> _ChunkResult:
     encoded on the stage-2 cube that stage 1's layout gives, as at inference
     (``job.local_support``: grounded on the object it rests on,
     :func:`~sam3d_ros.core.encoding.stage2_cube`)."""
-    out_dir, source, split, seed = job.out_dir, job.source, job.split, job.seed
-    start, stop, config, stage1, local_support = (
-        job.start,
-        job.stop,
-        job.config,
-        job.stage1,
-        job.local_support,
-    )
-    src = create_source(source)
-    writer = _ShardWriter(out_dir, f"shard_{start // CHUNK_FRAMES:04d}")
+    src = create_source(job.source)
+    writer = _ShardWriter(job.out_dir, f"shard_{job.start // CHUNK_FRAMES:04d}")
     shapes: dict[str, int] = {}
     vis: list[float] = []
-    layout_net = _Stage1(stage1) if stage1 else None
-    for lf in src.frames(split, stop, seed, start=start):
-        plane = estimate_support_plane(lf.frame, config)
-        observations, _ = extract_observations(lf.frame, config)
+    layout_net = _Stage1(job.stage1) if job.stage1 else None
+    for lf in src.frames(job.split, job.stop, job.seed, start=job.start):
+        plane = estimate_support_plane(lf.frame, job.config)
+        observations, _ = extract_observations(lf.frame, job.config)
         # as the pipeline: what each object rests on, found before the backend runs
-        heights = contact_heights(find_supports(lf.frame, plane, observations)) if local_support else {}
+        heights = contact_heights(find_supports(lf.frame, plane, observations)) if job.local_support else {}
         scene = SceneContext(frame=lf.frame, plane=plane, support_heights=heights)
         encoded: list[tuple[Any, ObjectTarget, NDArray[np.float32], GridFrame]] = []
         for obs in observations:
@@ -472,7 +464,7 @@ def _build_chunk(job: _ChunkJob) -> _ChunkResult:
             staged = []
             for (obs, tgt, _, gf1), lay in zip(encoded, lays, strict=True):
                 try:
-                    gf2 = stage2_cube(scene, obs, gf1, lay, local_support=local_support)
+                    gf2 = stage2_cube(scene, obs, gf1, lay, local_support=job.local_support)
                     feats2, _ = encode_object(scene, obs, gf2)
                 except EncodingError as err:
                     logger.debug("scene %d object %d: no stage-2 cube: %s", lf.seed, obs.instance_id, err)
