@@ -11,7 +11,9 @@ scene when its track appears and whenever its collision geometry changed (the ru
 
 Prints, per mode, the distribution of ADDs per object (mean, median, 90th percentile,
 max, share of objects with at most 3) over all objects and by the object's visible
-fraction, and the MOVEs per object (nothing moves: each is churn), as JSON.
+fraction, the MOVEs per object (nothing moves: each is churn) and the pose turns per
+object (frames whose published object x axis turned by more than ``TURN_DEG`` from the
+object's previous frame: a grasp planner sees a static object turn), as JSON.
 
 Usage: python scripts/eval_scene_adds.py [--scenes 10] [--frames 30] [--seed 7]
        [--width 640 --height 480] [--json OUT]
@@ -36,6 +38,8 @@ from sam3d_ros.sim.sequences import static_camera_frames
 
 #: An object's ADDs count as "no flood" up to this many (issue #13).
 MAX_ADDS = 3
+#: A published pose "turned" when its x axis is this far (degrees) from the previous frame's.
+TURN_DEG = 30.0
 BUCKETS = (("visible>=0.6", 0.6, 1.01), ("visible 0.35-0.6", 0.35, 0.6), ("visible<0.35", 0.0, 0.35))
 
 
@@ -59,17 +63,26 @@ def adds_of_scene(seed: int, index: int, frames: int, size: tuple[int, int]) -> 
         rng = np.random.default_rng([seed, index])
         adds: collections.Counter[int] = collections.Counter()
         moves: collections.Counter[int] = collections.Counter()
+        turns: collections.Counter[int] = collections.Counter()
+        last_x: dict[int, np.ndarray] = {}
+        cos_turn = float(np.cos(np.radians(TURN_DEG)))
         try:
             for frame in static_camera_frames(g, frames, rng, g.stamp_ns, "camera"):
                 for obj in pipe.process_scene(frame).objects:
+                    label = obj.result.instance_id
                     if obj.appeared or obj.geometry_changed:
-                        adds[obj.result.instance_id] += 1
+                        adds[label] += 1
                     elif obj.moved:
-                        moves[obj.result.instance_id] += 1
+                        moves[label] += 1
+                    x = obj.fixed_T_object[:3, 0]
+                    if label in last_x and float(x @ last_x[label]) < cos_turn:
+                        turns[label] += 1
+                    last_x[label] = x
         finally:
             pipe.close()
         out[mode] = dict(adds)
         out[f"{mode}_moves"] = dict(moves)
+        out[f"{mode}_turns"] = dict(turns)
     return out
 
 
@@ -100,17 +113,21 @@ def main() -> int:
     for mode in ("single", "fused"):
         per: dict[str, list[int]] = {"all": []}
         moves: list[int] = []  # MOVEs (pose only) of the same objects: nothing moves here
+        turns: list[int] = []  # frames whose published pose turned (nothing turns here)
         for sc in scenes:
             # objects both modes reconstructed at least once, so the counts are paired
             for label in set(sc["single"]) & set(sc["fused"]):
                 n, vis = sc[mode][label], sc["visible"][label]
                 per["all"].append(n)
                 moves.append(sc[f"{mode}_moves"].get(label, 0))
+                turns.append(sc[f"{mode}_turns"].get(label, 0))
                 for name, lo, hi in BUCKETS:
                     if lo <= vis < hi:
                         per.setdefault(name, []).append(n)
         result["summary"][mode] = {k: summary(v) for k, v in per.items()}
         result["summary"][mode]["moves_per_object"] = round(sum(moves) / max(len(moves), 1), 3)
+        result["summary"][mode]["turns_per_object"] = round(sum(turns) / max(len(turns), 1), 3)
+        result["summary"][mode]["objects_that_turned"] = sum(t > 0 for t in turns)
     print(json.dumps(result["summary"], indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

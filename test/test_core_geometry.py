@@ -588,6 +588,54 @@ def test_object_frame_of_analytic_box_sign_and_handedness() -> None:
     np.testing.assert_allclose(t[:3, 3], scene.to_camera(np.array([[0, 0, 0.025]]))[0], atol=1e-9)
 
 
+def _turned(t: np.ndarray, deg: float) -> np.ndarray:
+    """The frame ``t`` turned by ``deg`` about its own z axis."""
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    out = t.copy()
+    out[:3, :3] = t[:3, :3] @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    return out
+
+
+@pytest.mark.parametrize(
+    ("size", "previous_turn", "expected_turn"),
+    [
+        ((0.2, 0.1, 0.05), 180.0, 180.0),  # the sign of x: always the previous one
+        ((0.2, 0.1, 0.05), 170.0, 180.0),
+        ((0.2, 0.1, 0.05), 100.0, 180.0),  # a long side stays x, the closer sign wins
+        ((0.2, 0.1, 0.05), 20.0, 0.0),
+        ((0.1, 0.095, 0.05), 80.0, 90.0),  # near-square: the previous x, a quarter turn away
+        ((0.1, 0.095, 0.05), -95.0, -90.0),
+        ((0.1, 0.085, 0.05), 80.0, 0.0),  # 15 % apart: not square, the long side stays x
+    ],
+)
+def test_a_tracked_frame_keeps_the_previous_axes(
+    size: tuple[float, float, float], previous_turn: float, expected_turn: float
+) -> None:
+    """``keep_previous_axes`` turns the conventional frame by the quarter turn closest to
+    the previous x (half turns always, quarter turns only for a near-square footprint): the
+    same box (origin, z, extents along the new axes), a proper rotation."""
+    import trimesh
+
+    mesh = trimesh.creation.box(size)
+    scene = _single(Box((0.0, 0.0), size, yaw_deg=30.0), elevation=40.0)
+    c, s = np.cos(np.radians(30.0)), np.sin(np.radians(30.0))
+    world_T_box = np.eye(4)
+    world_T_box[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]
+    world_T_box[:3, 3] = [0.0, 0.0, size[2] / 2]
+    v_cam = transform_points(scene.camera_T_world @ world_T_box, np.asarray(mesh.vertices))
+    n, off = scene.plane_in_camera()
+    from sam3d_ros.core.layout import keep_previous_axes
+    from sam3d_ros.core.types import SupportPlane
+
+    t, ext = estimate_object_frame(v_cam, SupportPlane(n, off))
+    kept, kept_ext = keep_previous_axes(t, ext, _turned(t, previous_turn)[:3, :3])
+    np.testing.assert_allclose(kept, _turned(t, expected_turn), atol=1e-9)
+    assert np.linalg.det(kept[:3, :3]) == pytest.approx(1.0)
+    local = transform_points(np.linalg.inv(kept), v_cam)
+    np.testing.assert_allclose(local.max(axis=0) - local.min(axis=0), kept_ext, atol=1e-9)
+    np.testing.assert_allclose((local.max(axis=0) + local.min(axis=0)) / 2, 0.0, atol=1e-9)
+
+
 # -------------------------------------------------------------------------------- backend
 
 

@@ -83,6 +83,30 @@ def test_appear_move_vanish_flags_and_reset() -> None:
     assert u5.vanished == (1,) and u5.objects[0].appeared
 
 
+@pytest.mark.parametrize(("obj", "turn"), [(box(1, 0.0, 0.0), 180.0), (cylinder(1, 0.0, 0.0), 90.0)])
+def test_a_static_objects_published_frame_keeps_the_tracks_axes(obj, turn: float) -> None:
+    """The pose published for a tracked object keeps the axes of its previous frame where
+    the footprint convention leaves a choice (x's sign; x/y of a round footprint): with the
+    track's last frame turned about z, the next frame's pose follows it and its mesh,
+    posed, is the same object; no MOVE or ADD for it."""
+    from sam3d_ros.core.frames import transform_points
+
+    cfg = config()
+    pipe = FramePipeline(cfg, create_backend(cfg))
+    (first,) = pipe.process_scene(frame([obj], 0)).objects
+    c, s_ = np.cos(np.radians(turn)), np.sin(np.radians(turn))
+    turned = first.fixed_T_object.copy()
+    turned[:3, :3] = turned[:3, :3] @ np.array([[c, -s_, 0], [s_, c, 0], [0, 0, 1]])
+    (track,) = pipe.tracker.tracks.values()
+    track.fixed_T_object = turned
+    (second,) = pipe.process_scene(frame([obj], 1)).objects
+    np.testing.assert_allclose(second.fixed_T_object[:3, :3], turned[:3, :3], atol=1e-6)
+    np.testing.assert_allclose(second.fixed_T_object[:3, 3], first.fixed_T_object[:3, 3], atol=1e-6)
+    posed = [transform_points(o.fixed_T_object, o.result.mesh.vertices) for o in (first, second)]
+    np.testing.assert_allclose(posed[1], posed[0], atol=1e-6)
+    assert not (second.moved or second.geometry_changed)
+
+
 def test_fused_shapes_beat_single_frame_shapes() -> None:
     views = sequence(1, 4, 3, arc_deg=120.0, width=320, height=240)
     frames = render_sequence(views)

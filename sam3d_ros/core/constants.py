@@ -145,6 +145,12 @@ DECOMPOSITION_MAX_INPUT_FACES: Final[int] = 20_000
 #: Seconds to wait for a decomposition worker process to exit when it is shut down.
 DECOMPOSITION_SHUTDOWN_TIMEOUT_S: Final[float] = 5.0
 
+#: A tracked object's published frame keeps the track's previous x axis (up to a sign, or
+#: a quarter turn about z) when that choice is as good as the footprint convention: the
+#: long side is x unless the footprint's sides differ by at most this fraction of the
+#: longer one, where the previous x wins (a near-square footprint's long side is noise).
+OBJECT_FRAME_SQUARE_TOL: Final[float] = 0.1
+
 #: Weight of the 3D bounding-box overlap (1 - IoU) in the track association cost.
 TRACK_IOU_WEIGHT: Final[float] = 0.5
 

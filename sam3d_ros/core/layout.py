@@ -2,8 +2,10 @@
 
 The object frame has z along the support-plane normal (the camera's "up" without a
 plane), x along the major side of the footprint's minimum-area bounding rectangle and its
-origin at the centre of the shape's bounding box in that frame. All in the camera optical
-frame, metres.
+origin at the centre of the shape's bounding box in that frame. A tracked object keeps its
+previous frame's axes where the convention leaves a choice (:func:`keep_previous_axes`: the
+sign of x, and x/y of a near-square footprint), so a static object's pose does not turn.
+All in the camera optical frame, metres.
 """
 
 from __future__ import annotations
@@ -74,6 +76,54 @@ def estimate_object_frame(
         ext = hi - lo
     centre = R @ ((lo + hi) / 2.0)
     return make_transform(R, centre), (float(ext[0]), float(ext[1]), float(ext[2]))
+
+
+def keep_previous_axes(
+    camera_T_object: NDArray[np.float64],
+    extents: tuple[float, float, float],
+    previous_R: NDArray[np.float64],
+    square_tol: float = C.OBJECT_FRAME_SQUARE_TOL,
+) -> tuple[NDArray[np.float64], tuple[float, float, float]]:
+    """The frame of :func:`estimate_object_frame` turned about its z axis to the quarter
+    turn whose x is closest to a tracked object's previous x.
+
+    The convention fixes x only up to its sign (and the sign rule flips where x is nearly
+    perpendicular to the camera's x); a footprint whose sides differ by at most
+    ``square_tol`` of the longer one has no meaningful long side either. So: x may turn by
+    180 degrees always, and by +-90 degrees (x and y extents swapped) when the footprint is
+    that close to square. The origin and z are kept; the box is the same box.
+
+    Args:
+        camera_T_object: 4x4 float64, the new frame in the camera optical frame.
+        extents: its (ex, ey, ez) full extents, metres.
+        previous_R: 3x3 rotation of the previous frame in the same camera frame (columns:
+            its axes).
+        square_tol: relative tolerance of a near-square footprint.
+
+    Returns:
+        (camera_T_object, extents) of the chosen quarter turn.
+    """
+    R = np.asarray(camera_T_object, dtype=np.float64)[:3, :3]
+    ex, ey, ez = extents
+    turns = [0, 2]
+    if ex - ey <= square_tol * max(ex, 1e-12):
+        turns += [1, 3]
+    prev_x = np.asarray(previous_R, dtype=np.float64)[:, 0]
+    best, best_dot = 0, -np.inf
+    for k in turns:
+        c, s_ = np.cos(k * np.pi / 2.0), np.sin(k * np.pi / 2.0)
+        x_k = c * R[:, 0] + s_ * R[:, 1]
+        dot = float(x_k @ prev_x)
+        if dot > best_dot + 1e-9:
+            best, best_dot = k, dot
+    if best == 0:
+        return np.asarray(camera_T_object, dtype=np.float64), extents
+    c, s_ = round(np.cos(best * np.pi / 2.0)), round(np.sin(best * np.pi / 2.0))
+    x = c * R[:, 0] + s_ * R[:, 1]
+    y = -s_ * R[:, 0] + c * R[:, 1]
+    T = np.array(camera_T_object, dtype=np.float64)
+    T[:3, :3] = np.stack([x, y, R[:, 2]], axis=1)
+    return T, ((ey, ex, ez) if best % 2 else (ex, ey, ez))
 
 
 def _min_area_rectangle(xy: NDArray[np.float64]) -> tuple[float, float]:

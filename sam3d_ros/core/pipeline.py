@@ -46,7 +46,13 @@ from sam3d_ros.core.decomposition import (
 from sam3d_ros.core.frames import Pose, invert_transform, matrix_from_quaternion, transform_points
 from sam3d_ros.core.fusion import FusionError, FusionGrowthError, StaticCameraCheck, TrackVolume, shape_points
 from sam3d_ros.core.images import touches_border
-from sam3d_ros.core.layout import LayoutError, estimate_object_frame, observed_in_frame, visible_fraction
+from sam3d_ros.core.layout import (
+    LayoutError,
+    estimate_object_frame,
+    keep_previous_axes,
+    observed_in_frame,
+    visible_fraction,
+)
 from sam3d_ros.core.meshing import MeshingError, face_areas_and_centroids, mesh_from_voxels, mesh_volume
 from sam3d_ros.core.observation import extract_observations
 from sam3d_ros.core.refine import RefinementError, carve_seen_free, free_space_depth, snap_to_depth
@@ -412,6 +418,9 @@ class FramePipeline:
             # quadric decimation: message building, hulls and fits scale with the faces
             mesh_cam = simplify_mesh(mesh_cam, cfg.output_mesh_max_triangles)
         camera_T_object, extents = estimate_object_frame(mesh_cam.vertices, scene.plane)
+        if track.fixed_T_object is not None:  # a static object's pose must not turn
+            previous = invert_transform(f_T_c) @ track.fixed_T_object
+            camera_T_object, extents = keep_previous_axes(camera_T_object, extents, previous[:3, :3])
         object_T_camera = invert_transform(camera_T_object)
         mesh_obj = TriangleMesh(
             vertices=transform_points(object_T_camera, mesh_cam.vertices), faces=mesh_cam.faces
@@ -421,6 +430,7 @@ class FramePipeline:
         cut = touches_border(frame.labels, value=obs.instance_id)  # the mask before erosion
         t1 = time.perf_counter()
         fixed_T_object = f_T_c @ camera_T_object
+        track.fixed_T_object = fixed_T_object
         collision, geometry_changed, moved = self._collision(
             mesh_obj, seen, track, fixed_T_object, cut_by_border=cut
         )

@@ -76,6 +76,8 @@ class Track:
         geometry_volume: hull volume (m^3) of the current geometry version.
         geometry_area: hull surface area (m^2) of the current geometry version.
         geometry_hull: the convex hull (object frame, unpadded) last sent whole (ADD).
+        fixed_T_object: 4x4 object frame in ``F`` published for the last frame that saw the
+            object (the next frame keeps its axes where the convention allows).
         reported_fixed_T_object: 4x4 object frame in ``F`` of the last ADD or MOVE: where
             the planning scene holds ``geometry_hull``.
         geometry_version: increases when the collision geometry changed notably.
@@ -97,6 +99,7 @@ class Track:
     geometry_volume: float | None = None
     geometry_area: float = 0.0
     geometry_hull: TriangleMesh | None = None
+    fixed_T_object: NDArray[np.float64] | None = None
     reported_fixed_T_object: NDArray[np.float64] | None = None
     geometry_version: int = 0
     parts: tuple[TriangleMesh, ...] = ()
