@@ -129,3 +129,78 @@ def test_stage_two_dataset_is_encoded_on_the_stage_one_boxes(tiny_cache: Path, t
     # channels 0-5 are binary (exact after quantisation); the stage-1 cube differs
     np.testing.assert_array_equal(got[:, :6], x2[:, :6])
     assert not np.array_equal(got[:, :6], x1[:, :6])
+
+
+def test_a_layout_only_run_trains_the_stage_one_graph_and_exports_a_stage_one_directory(
+    tiny_cache: Path, tmp_path: Path
+) -> None:
+    """``layout_only``: the encoder and the global heads learn from the layout loss alone,
+    the decoder keeps its initial weights; the export is a stage-1 model directory that a
+    two-stage export ships as its stage 1 (recording that stage 2 was trained on another
+    stage 1's cubes) and that no backend runs by itself."""
+    from sam3d_ros.backends.learned import ModelFileError, load_manifest, sha256_file, stage1_files
+    from sam3d_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from sam3d_ros.backends.torch_model import build_model
+    from sam3d_ros.core.config import default_config
+    from sam3d_ros.learning.export import export_layout_model, export_model
+    from sam3d_ros.learning.train import TrainConfig, load_weights, train
+
+    small = {"c16": 4, "c8": 4, "c4": 4, "c32": 2}
+    init = tmp_path / "init.pt"
+    torch.manual_seed(1)
+    net0 = build_model(small)
+    torch.save({"model": net0.state_dict(), "model_config": small}, init)
+    cfg = TrainConfig(
+        train_frames=2,
+        val_frames=2,
+        epochs=2,
+        batch_size=8,
+        max_minutes=5.0,
+        model=small,
+        init_weights=str(init),
+        layout_only=True,
+    )
+    rec = train(cfg, tmp_path / "run", tiny_cache)
+    assert rec["complete"]
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert "val_centre_err" in hist[-1] and "val_iou" not in hist[-1] and "train_bce" not in hist[-1]
+    net = load_weights(tmp_path / "run" / "final.pt")
+    before, after = net0.state_dict(), net.state_dict()
+    decoder = ("up8", "dec8", "up16", "dec16", "up32", "fuse32", "head32")
+    for name in before:
+        same = torch.equal(before[name], after[name])
+        if name.startswith(decoder):
+            assert same, name
+        elif name.startswith(("stem.0.0.weight", "down4.0.0.weight", "global_head.0.weight")):
+            assert not same, name
+    st1 = tmp_path / "stage1"
+    export_layout_model(net, st1, rec)
+    onnx, weights = stage1_files(st1)
+    assert onnx.name == "geometry_layout_stage1.onnx" and weights.is_file()
+    with pytest.raises(ModelFileError, match="no shape graph"):
+        OnnxRuntimeBackend(default_config(), directory=st1)
+    # a two-stage export that ships it, and one that ships the stage 1 stage 2 was trained on
+    for shipped, trained_on, expect in ((st1, "0" * 64, False), (st1, sha256_file(onnx), True)):
+        out = tmp_path / f"two_stage_{expect}"
+        m = export_model(net, out, {"config": {"stage1_sha256": trained_on}}, stage1=shipped)
+        assert m["stages"]["layout"]["shape_trained_on_this_layout"] is expect
+        assert load_manifest(out)["files"]["onnx_stage1"]["sha256"]
+        OnnxRuntimeBackend(default_config(), directory=out)  # a complete model
+
+
+def test_a_checkpoint_from_before_a_recipe_field_existed_resumes(tiny_cache: Path, tmp_path: Path) -> None:
+    """A field added to :class:`TrainConfig` later (here ``layout_only``) reads as its
+    default in an older checkpoint, so the run resumes; another value is refused."""
+    from sam3d_ros.learning.train import TrainConfig, TrainError, train
+
+    small = {"c16": 4, "c8": 4, "c4": 4, "c32": 2}
+    run = tmp_path / "run"
+    cfg = TrainConfig(train_frames=2, val_frames=2, epochs=1, batch_size=8, max_minutes=0.0, model=small)
+    train(cfg, run, tiny_cache)
+    ck = torch.load(run / "checkpoint.pt", weights_only=False)
+    del ck["config"]["layout_only"]
+    torch.save(ck, run / "checkpoint.pt")
+    with pytest.raises(TrainError, match="another recipe"):
+        train(TrainConfig(**{**cfg.__dict__, "layout_only": True, "max_minutes": 5.0}), run, tiny_cache)
+    cfg.max_minutes = 5.0
+    assert train(cfg, run, tiny_cache)["complete"]

@@ -275,6 +275,11 @@ class LearnedBackend(Backend):
         super().__init__(config)
         self.model_dir = Path(directory) if directory is not None else model_dir(config.model_dir)
         self.manifest = load_manifest(self.model_dir)
+        if ONNX_KEY not in self.manifest.get("files", {}):
+            raise ModelFileError(
+                f"{self.model_dir} has no shape graph (files.{ONNX_KEY}): a stage-1 model directory "
+                "serves only as the stage 1 of a two-stage export ('sam3d-ros train --stage1/--ship-stage1')"
+            )
         #: the stages this model runs, in order (see :func:`stage_graphs`)
         self.stages = stage_graphs(self.manifest)
         #: stage 2 was trained on cubes grounded on the object each one rests on

@@ -11,6 +11,9 @@ A two-stage model (``stage1`` given) also ships its stage 1, the layout network 
 places each object's stage-2 cube: the stage-1 model directory's weights copied as
 ``geometry_layout_stage1.pt`` and their layout-only graph (no decoder) exported as
 ``geometry_layout_stage1.onnx`` (``files.onnx_stage1``/``files.torch_weights_stage1``).
+A layout-only training run (a stage 1 of its own) exports a stage-1 model directory
+(:func:`export_layout_model`): those two files and a manifest, no shape graph; it serves
+as the stage 1 of a two-stage export and is not a model the backends run by itself.
 """
 
 from __future__ import annotations
@@ -187,6 +190,44 @@ def export_stage1(stage1: Path, out_dir: Path) -> tuple[dict[str, Any], dict[str
     return _file_entry(onnx_path), _file_entry(weights), parity
 
 
+def export_layout_model(model: GeometryLayoutNet, out_dir: Path, training: dict[str, Any]) -> dict[str, Any]:
+    """Write a layout-only run's network into ``out_dir`` as a stage-1 model directory:
+    its state dict as ``STAGE1_WEIGHTS_NAME``, its layout-only graph as ``STAGE1_ONNX_NAME``
+    and a manifest with those two files, the stage-1 io, the encoding and ``training``;
+    returns the manifest (:func:`sam3d_ros.backends.learned.stage1_files` reads it)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    weights = out_dir / STAGE1_WEIGHTS_NAME
+    torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict()}, weights)
+    onnx_path = out_dir / STAGE1_ONNX_NAME
+    export_onnx(model, str(onnx_path), opset=OPSET, layout_only=True)
+    parity = parity_check(model, onnx_path, layout_only=True)
+    spec = io_spec()
+    manifest = {
+        "format_version": 1,
+        "model": "geometry_layout_stage1",
+        "description": "stage 1 of a two-stage model only (the layout-only graph, trained for the "
+        "layout alone): serves as 'sam3d-ros train --stage1/--ship-stage1'; the backends do not "
+        "run it by itself; its confidence output is the initial weights' (not trained by this run, "
+        "and a stage 1's confidence is unused)",
+        "files": {STAGE1_ONNX_KEY: _file_entry(onnx_path), STAGE1_WEIGHTS_KEY: _file_entry(weights)},
+        "stages": {"layout": "this network (encoder and global heads; the decoder is unused)"},
+        "inputs": spec["inputs"],
+        "outputs": [o for o in spec["outputs"] if o["name"] in LAYOUT_OUTPUT_NAMES],
+        "encoding": encoding_spec(),
+        "model_config": model.cfg.to_dict(),
+        "export": {
+            "torch": torch.__version__,
+            "opset": OPSET,
+            "stage1_parity_max_abs_diff": parity,
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        "training": training,
+    }
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
 def _file_entry(path: Path) -> dict[str, Any]:
     return {"name": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
@@ -218,7 +259,10 @@ def export_model(
     if stage1 is not None:
         files[STAGE1_ONNX_KEY], files[STAGE1_WEIGHTS_KEY], stage1_parity = export_stage1(stage1, out_dir)
         src_manifest = load_manifest(stage1)
+        trained_on = training.get("config", {}).get("stage1_sha256", "")
         stages["layout"] = {
+            # False: stage 2 was trained on the cubes of another stage 1 ('train --ship-stage1')
+            "shape_trained_on_this_layout": sha256_file(stage1_files(stage1)[0]) == trained_on,
             "source_weights_sha256": files[STAGE1_WEIGHTS_KEY]["sha256"],
             "source_trained": src_manifest.get("training", {}).get("finished_at"),
             "source_command": src_manifest.get("training", {}).get("command"),

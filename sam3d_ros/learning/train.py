@@ -6,7 +6,9 @@ Adam with a one-cycle learning rate, random mirror augmentation of the cube (x a
 the layout target is mirrored with it), loss = BCE(occupancy, amodal fraction) + soft Dice
 + layout smooth-L1 (centre, log-size; yaw only for boxes) + confidence BCE towards the
 detached IoU of the prediction + ``distill_weight`` * BCE(occupancy, teacher) on rows with a
-stored teacher output.
+stored teacher output. A ``layout_only`` run trains a two-stage model's stage 1: only the
+encoder and the global heads run (:meth:`GeometryLayoutNet.layout_forward`) and the loss is
+the layout term alone (the decoder keeps its initial weights and is never used).
 
 Everything the run produces lives in ``run_dir`` (outside the repository by default):
 ``checkpoint.pt`` (resumable: model, optimiser, scheduler, epoch, RNG states, history),
@@ -87,6 +89,9 @@ class TrainConfig:
     #: network (stage 2, the shape) is trained on ("" = one stage); path as given and sha256
     stage1_onnx: str = ""
     stage1_sha256: str = ""
+    #: train a two-stage model's stage 1 (the layout graph) on the observed-extent cubes:
+    #: layout loss only, encoder and global heads only (see the module docstring)
+    layout_only: bool = False
 
 
 #: TrainConfig fields that may change between a run and its resumption.
@@ -135,6 +140,20 @@ def _augment(batch: dict[str, Tensor], gen: torch.Generator) -> dict[str, Tensor
     return out
 
 
+def _layout_losses(layout: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """(box term, yaw term): smooth-L1 of the centre and log-size (rows with a box), of
+    (sin 2 yaw, cos 2 yaw) (rows whose box has a yaw), batch means."""
+    m = batch["layout_mask"]
+    t = batch["layout"]
+    box_l = (
+        F.smooth_l1_loss(layout[:, :6], t[:, :6], beta=0.05, reduction="none").mean(dim=1) * m[:, 0]
+    ).mean()
+    yaw_l = (
+        F.smooth_l1_loss(layout[:, 6:], t[:, 6:], beta=0.05, reduction="none").mean(dim=1) * m[:, 1]
+    ).mean()
+    return box_l, yaw_l
+
+
 def compute_losses(
     outputs: tuple[Tensor, Tensor, Tensor], batch: dict[str, Tensor], cfg: TrainConfig
 ) -> dict[str, Tensor]:
@@ -146,14 +165,7 @@ def compute_losses(
     inter = (p * y).sum(dim=(1, 2, 3))
     dice = 1.0 - (2 * inter + 1.0) / (p.sum(dim=(1, 2, 3)) + y.sum(dim=(1, 2, 3)) + 1.0)
     dice_l = dice.mean()
-    m = batch["layout_mask"]
-    t = batch["layout"]
-    box_l = (
-        F.smooth_l1_loss(layout[:, :6], t[:, :6], beta=0.05, reduction="none").mean(dim=1) * m[:, 0]
-    ).mean()
-    yaw_l = (
-        F.smooth_l1_loss(layout[:, 6:], t[:, 6:], beta=0.05, reduction="none").mean(dim=1) * m[:, 1]
-    ).mean()
+    box_l, yaw_l = _layout_losses(layout, batch)
     with torch.no_grad():
         pb, yb = p > 0.5, y > 0.5
         iou = (pb & yb).sum(dim=(1, 2, 3)).float() / (pb | yb).sum(dim=(1, 2, 3)).clamp(min=1).float()
@@ -178,6 +190,26 @@ def compute_losses(
     return losses
 
 
+def compute_layout_losses(layout: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A ``layout_only`` run's loss terms: ``layout`` (box), ``yaw`` and ``total`` = box +
+    0.5 yaw (the layout term of :func:`compute_losses` without its weight), plus
+    ``centre_err`` (mean centre error in cube sides, rows with a box; no grad)."""
+    box_l, yaw_l = _layout_losses(layout, batch)
+    with torch.no_grad():
+        m = batch["layout_mask"][:, 0]
+        err = (layout[:, :3] - batch["layout"][:, :3]).norm(dim=1)
+        centre_err = (err * m).sum() / m.sum().clamp(min=1.0)
+    return {"layout": box_l, "yaw": yaw_l, "total": box_l + 0.5 * yaw_l, "centre_err": centre_err}
+
+
+def batch_losses(model: GeometryLayoutNet, batch: dict[str, Tensor], cfg: TrainConfig) -> dict[str, Tensor]:
+    """One forward pass of ``model`` on ``batch`` and its loss terms (:func:`compute_losses`,
+    or :func:`compute_layout_losses` for a ``layout_only`` run)."""
+    if cfg.layout_only:
+        return compute_layout_losses(model.layout_forward(batch["inputs"])[0], batch)
+    return compute_losses(model(batch["inputs"]), batch, cfg)
+
+
 def _to_tensors(b: dict[str, np.ndarray]) -> dict[str, Tensor]:
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in b.items()}
 
@@ -191,9 +223,12 @@ def validate(model: GeometryLayoutNet, ds: ArrayDataset, cfg: TrainConfig) -> di
     for i in range(0, len(ds), cfg.batch_size):
         idx = np.arange(i, min(i + cfg.batch_size, len(ds)))
         batch = _to_tensors(ds.batch(idx))
-        out = model(batch["inputs"])
-        losses = compute_losses(out, batch, cfg)
-        losses["centre_err"] = (out[1][:, :3] - batch["layout"][:, :3]).norm(dim=1).mean()
+        if cfg.layout_only:
+            losses = batch_losses(model, batch, cfg)
+        else:
+            out = model(batch["inputs"])
+            losses = compute_losses(out, batch, cfg)
+            losses["centre_err"] = (out[1][:, :3] - batch["layout"][:, :3]).norm(dim=1).mean()
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
         n += len(idx)
@@ -202,7 +237,8 @@ def validate(model: GeometryLayoutNet, ds: ArrayDataset, cfg: TrainConfig) -> di
 
 def draw_curves(history: list[dict[str, Any]], path: Path) -> None:
     """Training/validation curves as a PNG (Pillow only): total loss (train, val) and val
-    IoU per epoch, each panel scaled to its own range."""
+    IoU per epoch (a layout-only run: the val centre error), each panel scaled to its own
+    range."""
     from PIL import Image, ImageDraw
 
     w, h, pad = 900, 360, 40
@@ -210,7 +246,9 @@ def draw_curves(history: list[dict[str, Any]], path: Path) -> None:
     d = ImageDraw.Draw(img)
     panels = [
         ("loss (train red, val blue)", [("train_total", (200, 40, 40)), ("val_total", (40, 40, 200))]),
-        ("val voxel IoU@0.5", [("val_iou", (40, 140, 40))]),
+        ("val voxel IoU@0.5", [("val_iou", (40, 140, 40))])
+        if any("val_iou" in e for e in history)
+        else ("val centre error (cube sides)", [("val_centre_err", (40, 140, 40))]),
     ]
     pw = (w - pad * 3) // 2
     for pi, (title, series) in enumerate(panels):
@@ -321,7 +359,9 @@ def _restore(
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     except (OSError, RuntimeError) as err:
         raise TrainError(f"cannot read checkpoint {ckpt_path}: {err}") from err
-    if _recipe(ck["config"]) != _recipe(asdict(cfg)):
+    # a field added to the recipe after the checkpoint was made has its default there
+    saved = {**asdict(TrainConfig()), **ck["config"]}
+    if _recipe(saved) != _recipe(asdict(cfg)):
         raise TrainError(f"checkpoint {ckpt_path} was made with another recipe: {ck['config']}")
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
@@ -357,7 +397,7 @@ def _train_steps(
         if len(idx) == 0:
             continue
         batch = _augment(_to_tensors(train_ds.batch(idx)), gen)
-        losses = compute_losses(model(batch["inputs"]), batch, cfg)
+        losses = batch_losses(model, batch, cfg)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -370,7 +410,7 @@ def _train_steps(
         bar.update()
         bar.set_postfix(
             loss=f"{values['total']:.4f}",
-            iou=f"{values['iou']:.3f}",
+            iou=f"{values.get('iou', math.nan):.3f}",
             lr=f"{sched.get_last_lr()[0]:.2e}",
             refresh=False,
         )

@@ -63,6 +63,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="train the shape stage of a two-stage model: this model directory's network "
         "(e.g. models/v4) is stage 1, whose layout places each object's cube; exported with it",
     )
+    p.add_argument(
+        "--ship-stage1",
+        type=Path,
+        default=None,
+        help="export with this model directory's layout network as stage 1 instead of --stage1's "
+        "(stage 2 stays trained on --stage1's cubes; the manifest records it)",
+    )
+    p.add_argument(
+        "--layout-only",
+        action="store_true",
+        help="train a two-stage model's stage 1: the layout loss alone, encoder and global heads "
+        "only; --export-dir receives a stage-1 model directory (for --stage1/--ship-stage1)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint.pt")
     p.add_argument("--export-dir", type=Path, default=None, help="write the ONNX, weights and manifest here")
@@ -92,6 +105,14 @@ def run(args: argparse.Namespace) -> int:
     if args.init_weights and not Path(args.init_weights).is_file():
         print(f"error: --init-weights {args.init_weights} is not a file", file=sys.stderr)
         return 2
+    if args.layout_only and (args.stage1 is not None or args.ship_stage1 is not None):
+        print("error: --layout-only trains a stage 1; it takes no --stage1/--ship-stage1", file=sys.stderr)
+        return 2
+    if args.ship_stage1 is not None and args.stage1 is None:
+        print(
+            "error: --ship-stage1 replaces the stage 1 of a two-stage model: give --stage1", file=sys.stderr
+        )
+        return 2
     stage1_onnx = ""
     if args.stage1 is not None:
         from sam3d_ros.backends.learned import ModelFileError, stage1_files
@@ -100,6 +121,14 @@ def run(args: argparse.Namespace) -> int:
             stage1_onnx = str(stage1_files(Path(args.stage1))[0])
         except ModelFileError as err:
             print(f"error: --stage1: {err}", file=sys.stderr)
+            return 2
+    if args.ship_stage1 is not None:
+        from sam3d_ros.backends.learned import ModelFileError, stage1_files
+
+        try:
+            stage1_files(Path(args.ship_stage1))
+        except ModelFileError as err:
+            print(f"error: --ship-stage1: {err}", file=sys.stderr)
             return 2
     try:
         from sam3d_ros.learning.train import TrainConfig, TrainError, default_cache_dir, train
@@ -126,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         init_weights_sha256=sha256_file(args.init_weights) if args.init_weights else "",
         stage1_onnx=stage1_onnx,
         stage1_sha256=sha256_file(Path(stage1_onnx)) if stage1_onnx else "",
+        layout_only=args.layout_only,
     )
     try:
         record = train(cfg, run_dir, cache, resume=not args.no_resume)
@@ -133,13 +163,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps({k: record[k] for k in ("epochs_done", "complete", "train_s", "final_val")}, indent=1))
+    if args.export_dir is not None and args.layout_only:
+        from sam3d_ros.learning.export import export_layout_model
+        from sam3d_ros.learning.train import load_weights
+
+        export_layout_model(load_weights(run_dir / "final.pt"), args.export_dir, record)
+        print(f"stage-1 model directory written to {args.export_dir} (no gate: it has no shape stage)")
+        return 0
     if args.export_dir is not None:
         gate = None if args.no_gate else args.gate_dataset
         if gate is None and args.source.startswith("dataset:") and not args.no_gate:
             gate = Path(args.source.split(":", 1)[1]).expanduser() / "val"
         eval_frames = 0 if args.no_gate else args.eval_frames  # no gate: export only
         return export_and_evaluate(
-            run_dir, args.export_dir, record, eval_frames, args.seed, gate, args.data_workers, args.stage1
+            run_dir,
+            args.export_dir,
+            record,
+            eval_frames,
+            args.seed,
+            gate,
+            args.data_workers,
+            args.ship_stage1 or args.stage1,
         )
     return 0
 
