@@ -13,11 +13,12 @@ from sam3d_ros.core.frames import make_transform
 from sam3d_ros.core.refine import (
     RefinementError,
     carve_seen_free,
+    fill_observed,
     free_space_depth,
     snap_to_depth,
     vertex_normals,
 )
-from sam3d_ros.core.types import ObjectObservation, RGBDFrame, TriangleMesh, VoxelShape
+from sam3d_ros.core.types import ObjectObservation, RGBDFrame, SupportPlane, TriangleMesh, VoxelShape
 
 CAM = CameraIntrinsics(width=320, height=240, fx=300.0, fy=300.0, cx=159.5, cy=119.5)
 CENTRE = np.array([0.01, -0.005, 0.5])
@@ -204,3 +205,55 @@ def test_free_space_depth_is_the_min_filter_with_the_edge_repeated(
         clean = np.where(np.isfinite(d) & (d > 0), d, 0.0).astype(np.float32)
         want = ndimage.minimum_filter(clean, size=2 * radius + 1, mode="nearest")
         np.testing.assert_array_equal(free_space_depth(d), want)
+
+
+def _points_observation(points: np.ndarray) -> ObjectObservation:
+    mask = np.zeros((CAM.height, CAM.width), dtype=bool)
+    return ObjectObservation(
+        instance_id=1,
+        mask=mask,
+        points=points,
+        pixels=np.zeros((len(points), 2), np.int32),
+        occluder_mask=mask,
+    )
+
+
+def test_fill_observed_keeps_the_measured_surface_that_continues_the_shape() -> None:
+    # a thin plate 1 voxel thick at grid height k = 3, 16 x 16 voxels; the "network" predicted
+    # only its left half, and saw the whole top
+    voxel, n = 0.01, 20
+    occ = np.zeros((n, n, n), np.float32)
+    occ[2:10, 2:18, 3] = 0.9
+    shape = VoxelShape(occ, voxel, np.zeros(3), make_transform(np.eye(3), np.zeros(3)), 0.8)
+    ii, jj = np.meshgrid(np.arange(2, 18), np.arange(2, 18), indexing="ij")
+    top = np.stack([ii.ravel(), jj.ravel(), np.full(ii.size, 3)], 1) * voxel + 0.5 * voxel
+    # a stray patch of depth points two voxels above the plate's right end, not touching it
+    stray = np.array([[16.5, 16.5, 6.5], [17.5, 16.5, 6.5]]) * voxel
+    # points of the support plane z = 0.5 voxel (contact tolerance): never filled
+    plane = SupportPlane(normal=np.array([0.0, 0.0, 1.0]), offset=-0.5 * voxel)
+    floor = np.array([[5.5, 5.5, 0.5], [6.5, 5.5, 0.5]]) * voxel
+    obs = _points_observation(np.concatenate([top, stray, floor]))
+    filled, added = fill_observed(shape, obs, plane, 0.5)
+    want = np.zeros_like(occ, dtype=bool)
+    want[10:18, 2:18, 3] = True  # the unpredicted half of the plate
+    got = (filled.occupancy >= 0.5) & (occ < 0.5)
+    np.testing.assert_array_equal(got, want)
+    assert added == int(want.sum())
+    assert filled.occupancy[12, 5, 3] == np.float32(C.OBSERVED_FILL_OCCUPANCY)
+    assert filled.occupancy[16, 16, 6] == 0.0 and filled.occupancy[5, 5, 0] == 0.0
+    np.testing.assert_array_equal(filled.occupancy[occ >= 0.5], occ[occ >= 0.5])  # prediction kept
+    assert occ.max() == np.float32(0.9) and filled.confidence == shape.confidence  # input untouched
+    # the stray patch joins once it touches the shape (26-connected through a corner)
+    touching = _points_observation(np.concatenate([top, np.array([[18.5, 18.5, 4.5]]) * voxel]))
+    _, n_touch = fill_observed(shape, touching, None, 0.5)
+    assert n_touch == int(want.sum()) + 1
+    # a sensor whose depth noise (measured on the plane) exceeds half a voxel places nothing
+    z = float(top[:, 2].max())
+    limit = C.OBSERVED_FILL_MAX_SIGMA_VOXELS * voxel  # axial sigma = noise_z2 * z^2
+    noisy = SupportPlane(plane.normal, plane.offset, noise_z2=1.5 * limit / z**2)
+    precise = SupportPlane(plane.normal, plane.offset, noise_z2=0.9 * limit / z**2)
+    assert fill_observed(shape, obs, noisy, 0.5)[1] == 0
+    assert fill_observed(shape, obs, precise, 0.5)[1] == int(want.sum())
+    # nothing predicted: nothing to join, nothing filled
+    empty = VoxelShape(np.zeros_like(occ), voxel, np.zeros(3), shape.camera_T_grid, 0.1)
+    assert fill_observed(empty, obs, plane, 0.5) == (empty, 0)

@@ -268,8 +268,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "surface_refinement",
         bool,
         True,
-        "Honour the measured depth: empty the voxels the camera saw through and move the seen "
-        "surface of each mesh onto the measured depth (sam3d_ros.core.refine).",
+        "Honour the measured depth: empty the voxels the camera saw through, occupy the voxels "
+        "holding measured surface that joins the shape, and move the seen surface of each mesh "
+        "onto the measured depth (sam3d_ros.core.refine).",
     ),
     ParamSpec(
         "local_support",

@@ -245,6 +245,12 @@ SNAP_MIN_NEIGHBOURS: Final[int] = 5
 #: ... vertices within this many voxels of the measured depth snap fully (partly up to
 #: twice that).
 SNAP_BAND_VOXELS: Final[float] = 1.0
+#: refine.fill_observed: occupancy given to a voxel that holds measured surface of the
+#: object and joins its predicted shape (above any iso-level, so the surface is kept).
+OBSERVED_FILL_OCCUPANCY: Final[float] = 1.0
+#: ... only from points whose axial depth noise (measured on the support plane) is at most
+#: this many voxels: noisier points would add bumps the prediction rightly smoothed over.
+OBSERVED_FILL_MAX_SIGMA_VOXELS: Final[float] = 0.5
 #: ... only vertices whose normal faces the camera by more than this cosine snap.
 SNAP_MIN_FACING_COS: Final[float] = 0.1
 

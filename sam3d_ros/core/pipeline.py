@@ -55,7 +55,13 @@ from sam3d_ros.core.layout import (
 )
 from sam3d_ros.core.meshing import MeshingError, face_areas_and_centroids, mesh_from_voxels, mesh_volume
 from sam3d_ros.core.observation import extract_observations
-from sam3d_ros.core.refine import RefinementError, carve_seen_free, free_space_depth, snap_to_depth
+from sam3d_ros.core.refine import (
+    RefinementError,
+    carve_seen_free,
+    fill_observed,
+    free_space_depth,
+    snap_to_depth,
+)
 from sam3d_ros.core.support import NO_SUPPORT, Support, contact_heights, cut_below, find_supports
 from sam3d_ros.core.support_plane import estimate_support_plane
 from sam3d_ros.core.threads import limit_blas_threads
@@ -185,7 +191,9 @@ class FramePipeline:
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
         with _timed(timings, "plane"):
-            plane = estimate_support_plane(frame, cfg, measure_noise=cfg.fusion_enabled)
+            plane = estimate_support_plane(
+                frame, cfg, measure_noise=cfg.fusion_enabled or cfg.surface_refinement
+            )
         if cfg.fusion_enabled and fixed_T_camera is None:
             self._restart_fusion_if_camera_moved(frame, plane)
         with _timed(timings, "observations"):
@@ -389,14 +397,16 @@ class FramePipeline:
         """Mesh, refine, pose, collision shapes and track state of one object (``near``:
         the frame's free-space depth, None when neither refinement nor fusion needs it).
 
-        With ``surface_refinement`` seen-free voxels are emptied before meshing and the seen
-        surface is snapped onto the measured depth after it (:mod:`sam3d_ros.core.refine`)."""
+        With ``surface_refinement`` seen-free voxels are emptied and voxels holding measured
+        surface that joins the shape are filled before meshing, and the seen surface is
+        snapped onto the measured depth after it (:mod:`sam3d_ros.core.refine`)."""
         cfg = self.config
         refine = cfg.surface_refinement
         t0 = time.perf_counter()
         if refine:
             margin = max(C.REFINE_CARVE_MARGIN_VOXELS * shape.voxel_size, C.REFINE_CARVE_MIN_MARGIN_M)
             shape, _ = carve_seen_free(shape, frame, margin, near)
+            shape, _ = fill_observed(shape, obs, scene.plane, cfg.occupancy_threshold)
         t_carved = time.perf_counter()
         fused = self._fuse(frame, obs, shape, track, f_T_c, scene.plane, near)
         fuse_s = time.perf_counter() - t_carved

@@ -1,7 +1,8 @@
-"""Surfaces that honour the measured depth: carve seen-free space, snap the seen surface.
+"""Surfaces that honour the measured depth: carve seen-free space, fill the seen surface,
+snap it onto the depth.
 
 A 32^3 prediction places its surface to about a voxel (5-9 mm); the depth camera measured
-the seen part of the object to about a millimetre. Two steps give the measurement back:
+the seen part of the object to about a millimetre. Three steps give the measurement back:
 
 * :func:`carve_seen_free` (on the :class:`VoxelShape`, before meshing): a voxel whose centre
   lies in front of the measured depth of the pixel it projects to, by more than a margin,
@@ -9,6 +10,10 @@ the seen part of the object to about a millimetre. Two steps give the measuremen
   depth is min-filtered over ``FREE_SPACE_FILTER_PX`` first, so a voxel is carved only when
   every pixel around its projection saw past it (mixed pixels at silhouettes carve nothing).
   Pixels without depth carve nothing.
+* :func:`fill_observed` (on the :class:`VoxelShape`, after carving): voxels that hold the
+  object's filtered depth points and join the predicted shape are occupied, so a part the
+  network under-predicts (thin, or unlike anything it was trained on) keeps the surface the
+  camera measured; only from points whose depth noise is well under a voxel.
 * :func:`snap_to_depth` (on the camera-frame mesh, after meshing): a vertex that faces the
   camera, projects into the object's *trusted* pixels (those of its filtered observation
   points: the eroded mask without outliers) and lies within a band of the measured depth
@@ -30,8 +35,8 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from sam3d_ros.core import constants as C
-from sam3d_ros.core.frames import transform_points
-from sam3d_ros.core.types import ObjectObservation, RGBDFrame, TriangleMesh, VoxelShape
+from sam3d_ros.core.frames import invert_transform, transform_points
+from sam3d_ros.core.types import ObjectObservation, RGBDFrame, SupportPlane, TriangleMesh, VoxelShape
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +147,69 @@ def carve_seen_free(
         confidence=shape.confidence,
     )
     return carved, removed
+
+
+def fill_observed(
+    shape: VoxelShape, obs: ObjectObservation, plane: SupportPlane | None, threshold: float
+) -> tuple[VoxelShape, int]:
+    """Occupy the voxels that hold the object's measured surface and join its shape.
+
+    A network that under-predicts a part it never saw in training (a thin plate, a flat
+    wrench: one or two voxels thick) leaves observed surface outside its iso-surface, and no
+    later step can put it back. Here every voxel holding one of ``obs.points`` (the filtered
+    observation, so the mask's outliers are already gone; points within
+    ``PLANE_CONTACT_TOL`` of the support plane are the plane, not the object, and points whose
+    depth noise measured on the plane, :meth:`SupportPlane.axial_sigma`, exceeds
+    ``OBSERVED_FILL_MAX_SIGMA_VOXELS`` voxels are too noisy to place a surface) is set to
+    ``OBSERVED_FILL_OCCUPANCY`` when it belongs to a 26-connected component of (observed or
+    occupied) voxels that holds part of the predicted shape (occupancy >= ``threshold``):
+    surface that continues the prediction is kept, while a stray cluster of depth points
+    away from the predicted object (another surface seen through the mask) adds nothing.
+
+    Args:
+        shape: the predicted occupancy.
+        obs: the object's observation (points in the camera frame, metres).
+        plane: the support plane, or None.
+        threshold: the meshing iso-level (``occupancy_threshold``).
+
+    Returns:
+        (filled shape, number of voxels raised to the fill value).
+    """
+    occ = np.asarray(shape.occupancy, dtype=np.float32)
+    solid = occ >= threshold
+    pts = np.asarray(obs.points, dtype=np.float64).reshape(-1, 3)
+    if plane is not None and len(pts):
+        keep = plane.signed_distance(pts) > C.PLANE_CONTACT_TOL
+        # a point no more precise than the grid puts no surface of its own
+        keep &= plane.axial_sigma(pts[:, 2]) <= C.OBSERVED_FILL_MAX_SIGMA_VOXELS * shape.voxel_size
+        pts = pts[keep]
+    if not solid.any() or len(pts) == 0:
+        return shape, 0
+    g = transform_points(invert_transform(shape.camera_T_grid), pts)
+    idx = np.floor((g - shape.origin) / shape.voxel_size).astype(np.int64)
+    idx = idx[np.all((idx >= 0) & (idx < np.array(occ.shape)), axis=1)]
+    observed = np.zeros(occ.shape, dtype=bool)
+    observed[idx[:, 0], idx[:, 1], idx[:, 2]] = True
+    add = observed & ~solid
+    if not add.any():
+        return shape, 0
+    comp, _ = ndimage.label(observed | solid, structure=np.ones((3, 3, 3), dtype=bool))
+    joined = np.zeros(int(comp.max()) + 1, dtype=bool)
+    joined[np.unique(comp[solid])] = True
+    add &= joined[comp]
+    n_add = int(add.sum())
+    if n_add == 0:
+        return shape, 0
+    out = occ.copy()
+    out[add] = np.maximum(out[add], np.float32(C.OBSERVED_FILL_OCCUPANCY))
+    filled = VoxelShape(
+        occupancy=out,
+        voxel_size=shape.voxel_size,
+        origin=shape.origin,
+        camera_T_grid=shape.camera_T_grid,
+        confidence=shape.confidence,
+    )
+    return filled, n_add
 
 
 def vertex_normals(mesh: TriangleMesh) -> NDArray[np.float64]:

@@ -38,7 +38,7 @@ def estimate_support_plane(
             ``plane_ransac_iterations``.
         seed: seed of the subsampling and of RANSAC; equal seeds give equal planes.
         measure_noise: also measure the depth noise on the plane (``noise_z2``; about
-            1 ms at 640x480, only fusion reads it); False leaves it 0 (unknown).
+            1 ms at 640x480; fusion and refine.fill_observed read it); False leaves it 0 (unknown).
 
     Returns:
         The plane ``normal . p + offset = 0`` in the camera frame with a unit normal oriented
