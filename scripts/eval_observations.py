@@ -15,10 +15,10 @@ far objects), and no backend can place it from that depth.
 Prints, per sensor profile and per visible-fraction bucket: objects, mean of the per-object
 mean distance, median of the per-object median, mean foreign share, unresolved objects,
 mean kept points. With ``--gate`` (the JSON of ``sam3d-ros gate``/``eval --json`` on the
-same dataset, run with ``--gate-workers`` processes) it also prints, per method, the
-share of the summed Chamfer-L1 carried by the unresolved objects and the mean without
-them (the objects are matched in the order ``evaluate_parallel`` scores them; the script
-refuses a JSON whose objects do not line up).
+same dataset) it also prints, per method, the share of the summed Chamfer-L1 carried by the
+unresolved objects and the mean without them (objects matched by frame and instance id; a
+report older than the ``frame`` tag is matched in the order ``evaluate_parallel`` with
+``--gate-workers`` processes scores them, and refused when its objects do not line up).
 
 Usage: python scripts/eval_observations.py DATASET [--max-frames N] [--gate JSON]
        [--gate-workers 2] [--json OUT]
@@ -104,18 +104,27 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def gate_shares(rows: list[dict[str, Any]], gate: dict[str, Any]) -> dict[str, Any]:
     """Per method of a gate JSON: Chamfer-L1 share and mean without the unresolved objects."""
     out: dict[str, Any] = {}
+    by_key = {(r["frame"], r["instance_id"]): r for r in rows}
     for name, method in gate["methods"].items():
         per = method.get("per_object", [])
-        if len(per) != len(rows) or any(
+        if per and all(p.get("tags", {}).get("frame", -1) >= 0 for p in per):  # reports that name the frame
+            try:
+                matched = [by_key[(p["tags"]["frame"], p["instance_id"])] for p in per]
+            except KeyError as err:
+                raise SystemExit(f"{name}: object {err} of the gate is not in this dataset") from err
+            rows_m = matched
+        else:
+            rows_m = rows
+        if len(per) != len(rows_m) or any(
             p["instance_id"] != r["instance_id"] or abs(p["visible_fraction"] - r["visible_fraction"]) > 1e-6
-            for p, r in zip(per, rows, strict=True)
+            for p, r in zip(per, rows_m, strict=True)
         ):
             raise SystemExit(
                 f"{name}: the gate's objects do not line up with this dataset's (--gate-workers?)"
             )
         pairs = [
             (p["chamfer_l1_mm"], r["points"] > 0 and r["median_mm"] > UNRESOLVED_MM)
-            for p, r in zip(per, rows, strict=True)
+            for p, r in zip(per, rows_m, strict=True)
             if p["chamfer_l1_mm"] is not None
         ]
         cd = np.array([c for c, _ in pairs])

@@ -207,7 +207,7 @@ def test_cli_gate_stores_validation_in_the_manifest(tiny: Path, tmp_path: Path) 
     json.loads((models / "manifest.json").read_text(), parse_constant=lambda c: pytest.fail(c))
 
 
-def test_buckets_by_visibility_support_border_and_sensor(reports: dict) -> None:
+def test_buckets_by_visibility_support_border_and_sensor(reports: dict, tiny: Path) -> None:
     from sam3d_ros.tools.eval import MethodReport, ObjectTags, format_bucket_table
 
     base = reports["ground_truth"].objects[0]
@@ -242,5 +242,17 @@ def test_buckets_by_visibility_support_border_and_sensor(reports: dict) -> None:
     assert b["stacked"].mean["chamfer_l1_mm"] == 2.0 and b["visible>=0.6"].mean["chamfer_l1_mm"] == 2.5
     table = format_bucket_table({"m": rep})
     assert "| stacked | 1 | 2.00 / " in table
-    # every scored object of a generated dataset carries its tags
+    # every scored object of a generated dataset carries its tags, its frame among them
     assert len(reports["geometric"].tags) == len(reports["geometric"].objects) > 0
+    ds = load_dataset(tiny)
+    scored = [
+        (f.index, o.label)
+        for f in ds.frames
+        for o in f.objects
+        if o.visible_pixels >= default_config().min_mask_pixels
+    ]
+    got = [
+        (t.frame, m.instance_id)
+        for t, m in zip(reports["geometric"].tags, reports["geometric"].objects, strict=True)
+    ]
+    assert got == scored

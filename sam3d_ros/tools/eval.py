@@ -274,6 +274,8 @@ class ObjectTags:
         cut_by_border: part of its silhouette lies outside the image.
         sensor: the frame's sensor profile ("" when unknown).
         scene: the frame's scene layout ("" when unknown).
+        frame: the dataset frame's index (-1 when unknown), so a report's objects can be
+            matched to the dataset's whatever order the shards scored them in.
     """
 
     visible_fraction: float
@@ -281,6 +283,7 @@ class ObjectTags:
     cut_by_border: bool = False
     sensor: str = ""
     scene: str = ""
+    frame: int = -1
 
 
 #: Visible-fraction bucket edges: >= 0.6, 0.35-0.6, < 0.35.
@@ -441,6 +444,7 @@ def _evaluate_frame(
                     cut_by_border=o.cut_by_border,
                     sensor=str(truth.extra.get("sensor", "")),
                     scene=str(truth.extra.get("scene", "")),
+                    frame=int(truth.index),
                 )
             )
         rep.predict_s += t1 - t0
