@@ -485,6 +485,52 @@ def test_meshing_cube_volume_frame_and_errors() -> None:
         mesh_from_voxels(VoxelShape(occ, 1.0, np.zeros(3), np.eye(4), 1.0), 0.5)
 
 
+def test_meshing_keeps_the_components_the_observed_surface_supports() -> None:
+    # two blobs in a camera-posed grid: a 5 cm slab (x < 5 cm) and a 2 cm cube (x 8-10 cm)
+    occ = np.zeros((12, 6, 6), np.float32)
+    occ[0:5, 0:6, 0:6] = 1.0
+    occ[8:10, 2:4, 2:4] = 1.0
+    t = np.eye(4)
+    t[:3, 3] = [0.1, -0.2, 0.9]
+    vs = VoxelShape(occ, 0.01, np.zeros(3), t, 1.0)
+    rng = np.random.default_rng(0)
+
+    def on_face(x: float, lo: float, hi: float, n: int) -> np.ndarray:
+        # points on the face x = const of a blob, camera frame
+        p = np.column_stack([np.full(n, x), rng.uniform(lo, hi, n), rng.uniform(lo, hi, n)])
+        return p + t[:3, 3]
+
+    small = on_face(0.10, 0.025, 0.035, 40)  # the small cube's +x face
+    big = on_face(0.05, 0.01, 0.05, 200)  # the slab's +x face
+    xs = lambda m: m.vertices[:, 0] - t[0, 3]  # noqa: E731
+    # no observation, or one that supports nothing: the larger component, as before
+    for pts in (None, np.zeros((0, 3)), on_face(-0.5, 0.0, 0.06, 50)):
+        mesh = mesh_from_voxels(vs, 0.5, pts)
+        assert is_watertight(mesh)
+        assert xs(mesh).max() < 0.06
+    # measured surface only on the small cube: the slab is a guess no measurement supports
+    mesh = mesh_from_voxels(vs, 0.5, small)
+    assert is_watertight(mesh)
+    assert xs(mesh).min() > 0.07 and abs(mesh_volume(mesh) - 0.02**3) / 0.02**3 < 0.3
+    # both measured, each with a tenth of the points or more: both pieces kept, each closed
+    mesh = mesh_from_voxels(vs, 0.5, np.vstack([small, big]))
+    assert is_watertight(mesh)
+    assert xs(mesh).min() < 0.01 and xs(mesh).max() > 0.09
+    assert mesh_volume(mesh) == pytest.approx(0.05 * 0.06 * 0.06 + 0.02**3, rel=0.1)
+    # ... but a stray 4 % of the points on the small cube does not keep it
+    mesh = mesh_from_voxels(vs, 0.5, np.vstack([small[:8], big]))
+    assert xs(mesh).max() < 0.06
+    # a cavity is never kept as a surface of its own, even when points lie on it
+    occ3 = np.zeros((12, 12, 12), np.float32)
+    occ3[1:11, 1:11, 1:11] = 1.0
+    occ3[4:8, 4:8, 4:8] = 0.0
+    vs3 = VoxelShape(occ3, 0.01, np.zeros(3), np.eye(4), 1.0)
+    inner = np.column_stack([np.full(30, 0.045), rng.uniform(0.045, 0.075, (30, 2))])
+    mesh3 = mesh_from_voxels(vs3, 0.5, inner)
+    assert is_watertight(mesh3)
+    assert abs(mesh_volume(mesh3) - 0.1**3) / 0.1**3 < 0.05
+
+
 def test_is_watertight_detects_holes_and_flips() -> None:
     import trimesh
 

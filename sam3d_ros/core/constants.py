@@ -58,6 +58,12 @@ GRID_PAD_VOXELS: Final[int] = 2
 #: Smallest and largest voxel edge the meshing accepts (m).
 MIN_VOXEL_SIZE: Final[float] = 0.001
 MAX_VOXEL_SIZE: Final[float] = 0.05
+#: Meshing: an observed point supports a surface component when it lies within this many
+#: voxels of one of the component's vertices (the iso-surface through a voxel holding
+#: measured surface lies within about one voxel of the points) ...
+MESH_COMPONENT_SUPPORT_VOXELS: Final[float] = 1.5
+#: ... and a component is kept when it holds at least this share of the observed points.
+MESH_COMPONENT_MIN_SUPPORT: Final[float] = 0.1
 
 # --- geometric reconstruction core (observation, support plane, completion, meshing) -------
 

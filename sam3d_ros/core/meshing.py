@@ -1,8 +1,14 @@
 """Iso-surface extraction from voxel occupancy, and mesh checks.
 
 Marching cubes (scikit-image, Lewiner) runs on the occupancy padded with one layer of
-zeros, so the surface is always closed; only the largest connected component is kept and
-faces are oriented outwards (counter-clockwise seen from outside, positive volume).
+zeros, so the surface is always closed; faces are oriented outwards (counter-clockwise seen
+from outside, positive volume). When the surface falls apart into several components, the
+ones the object's measured surface supports are kept (each holding at least
+``MESH_COMPONENT_MIN_SUPPORT`` of the observed points within ``MESH_COMPONENT_SUPPORT_VOXELS``
+voxels of its vertices: a thin object the network fragments keeps all its observed
+pieces, a blob away from every measurement is dropped); without observed points, or when no
+component is supported, only the largest one (by enclosed volume). Cavity surfaces (inner
+components) are always dropped, so enclosed voids are filled.
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 from skimage import measure
 
 from sam3d_ros.core import constants as C
-from sam3d_ros.core.frames import transform_points
+from sam3d_ros.core.frames import invert_transform, transform_points
 from sam3d_ros.core.types import TriangleMesh, VoxelShape
 
 logger = logging.getLogger(__name__)
@@ -27,17 +34,22 @@ class MeshingError(ValueError):
     """Raised when no surface can be extracted (empty or invalid occupancy)."""
 
 
-def mesh_from_voxels(shape: VoxelShape, level: float) -> TriangleMesh:
+def mesh_from_voxels(
+    shape: VoxelShape, level: float, observed_points: NDArray[np.floating] | None = None
+) -> TriangleMesh:
     """Watertight triangle mesh of the ``level`` iso-surface of a voxel shape.
 
     Args:
         shape: occupancy (NX, NY, NZ) in [0, 1] in grid frame ``G``; voxel (i, j, k) has its
             centre at ``origin + (i, j, k) + 0.5`` voxels.
         level: iso-level in (0, 1), e.g. ``config.occupancy_threshold``.
+        observed_points: (N, 3) the object's measured surface points, CAMERA frame, metres,
+            or None; they choose which components of a fragmented surface are kept.
 
     Returns:
         Mesh with vertices (V, 3) float64 in the CAMERA frame (via ``camera_T_grid``), metres,
-        and faces (F, 3) int32, outward oriented; the largest connected component only.
+        and faces (F, 3) int32, outward oriented; the components the observed points
+        support, else the largest one (module docstring); each component is closed.
 
     Raises:
         MeshingError: for an empty/non-finite occupancy, a voxel size outside
@@ -67,7 +79,11 @@ def mesh_from_voxels(shape: VoxelShape, level: float) -> TriangleMesh:
     verts_g = verts.astype(np.float64) + origin + (0.5 - 1.0) * vs
     faces64 = faces.astype(np.int64)
     if not _single_surface(padded, level):
-        verts_g, faces64 = _largest_component(verts_g, faces64)
+        support = None
+        if observed_points is not None and len(observed_points):
+            grid_T_camera = invert_transform(np.asarray(shape.camera_T_grid, dtype=np.float64))
+            support = transform_points(grid_T_camera, np.asarray(observed_points, dtype=np.float64))
+        verts_g, faces64 = _kept_components(verts_g, faces64, support, C.MESH_COMPONENT_SUPPORT_VOXELS * vs)
     if _signed_volume(verts_g, faces64) < 0.0:
         faces64 = faces64[:, ::-1]
     verts_cam = transform_points(np.asarray(shape.camera_T_grid, dtype=np.float64), verts_g)
@@ -98,11 +114,15 @@ def _signed_volume(v: NDArray[np.float64], f: NDArray[np.int64]) -> float:
     return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
 
 
-def _largest_component(
-    v: NDArray[np.float64], f: NDArray[np.int64]
+def _kept_components(
+    v: NDArray[np.float64],
+    f: NDArray[np.int64],
+    support: NDArray[np.float64] | None,
+    support_dist: float,
 ) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
-    """Keep the vertex-connected component with the largest absolute enclosed volume;
-    unused vertices are dropped and faces re-indexed."""
+    """Keep the outer components that ``support`` (observed points, same frame as ``v``)
+    supports, else the one with the largest absolute enclosed volume (see the module
+    docstring); unused vertices are dropped and faces re-indexed."""
     n = len(v)
     rows = np.concatenate([f[:, 0], f[:, 1]])
     cols = np.concatenate([f[:, 1], f[:, 2]])
@@ -116,10 +136,24 @@ def _largest_component(
             face_comp, weights=np.linalg.norm(np.cross(b - a, c - a), axis=1), minlength=n_comp
         )
         best = int(np.lexsort((area, np.abs(vol)))[-1])
+        keep = np.zeros(n_comp, dtype=bool)
+        if support is not None and len(support):
+            # outer surfaces share the largest one's orientation; cavities have the other
+            outer = np.sign(vol) == np.sign(vol[best])
+            dist, nearest = cKDTree(v).query(support, distance_upper_bound=support_dist)
+            hit = np.isfinite(dist)
+            counts = np.bincount(comp[nearest[hit]], minlength=n_comp)
+            keep = outer & (counts >= max(1.0, C.MESH_COMPONENT_MIN_SUPPORT * len(support)))
+        if not keep.any():
+            keep[best] = True
         logger.debug(
-            "mesh had %d components; kept the largest (%d faces)", n_comp, int((face_comp == best).sum())
+            "mesh had %d components; kept %d (%d of %d faces)",
+            n_comp,
+            int(keep.sum()),
+            int(keep[face_comp].sum()),
+            len(f),
         )
-        f = f[face_comp == best]
+        f = f[keep[face_comp]]
     used = np.unique(f)
     if len(used) != n:
         remap = np.full(n, -1, dtype=np.int64)

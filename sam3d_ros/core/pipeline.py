@@ -413,13 +413,13 @@ class FramePipeline:
         mesh_cam = None
         if fused is not None:
             try:
-                mesh_cam = mesh_from_voxels(fused, cfg.occupancy_threshold)
+                mesh_cam = mesh_from_voxels(fused, cfg.occupancy_threshold, obs.points)
                 shape = fused
             except MeshingError as err:
                 logger.info("track %d: fused shape unusable (%s); single-frame shape", track.track_id, err)
                 track.volume = None
         if mesh_cam is None:
-            mesh_cam = mesh_from_voxels(shape, cfg.occupancy_threshold)
+            mesh_cam = mesh_from_voxels(shape, cfg.occupancy_threshold, obs.points)
         t_ref = time.perf_counter()
         if refine:
             mesh_cam = snap_to_depth(mesh_cam, frame, obs, C.SNAP_BAND_VOXELS * shape.voxel_size).mesh
