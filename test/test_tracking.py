@@ -41,6 +41,21 @@ def test_tracker_prefers_labels_then_distance_and_vanishes_after_n_misses() -> N
         Detection.from_points(1, np.full((2, 3), np.nan))
 
 
+def test_an_object_pushed_beyond_the_gate_starts_a_track_instead_of_taking_its_neighbours() -> None:
+    tr = ObjectTracker(max_distance=0.1, max_missed=2)
+    tr.step([det(1, 0.0), det(3, 0.08)])
+    # object 1 pushed 15 cm, past object 3 (8 cm from 3's track, beyond the gate from its own)
+    out, gone = tr.step([det(1, 0.15), det(3, 0.08)])
+    assert not gone
+    (t1, new1), (t3, new3) = out
+    assert t3.track_id == 3 and not new3, "the unmoved object keeps its track"
+    assert new1 and t1.track_id not in (1, 3), "the pushed object starts a new track"
+    assert tr.tracks[1].missed == 1
+    # without the cost of leaving a detection unmatched, a reachable track is still taken
+    out, _ = tr.step([det(9, 0.13)])
+    assert out[0][0].track_id == t1.track_id and not out[0][1]
+
+
 def test_track_ids_stable_over_replayed_sequence_with_renumbering_segmenter() -> None:
     views = sequence(5, 5, 3, arc_deg=40.0, width=320, height=240)
     frames = render_sequence(views)

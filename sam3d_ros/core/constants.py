@@ -163,6 +163,12 @@ TRACK_IOU_WEIGHT: Final[float] = 0.5
 #: Cost bonus (subtracted) when a detection carries the mask label of the track.
 TRACK_LABEL_BONUS: Final[float] = 0.5
 
+#: Cost of leaving a detection unmatched (it starts a new track): above the cost of any
+#: allowed pairing (at most 1 + TRACK_IOU_WEIGHT), so a detection with a track in reach
+#: starts a new one only when taking that track would force a costlier assignment on the
+#: others, e.g. an object pushed beyond the gate must not take its neighbour's track.
+TRACK_NEW_COST: Final[float] = 1.0 + TRACK_IOU_WEIGHT + 0.01
+
 #: Fusion: the projective truncation band is max(this, FUSION_TRUNCATION_VOXELS * voxel) (m).
 FUSION_MIN_TRUNCATION: Final[float] = 0.006
 FUSION_TRUNCATION_VOXELS: Final[float] = 2.0

@@ -3,7 +3,9 @@
 Each frame's objects are matched to the live tracks by the Hungarian algorithm
 (``scipy.optimize.linear_sum_assignment``) on a cost of centroid distance and 3D
 bounding-box overlap in the fixed frame, with a bonus when the upstream segmenter kept the
-mask label. Pairs further apart than ``track_max_distance`` are never matched. Unmatched
+mask label. Pairs further apart than ``track_max_distance`` are never matched, and leaving
+an object unmatched has a cost of its own (``TRACK_NEW_COST``), so an object that jumped
+beyond the gate starts a new track instead of taking a neighbour's. Unmatched
 objects start new tracks (id = their mask label when that id was never used, else the next
 unused id); a track unseen for ``track_max_missed`` frames vanishes.
 
@@ -174,9 +176,14 @@ class ObjectTracker:
         assigned: dict[int, Track] = {}
         if detections and tracks:
             cost = self.cost_matrix(detections, tracks)
-            rows, cols = linear_sum_assignment(cost)
+            # one "new track" column per detection: the assignment may leave a detection
+            # unmatched instead of forcing it onto a track it can reach and pushing that
+            # track's own detection onto another (an identity swap)
+            unmatched = np.full((len(detections), len(detections)), _FORBIDDEN)
+            np.fill_diagonal(unmatched, C.TRACK_NEW_COST)
+            rows, cols = linear_sum_assignment(np.hstack([cost, unmatched]))
             for r, c in zip(rows, cols, strict=True):
-                if cost[r, c] < _FORBIDDEN:
+                if c < len(tracks) and cost[r, c] < _FORBIDDEN:
                     assigned[int(r)] = tracks[int(c)]
         out: list[tuple[Track, bool]] = []
         matched: set[int] = set()
