@@ -51,7 +51,7 @@ def test_an_object_pushed_beyond_the_gate_starts_a_track_instead_of_taking_its_n
     assert t3.track_id == 3 and not new3, "the unmoved object keeps its track"
     assert new1 and t1.track_id not in (1, 3), "the pushed object starts a new track"
     assert tr.tracks[1].missed == 1
-    # without the cost of leaving a detection unmatched, a reachable track is still taken
+    # the cost of staying unmatched never keeps a lone detection from a track in reach
     out, _ = tr.step([det(9, 0.13)])
     assert out[0][0].track_id == t1.track_id and not out[0][1]
 
