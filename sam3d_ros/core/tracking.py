@@ -178,12 +178,13 @@ class ObjectTracker:
             cost = self.cost_matrix(detections, tracks)
             # one "new track" column per detection: the assignment may leave a detection
             # unmatched instead of forcing it onto a track it can reach and pushing that
-            # track's own detection onto another (an identity swap)
+            # track's own detection onto another (an identity swap). Each detection's own
+            # column is cheaper than a forbidden pair, so no forbidden pair is ever chosen.
             unmatched = np.full((len(detections), len(detections)), _FORBIDDEN)
             np.fill_diagonal(unmatched, C.TRACK_NEW_COST)
             rows, cols = linear_sum_assignment(np.hstack([cost, unmatched]))
             for r, c in zip(rows, cols, strict=True):
-                if c < len(tracks) and cost[r, c] < _FORBIDDEN:
+                if c < len(tracks):
                     assigned[int(r)] = tracks[int(c)]
         out: list[tuple[Track, bool]] = []
         matched: set[int] = set()
