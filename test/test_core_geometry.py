@@ -520,6 +520,17 @@ def test_meshing_keeps_the_components_the_observed_surface_supports() -> None:
     # ... but a stray 4 % of the points on the small cube does not keep it
     mesh = mesh_from_voxels(vs, 0.5, np.vstack([small[:8], big]))
     assert xs(mesh).max() < 0.06
+    # hysteresis: a piece the track kept last frame stays while the measured surface still
+    # touches it (4 % here), a piece it did not keep needs its tenth again
+    both = mesh_from_voxels(vs, 0.5, np.vstack([small, big]))
+    slab_only = mesh_from_voxels(vs, 0.5, big)
+    few = np.vstack([small[:8], big])
+    assert xs(mesh_from_voxels(vs, 0.5, few, both.vertices)).max() > 0.09
+    assert xs(mesh_from_voxels(vs, 0.5, few, slab_only.vertices)).max() < 0.06
+    # ... and not once no measurement touches it any more
+    assert xs(mesh_from_voxels(vs, 0.5, big, both.vertices)).max() < 0.06
+    # ... nor does the previous surface keep what no measurement supports at all
+    assert xs(mesh_from_voxels(vs, 0.5, small, both.vertices)).min() > 0.07
     # a cavity is never kept as a surface of its own, even when points lie on it
     occ3 = np.zeros((12, 12, 12), np.float32)
     occ3[1:11, 1:11, 1:11] = 1.0

@@ -173,9 +173,19 @@ def test_a_grid_grows_at_most_a_few_times_before_it_restarts() -> None:
     near = replace(shape, camera_T_grid=shape.camera_T_grid @ make_transform(np.eye(3), np.full(3, 0.02)))
     vol.integrate(near, f, 1, np.eye(4))  # a little off: the grid grows to cover it
     far = replace(shape, camera_T_grid=shape.camera_T_grid @ make_transform(np.eye(3), np.full(3, 0.5)))
+    # a guess half a metre off while the measured surface stays: the guess is kept to the
+    # grid (it adds nothing there), the evidence is kept
+    dims = vol.dims
+    before = vol.guess_sum.copy()
+    vol.integrate(far, f, 1, np.eye(4))
+    assert vol.frames == 3 and vol.dims == dims
+    np.testing.assert_array_equal(vol.guess_sum, before)
+    # the measured surface itself half a metre off (the object moved): the volume restarts
+    gone = frame([box(1, 0.3, 0.3)], 1)
+    assert len(mask_points(gone)) > 100
     with pytest.raises(FusionGrowthError, match="grow"):
-        vol.integrate(far, f, 1, np.eye(4))
-    assert vol.frames == 2
+        vol.integrate(far, gone, 1, np.eye(4))
+    assert vol.frames == 3
 
 
 def test_a_static_camera_that_moves_is_noticed_but_objects_coming_and_going_are_not() -> None:

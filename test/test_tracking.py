@@ -145,3 +145,40 @@ def test_fused_shapes_beat_single_frame_shapes() -> None:
     assert errors[True][0] < 1.15 * errors[False][0]  # one view: no worse
     assert np.mean(errors[True][1:]) < np.mean(errors[False][1:])
     assert errors[True][-1] < errors[False][-1]
+
+
+def test_the_surface_a_track_kept_reaches_the_next_frames_meshing_in_its_camera_frame(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The meshing hysteresis gets, for a tracked object, the vertices meshed for it in the
+    previous frame, moved into the current camera frame through the fixed frame (the camera
+    moved 1 cm between the frames); a new track, or a pipeline after a reset, gets none."""
+    import sam3d_ros.core.pipeline as pipeline_mod
+    from sam3d_ros.core.frames import make_transform, transform_points
+
+    calls: list[tuple[np.ndarray | None, np.ndarray]] = []
+    real = pipeline_mod.mesh_from_voxels
+
+    def recording(shape, level, observed=None, kept=None):  # type: ignore[no-untyped-def]
+        mesh = real(shape, level, observed, kept)
+        calls.append((None if kept is None else np.array(kept), mesh.vertices.copy()))
+        return mesh
+
+    monkeypatch.setattr(pipeline_mod, "mesh_from_voxels", recording)
+    cfg = config()
+    pipe = FramePipeline(cfg, create_backend(cfg))
+    f = frame([box(1, 0.0, 0.0)], 0)
+    t1 = np.eye(4)
+    t2 = make_transform(np.eye(3), np.array([0.01, 0.0, 0.0]))
+    try:
+        pipe.process_scene(f, t1)
+        assert len(calls) == 1 and calls[0][0] is None
+        pipe.process_scene(f, t2)  # the same image from a camera 1 cm further along x
+        kept, _ = calls[1]
+        assert kept is not None
+        np.testing.assert_allclose(kept, transform_points(np.linalg.inv(t2) @ t1, calls[0][1]), atol=1e-9)
+        pipe.reset()
+        pipe.process_scene(f, t2)
+        assert calls[2][0] is None
+    finally:
+        pipe.close()

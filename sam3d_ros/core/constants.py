@@ -64,6 +64,11 @@ MAX_VOXEL_SIZE: Final[float] = 0.05
 MESH_COMPONENT_SUPPORT_VOXELS: Final[float] = 1.5
 #: ... and a component is kept when it holds at least this share of the observed points.
 MESH_COMPONENT_MIN_SUPPORT: Final[float] = 0.1
+#: ... or, when at least MESH_COMPONENT_KEEP_OVERLAP of its vertices lie on the surface the
+#: track kept in the previous frame (within the support distance), this smaller share
+#: (hysteresis against components flickering in and out of a track's mesh).
+MESH_COMPONENT_KEEP_SUPPORT: Final[float] = 0.005
+MESH_COMPONENT_KEEP_OVERLAP: Final[float] = 0.5
 
 # --- geometric reconstruction core (observation, support plane, completion, meshing) -------
 
@@ -178,7 +183,8 @@ FUSION_GRID_MARGIN_VOXELS: Final[int] = 4
 
 #: Fusion: a track's grid grows to cover new shapes up to this many times the voxels of its
 #: first allocation (an object turning on the table needs up to 2x: its box's footprint
-#: seen at 45 degrees); a shape that needs more restarts the volume (moved, or pose drift).
+#: seen at 45 degrees); a measured surface that needs more restarts the volume (moved, or
+#: pose drift); a guess that needs more is kept to the grid.
 FUSION_MAX_GROWTH: Final[float] = 2.5
 
 #: Fusion: an object moved when more than this fraction of its observed surface points

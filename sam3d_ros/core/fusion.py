@@ -33,7 +33,11 @@ single-frame shapes were already carved and are snapped to each frame's depth; t
 observations are integrated all the same (the motion test reads the fused evidence,
 :meth:`TrackVolume.fused_occupancy`).
 The grid grows (integer voxel shifts) to cover new shapes; its voxel size is the first
-shape's.
+shape's. Growth is bounded (``FUSION_MAX_GROWTH``): a shape whose grid box would need more
+is integrated inside the grid grown only to cover the frame's measured surface (the
+guess's part outside the grid is dropped: a low-visibility object's guessed layout can
+jump from frame to frame while the object stands still), and only a measured surface that
+needs more restarts the volume (:class:`FusionGrowthError`).
 
 Cost: every step is separable or a flat gather: the voxel centres of an axis-aligned grid
 under a rigid transform are sums of three 1-D arrays per coordinate, so a frame costs a
@@ -69,7 +73,7 @@ class FusionError(ValueError):
 
 
 class FusionGrowthError(FusionError):
-    """Raised when covering a shape would grow a track's grid beyond
+    """Raised when covering a frame's measured surface would grow a track's grid beyond
     ``FUSION_MAX_GROWTH`` times its first size: the object moved, or the camera pose
     drifted, and the volume should restart rather than smear (and memory stays bounded)."""
 
@@ -260,8 +264,9 @@ class TrackVolume:
                 adds no surface there. None: every pixel labelled ``label``.
 
         Raises:
-            FusionGrowthError: the grid would grow beyond ``FUSION_MAX_GROWTH`` times its
-                first size (nothing was integrated).
+            FusionGrowthError: covering the frame's measured surface would grow the grid
+                beyond ``FUSION_MAX_GROWTH`` times its first size (nothing was
+                integrated; a guess alone that needs more is kept to the grid).
             FusionError: the grid would exceed ``MAX_GRID_DIM`` or the transform is bad.
         """
         f_T_c = np.asarray(fixed_T_camera, dtype=np.float64)
@@ -269,7 +274,17 @@ class TrackVolume:
             raise FusionError(f"fixed_T_camera must be a finite 4x4 matrix, got {f_T_c!r}")
         a_T_c = self._anchor_T_fixed @ f_T_c
         lo, hi = _shape_box(shape, a_T_c)
-        self._cover(lo, hi)
+        try:
+            self._cover(lo, hi)
+        except FusionGrowthError:
+            # the measured surface decides: a guess placed far off (a low-visibility object's
+            # layout jumps from frame to frame) is kept to the grid, and only a measured
+            # surface that needs the growth restarts the volume
+            pts = self._measured_points(frame, label, a_T_c, surface_pixels)
+            if len(pts) == 0:
+                raise
+            self._cover(pts.min(axis=0), pts.max(axis=0))
+            logger.debug("guess box %s .. %s beyond the grid's growth: guess kept to the grid", lo, hi)
         c_T_a = invert_transform(a_T_c)
         depth = np.asarray(frame.depth, dtype=np.float32)
         if near is None:
@@ -284,6 +299,28 @@ class TrackVolume:
         self.frames += 1
         self.confidence = max(self.confidence, float(shape.confidence))
         self._occupancy = None
+
+    @staticmethod
+    def _measured_points(
+        frame: RGBDFrame,
+        label: int,
+        a_T_c: NDArray[np.float64],
+        surface_pixels: NDArray[np.integer] | None,
+    ) -> NDArray[np.float64]:
+        """(N, 3) the object's measured surface points in the anchor frame: the trusted
+        pixels' (all pixels labelled ``label`` when None) valid depths."""
+        depth = np.asarray(frame.depth, dtype=np.float32)
+        h, w = depth.shape
+        if surface_pixels is None:
+            v, u = np.nonzero(np.asarray(frame.labels) == label)
+        else:
+            px = np.asarray(surface_pixels, dtype=np.intp).reshape(-1, 2)
+            px = px[(px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)]
+            u, v = px[:, 0], px[:, 1]
+        z = depth[v, u]
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(z) & (z > 0)
+        return transform_points(a_T_c, frame.camera.backproject(u[ok], v[ok], z[ok].astype(np.float64)))
 
     def _observe(
         self,

@@ -7,8 +7,12 @@ ones the object's measured surface supports are kept (each holding at least
 ``MESH_COMPONENT_MIN_SUPPORT`` of the observed points within ``MESH_COMPONENT_SUPPORT_VOXELS``
 voxels of its vertices: a thin object the network fragments keeps all its observed
 pieces, a blob away from every measurement is dropped); without observed points, or when no
-component is supported, only the largest one (by enclosed volume). Cavity surfaces (inner
-components) are always dropped, so enclosed voids are filled.
+component is supported, only the largest one (by enclosed volume). A component that lies on
+the surface the object's track kept in the previous frame stays kept while it holds at least
+``MESH_COMPONENT_KEEP_SUPPORT`` of the points (hysteresis: a piece whose support hovers
+around the threshold from one noisy frame to the next, such as a bowl's far rim, neither
+flickers in and out of the mesh nor re-sends the planning scene's geometry every frame).
+Cavity surfaces (inner components) are always dropped, so enclosed voids are filled.
 """
 
 from __future__ import annotations
@@ -35,7 +39,10 @@ class MeshingError(ValueError):
 
 
 def mesh_from_voxels(
-    shape: VoxelShape, level: float, observed_points: NDArray[np.floating] | None = None
+    shape: VoxelShape,
+    level: float,
+    observed_points: NDArray[np.floating] | None = None,
+    kept_points: NDArray[np.floating] | None = None,
 ) -> TriangleMesh:
     """Watertight triangle mesh of the ``level`` iso-surface of a voxel shape.
 
@@ -45,6 +52,8 @@ def mesh_from_voxels(
         level: iso-level in (0, 1), e.g. ``config.occupancy_threshold``.
         observed_points: (N, 3) the object's measured surface points, CAMERA frame, metres,
             or None; they choose which components of a fragmented surface are kept.
+        kept_points: (M, 3) vertices of the surface kept for this object in the previous
+            frame, CAMERA frame, metres, or None (hysteresis, module docstring).
 
     Returns:
         Mesh with vertices (V, 3) float64 in the CAMERA frame (via ``camera_T_grid``), metres,
@@ -79,11 +88,15 @@ def mesh_from_voxels(
     verts_g = verts.astype(np.float64) + origin + (0.5 - 1.0) * vs
     faces64 = faces.astype(np.int64)
     if not _single_surface(padded, level):
-        support = None
+        support = kept = None
+        grid_T_camera = invert_transform(np.asarray(shape.camera_T_grid, dtype=np.float64))
         if observed_points is not None and len(observed_points):
-            grid_T_camera = invert_transform(np.asarray(shape.camera_T_grid, dtype=np.float64))
             support = transform_points(grid_T_camera, np.asarray(observed_points, dtype=np.float64))
-        verts_g, faces64 = _kept_components(verts_g, faces64, support, C.MESH_COMPONENT_SUPPORT_VOXELS * vs)
+        if kept_points is not None and len(kept_points):
+            kept = transform_points(grid_T_camera, np.asarray(kept_points, dtype=np.float64))
+        verts_g, faces64 = _kept_components(
+            verts_g, faces64, support, C.MESH_COMPONENT_SUPPORT_VOXELS * vs, kept
+        )
     if _signed_volume(verts_g, faces64) < 0.0:
         faces64 = faces64[:, ::-1]
     verts_cam = transform_points(np.asarray(shape.camera_T_grid, dtype=np.float64), verts_g)
@@ -119,10 +132,14 @@ def _kept_components(
     f: NDArray[np.int64],
     support: NDArray[np.float64] | None,
     support_dist: float,
+    kept: NDArray[np.float64] | None = None,
 ) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
     """Keep the outer components that ``support`` (observed points, same frame as ``v``)
     supports, else the one with the largest absolute enclosed volume (see the module
-    docstring); unused vertices are dropped and faces re-indexed."""
+    docstring); a component with at least ``MESH_COMPONENT_KEEP_OVERLAP`` of its vertices
+    within ``support_dist`` of ``kept`` (the previous frame's kept vertices, same frame)
+    needs only ``MESH_COMPONENT_KEEP_SUPPORT``. Unused vertices are dropped and faces
+    re-indexed."""
     n = len(v)
     rows = np.concatenate([f[:, 0], f[:, 1]])
     cols = np.concatenate([f[:, 1], f[:, 2]])
@@ -143,7 +160,14 @@ def _kept_components(
             dist, nearest = cKDTree(v).query(support, distance_upper_bound=support_dist)
             hit = np.isfinite(dist)
             counts = np.bincount(comp[nearest[hit]], minlength=n_comp)
-            keep = outer & (counts >= max(1.0, C.MESH_COMPONENT_MIN_SUPPORT * len(support)))
+            need = np.full(n_comp, C.MESH_COMPONENT_MIN_SUPPORT)
+            if kept is not None and len(kept):
+                on_kept = np.isfinite(cKDTree(kept).query(v, distance_upper_bound=support_dist)[0])
+                overlap = np.bincount(comp, weights=on_kept, minlength=n_comp) / np.bincount(
+                    comp, minlength=n_comp
+                )
+                need[overlap >= C.MESH_COMPONENT_KEEP_OVERLAP] = C.MESH_COMPONENT_KEEP_SUPPORT
+            keep = outer & (counts >= np.maximum(1.0, need * len(support)))
         if not keep.any():
             keep[best] = True
         logger.debug(

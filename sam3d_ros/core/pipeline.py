@@ -411,15 +411,19 @@ class FramePipeline:
         fused = self._fuse(frame, obs, shape, track, f_T_c, scene.plane, near)
         fuse_s = time.perf_counter() - t_carved
         mesh_cam = None
+        kept = None
+        if track.kept_surface is not None:
+            kept = transform_points(invert_transform(f_T_c), track.kept_surface)
         if fused is not None:
             try:
-                mesh_cam = mesh_from_voxels(fused, cfg.occupancy_threshold, obs.points)
+                mesh_cam = mesh_from_voxels(fused, cfg.occupancy_threshold, obs.points, kept)
                 shape = fused
             except MeshingError as err:
                 logger.info("track %d: fused shape unusable (%s); single-frame shape", track.track_id, err)
                 track.volume = None
         if mesh_cam is None:
-            mesh_cam = mesh_from_voxels(shape, cfg.occupancy_threshold, obs.points)
+            mesh_cam = mesh_from_voxels(shape, cfg.occupancy_threshold, obs.points, kept)
+        track.kept_surface = transform_points(f_T_c, mesh_cam.vertices)
         t_ref = time.perf_counter()
         if refine:
             mesh_cam = snap_to_depth(mesh_cam, frame, obs, C.SNAP_BAND_VOXELS * shape.voxel_size).mesh

@@ -88,6 +88,9 @@ class Track:
         parts_fixed_T_object: 4x4 object frame (in ``F``) the parts are expressed in.
         pending: geometry version -> object frame in ``F`` of submitted decompositions.
         collision: the last collision set published.
+        kept_surface: (M, 3) float64 vertices in ``F`` (metres) of the last frame's mesh as
+            meshed (before snapping and decimation): which surface components it kept
+            (:func:`sam3d_ros.core.meshing.mesh_from_voxels`, hysteresis).
     """
 
     track_id: int
@@ -109,6 +112,7 @@ class Track:
     parts_fixed_T_object: NDArray[np.float64] | None = None
     pending: dict[int, NDArray[np.float64]] = field(default_factory=dict)
     collision: CollisionSet | None = None
+    kept_surface: NDArray[np.float64] | None = None
 
 
 def box_iou(lo_a: NDArray, hi_a: NDArray, lo_b: NDArray, hi_b: NDArray) -> float:

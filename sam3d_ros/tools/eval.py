@@ -165,7 +165,8 @@ class ExtrudedHullMethod(_HullMethod):
 
 
 class BackendMethod:
-    """A reconstruction backend run through the full :class:`FramePipeline`."""
+    """A reconstruction backend run through the full :class:`FramePipeline`, one frame at a
+    time: the pipeline forgets its tracks before each frame (frames are independent scenes)."""
 
     def __init__(
         self, backend: str, config: PipelineConfig | None = None, model_dir: str | None = None
@@ -183,6 +184,9 @@ class BackendMethod:
         self.pipeline = FramePipeline(cfg, create_backend(cfg))
 
     def predict(self, inputs: FrameInputs) -> dict[int, Prediction]:
+        # generated frames are independent scenes: no track state may carry over from the
+        # previous frame (e.g. the surface a track kept, which steers the meshing)
+        self.pipeline.reset()
         result = self.pipeline.process(inputs.frame)
         out = {}
         for o in result.objects:
