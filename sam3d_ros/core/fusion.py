@@ -123,6 +123,12 @@ def _separable(
     return out[0], out[1], out[2]
 
 
+def _pixels_in_image(pixels: NDArray[np.integer], w: int, h: int) -> NDArray[np.intp]:
+    """The (u, v) rows of ``pixels`` ((N, 2) integer) that lie in a ``w`` x ``h`` image."""
+    px = np.asarray(pixels, dtype=np.intp).reshape(-1, 2)
+    return px[(px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)]
+
+
 class TrackVolume:
     """Fused evidence of one object (see the module docstring). Not thread-safe.
 
@@ -314,8 +320,7 @@ class TrackVolume:
         if surface_pixels is None:
             v, u = np.nonzero(np.asarray(frame.labels) == label)
         else:
-            px = np.asarray(surface_pixels, dtype=np.intp).reshape(-1, 2)
-            px = px[(px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)]
+            px = _pixels_in_image(surface_pixels, w, h)
             u, v = px[:, 0], px[:, 1]
         z = depth[v, u]
         with np.errstate(invalid="ignore"):
@@ -385,9 +390,8 @@ class TrackVolume:
             band = np.asarray(frame.labels).reshape(-1)[flat] == label
         else:
             trusted = np.zeros(h * w, dtype=np.bool_)
-            px = np.asarray(surface_pixels, dtype=np.intp).reshape(-1, 2)
-            ok = (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
-            trusted[px[ok, 1] * w + px[ok, 0]] = True
+            px = _pixels_in_image(surface_pixels, w, h)
+            trusted[px[:, 1] * w + px[:, 0]] = True
             band = trusted[flat]
         band &= known
         band &= np.abs(sd) <= half

@@ -411,9 +411,10 @@ class FramePipeline:
         fused = self._fuse(frame, obs, shape, track, f_T_c, scene.plane, near)
         fuse_s = time.perf_counter() - t_carved
         mesh_cam = None
+        c_T_f = invert_transform(f_T_c)
         kept = None
         if track.kept_surface is not None:
-            kept = transform_points(invert_transform(f_T_c), track.kept_surface)
+            kept = transform_points(c_T_f, track.kept_surface)
         if fused is not None:
             try:
                 mesh_cam = mesh_from_voxels(fused, cfg.occupancy_threshold, obs.points, kept)
@@ -433,7 +434,7 @@ class FramePipeline:
             mesh_cam = simplify_mesh(mesh_cam, cfg.output_mesh_max_triangles)
         camera_T_object, extents = estimate_object_frame(mesh_cam.vertices, scene.plane)
         if track.fixed_T_object is not None:  # a static object's pose must not turn
-            previous = invert_transform(f_T_c) @ track.fixed_T_object
+            previous = c_T_f @ track.fixed_T_object
             camera_T_object, extents = keep_previous_axes(camera_T_object, extents, previous[:3, :3])
         object_T_camera = invert_transform(camera_T_object)
         mesh_obj = TriangleMesh(
