@@ -575,6 +575,20 @@ class TrackVolume:
         return out
 
 
+def motion_decision(moved_fraction: float, suspect_before: bool) -> tuple[bool, bool]:
+    """Whether a track's object moved, from this frame's :meth:`TrackVolume.moved_fraction`
+    and whether the previous frame was suspect; returns ``(moved, suspect_now)``.
+
+    Moved when the fraction exceeds ``FUSION_MOVED_SURE_FRACTION`` (most of the surface lies
+    in seen-free space), or exceeds ``FUSION_MOVED_FREE_FRACTION`` in this frame and the
+    previous one (a push keeps the surface where it went; depth noise on an object with few
+    points does not). A frame above ``FUSION_MOVED_FREE_FRACTION`` that does not restart is
+    suspect; the restart after a confirmed motion clears it."""
+    suspect = moved_fraction > C.FUSION_MOVED_FREE_FRACTION
+    moved = moved_fraction > C.FUSION_MOVED_SURE_FRACTION or (suspect and suspect_before)
+    return moved, suspect and not moved
+
+
 class StaticCameraCheck:
     """Whether a camera that has no pose source (no tf: the static
     ``camera_to_planning_transform``) has moved since the reference frame, from its

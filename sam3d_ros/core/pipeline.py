@@ -44,7 +44,14 @@ from sam3d_ros.core.decomposition import (
     decompose,
 )
 from sam3d_ros.core.frames import Pose, invert_transform, matrix_from_quaternion, transform_points
-from sam3d_ros.core.fusion import FusionError, FusionGrowthError, StaticCameraCheck, TrackVolume, shape_points
+from sam3d_ros.core.fusion import (
+    FusionError,
+    FusionGrowthError,
+    StaticCameraCheck,
+    TrackVolume,
+    motion_decision,
+    shape_points,
+)
 from sam3d_ros.core.images import touches_border
 from sam3d_ros.core.layout import (
     LayoutError,
@@ -357,7 +364,10 @@ class FramePipeline:
         try:
             if vol is not None:
                 frac = vol.moved_fraction(transform_points(f_T_c, obs.points), f_T_c[:3, 3], noise)
-                if frac > C.FUSION_MOVED_FREE_FRACTION:
+                # a suspect frame integrates as usual: if the motion is confirmed next frame,
+                # the restart drops what it added
+                moved, track.motion_suspect = motion_decision(frac, track.motion_suspect)
+                if moved:
                     logger.debug(
                         "track %d: %.0f%% of its surface in seen-free space: moved",
                         track.track_id,
@@ -365,6 +375,8 @@ class FramePipeline:
                     )
                     vol = None
                     self._drop_parts(track)
+            else:
+                track.motion_suspect = False
             if vol is not None:
                 try:
                     vol.integrate(shape, frame, obs.instance_id, f_T_c, noise, obs.pixels, near)
