@@ -53,3 +53,13 @@ def mm() -> Any:
     import moveit_msgs.msg
 
     return moveit_msgs.msg
+
+
+@pytest.fixture
+def ycb() -> None:
+    """Skips a test whose expected numbers hold for the generated scenes drawn with the YCB
+    meshes (the generator draws other objects without them)."""
+    from sam3d_ros.sim.mesh_sources import ycb_dir
+
+    if ycb_dir() is None:
+        pytest.skip("YCB meshes not found (../shared/data/ycb_dev or $SAM3D_YCB_DIR): other scenes")

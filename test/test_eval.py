@@ -54,7 +54,7 @@ def test_ground_truth_row_proves_scorer(reports: dict) -> None:
     assert reports["ground_truth"].coverage == 1.0
 
 
-def test_baseline_ordering(reports: dict) -> None:
+def test_baseline_ordering(reports: dict, ycb: None) -> None:
     mean = {k: r.buckets()["all"].mean for k, r in reports.items()}
     assert mean["visible_points"]["volume_iou"] == 0.0  # a point set has no volume
     # extruding to the table recovers volume a bare hull of the visible surface lacks

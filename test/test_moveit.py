@@ -280,7 +280,9 @@ STATIC_SCENES = ((7, 2), (7, 4))
 STATIC_FRAMES = 30
 
 
-def test_a_static_camera_adds_each_fused_object_at_most_three_times(mm: Any, harness: Harness) -> None:
+def test_a_static_camera_adds_each_fused_object_at_most_three_times(
+    mm: Any, harness: Harness, ycb: None
+) -> None:
     """30 frames of a cluttered scene (a pile, a cluster) from a static camera, the
     sensor's depth noise drawn anew for every frame, through the pipeline with the shipped
     defaults and fusion on into the planning-scene stream: the fused shapes converge, so each
