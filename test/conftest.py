@@ -57,9 +57,9 @@ def mm() -> Any:
 
 @pytest.fixture
 def ycb() -> None:
-    """Skips a test whose expected numbers hold for the generated scenes drawn with the YCB
-    meshes (the generator draws other objects without them)."""
+    """Skips a test that needs the YCB meshes: to read them, or because its expected numbers
+    hold for the generated scenes drawn with them (the generator draws other objects without)."""
     from sam3d_ros.sim.mesh_sources import ycb_dir
 
     if ycb_dir() is None:
-        pytest.skip("YCB meshes not found (../shared/data/ycb_dev or $SAM3D_YCB_DIR): other scenes")
+        pytest.skip("YCB meshes not found (../shared/data/ycb_dev or $SAM3D_YCB_DIR)")

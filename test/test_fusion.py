@@ -163,6 +163,8 @@ def test_motion_test_tells_depth_noise_from_a_push() -> None:
     pushed = frame([box(1, 0.0, -0.12)], 6)  # pushed 12 cm away from the camera's side
     moved = mask_points(pushed)
     assert vol.moved_fraction(moved, np.zeros(3), noise) > 0.5
+    restart, frac = vol.moved(moved, np.zeros(3), noise)  # most of it moved: no second frame needed
+    assert restart and frac > 0.5 and not vol.motion_suspect
 
 
 def run_motion(fractions: list[float]) -> list[int]:
@@ -231,7 +233,6 @@ def test_from_one_viewpoint_the_shape_is_the_pixel_weighted_guess_mean_until_the
     the mean of the frames' guesses, each weighted by its trusted pixels, while the
     observations are still integrated; once the camera has swung 10 degrees around the
     object the observations enter it."""
-
     f = frame([box(1, 0.0, 0.0)], 0)
     centre = mask_points(f).mean(axis=0)
     small = cube_shape(centre, side=0.08)

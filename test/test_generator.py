@@ -160,9 +160,7 @@ def test_mesh_refs() -> None:
     assert 0.03 < float(duck.extents.max()) < 0.12
 
 
-def test_ycb_meshes_are_centred_in_metres() -> None:
-    if ms.ycb_dir() is None:
-        pytest.skip("YCB meshes not found (../shared/data/ycb_dev or $SAM3D_YCB_DIR)")
+def test_ycb_meshes_are_centred_in_metres(ycb: None) -> None:
     assert len(ms.ycb_names()) >= 50
     m = ms.resolve_mesh("ycb:apple")
     assert np.allclose(m.bounds.mean(axis=0), 0.0, atol=1e-9)

@@ -192,7 +192,7 @@ FUSION_MAX_GROWTH: Final[float] = 2.5
 #: FUSION_MOVED_SURE_FRACTION (the majority) in one (the evidence is then reset). A single
 #: frame between the two is often noise on an object with few points: a structured-light band
 #: of misregistered pixels moves a third of a 45-point object into seen-free space for one
-#: frame (:func:`sam3d_ros.core.fusion.motion_decision`).
+#: frame (:meth:`sam3d_ros.core.fusion.TrackVolume.moved`).
 FUSION_MOVED_FREE_FRACTION: Final[float] = 0.25
 FUSION_MOVED_SURE_FRACTION: Final[float] = 0.5
 

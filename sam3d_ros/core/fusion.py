@@ -142,6 +142,8 @@ class TrackVolume:
         view_spread_deg: largest angle (degrees) between the first frame's viewing
             direction onto the volume's first box centre and any later frame's.
         confidence: running maximum of the shapes' confidences.
+        motion_suspect: the last :meth:`moved` reading was above
+            ``FUSION_MOVED_FREE_FRACTION`` without telling a motion (a new volume: False).
     """
 
     def __init__(
@@ -173,6 +175,7 @@ class TrackVolume:
         self.view_spread_deg = 0.0
         self._first_view: NDArray[np.float64] | None = None
         self.confidence = 0.0
+        self.motion_suspect = False
         self._occupancy: NDArray[np.float32] | None = None
         self._cover(lo, hi)
         self._first_voxels = int(np.prod(self.dims))
@@ -545,6 +548,16 @@ class TrackVolume:
         deeper = p + ray / np.maximum(rng, 1e-9) * tol
         bad = self._seen_free(p) & self._seen_free(deeper)
         return float(bad.mean())
+
+    def moved(
+        self, points_fixed: NDArray[np.floating], camera_fixed: NDArray[np.floating], noise_z2: float = 0.0
+    ) -> tuple[bool, float]:
+        """Whether the object moved since the earlier frames (its evidence must restart),
+        and this frame's :meth:`moved_fraction` (arguments as there): the reading decides
+        with the previous one (:func:`motion_decision`), kept in :attr:`motion_suspect`."""
+        frac = self.moved_fraction(points_fixed, camera_fixed, noise_z2)
+        moved, self.motion_suspect = motion_decision(frac, self.motion_suspect)
+        return moved, frac
 
     def _seen_free(self, points_fixed: NDArray[np.float64]) -> NDArray[np.bool_]:
         """(N,) bool: the point's voxel was observed and its fused occupancy is below

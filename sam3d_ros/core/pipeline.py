@@ -49,7 +49,6 @@ from sam3d_ros.core.fusion import (
     FusionGrowthError,
     StaticCameraCheck,
     TrackVolume,
-    motion_decision,
     shape_points,
 )
 from sam3d_ros.core.images import touches_border
@@ -363,10 +362,9 @@ class FramePipeline:
         vol = track.volume
         try:
             if vol is not None:
-                frac = vol.moved_fraction(transform_points(f_T_c, obs.points), f_T_c[:3, 3], noise)
                 # a suspect frame integrates as usual: if the motion is confirmed next frame,
                 # the restart drops what it added
-                moved, track.motion_suspect = motion_decision(frac, track.motion_suspect)
+                moved, frac = vol.moved(transform_points(f_T_c, obs.points), f_T_c[:3, 3], noise)
                 if moved:
                     logger.debug(
                         "track %d: %.0f%% of its surface in seen-free space: moved",
@@ -375,8 +373,6 @@ class FramePipeline:
                     )
                     vol = None
                     self._drop_parts(track)
-            else:
-                track.motion_suspect = False
             if vol is not None:
                 try:
                     vol.integrate(shape, frame, obs.instance_id, f_T_c, noise, obs.pixels, near)

@@ -91,9 +91,6 @@ class Track:
         kept_surface: (M, 3) float64 vertices in ``F`` (metres) of the last frame's mesh as
             meshed (before snapping and decimation): which surface components it kept
             (:func:`sam3d_ros.core.meshing.mesh_from_voxels`, hysteresis).
-        motion_suspect: the last frame's fusion motion test read above
-            ``FUSION_MOVED_FREE_FRACTION`` without restarting the volume; a second such
-            frame in a row restarts it.
     """
 
     track_id: int
@@ -116,7 +113,6 @@ class Track:
     pending: dict[int, NDArray[np.float64]] = field(default_factory=dict)
     collision: CollisionSet | None = None
     kept_surface: NDArray[np.float64] | None = None
-    motion_suspect: bool = False
 
 
 def box_iou(lo_a: NDArray, hi_a: NDArray, lo_b: NDArray, hi_b: NDArray) -> float:
