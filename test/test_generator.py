@@ -140,14 +140,66 @@ def test_splits_disjoint_stable_and_used() -> None:
 
 
 def test_procedural_families_watertight_and_sized() -> None:
-    for fam in procedural.FAMILIES:
+    for fam in procedural.FAMILIES + procedural.THIN_FAMILIES:
         m = procedural.make_procedural(fam, 7)
         assert m.is_watertight, fam
-        assert procedural.MIN_SIZE_M * 0.999 <= float(m.extents.max()) <= procedural.MAX_SIZE_M * 1.001
+        lo = procedural.THIN_MIN_SIZE_M if fam in procedural.THIN_FAMILIES else procedural.MIN_SIZE_M
+        assert lo * 0.999 <= float(m.extents.max()) <= procedural.MAX_SIZE_M * 1.001
         assert np.allclose(m.bounds.mean(axis=0), 0.0, atol=1e-9)
         assert np.array_equal(m.vertices, procedural.make_procedural(fam, 7).vertices)
     with pytest.raises(procedural.ProceduralError):
         procedural.make_procedural("teapot", 0)
+
+
+def test_thin_families_are_thin() -> None:
+    """Plates are flat, rods and blades long and thin: the smallest extent is at most a
+    fifth of the longest for every one of 30 objects per family, and a rod's shaft and a
+    plate's hollow leave most of the bounding box empty."""
+    for fam in procedural.THIN_FAMILIES:
+        for i in range(30):
+            m = procedural.make_procedural(fam, i)
+            e = np.sort(m.extents)
+            assert e[0] <= 0.2 * e[2], (fam, i, e)
+            if fam != "blade":  # a blade may be a plain flat bar
+                assert m.volume < 0.8 * float(np.prod(e)), (fam, i)
+    plate = procedural.make_procedural("plate", 3)
+    assert plate.extents[2] < 0.2 * plate.extents[0]  # lies flat on z as designed
+
+
+def test_thin_fraction_draws_thin_families_and_keeps_old_splits() -> None:
+    # without thin families the draw is the one of the splits generated before they existed
+    # (pinned: the same frame as stored in the cluttered world's datasets)
+    refs = [o.mesh_ref for o in generate_frame(0, 0, "val", SMALL).objects]
+    assert refs == [
+        "ycb:b_lego_duplo",
+        "ycb:adjustable_wrench",
+        "procedural:bottle_09707.ply",
+        "pybullet:random_urdfs/713/713.obj",
+        "ycb:dice",
+        "ycb:phillips_screwdriver",
+    ]
+    only_procedural = {"procedural": 1.0}
+    thin = GeneratorConfig(
+        width=160,
+        height=120,
+        min_objects=3,
+        max_objects=6,
+        hd_fraction=0.0,
+        source_weights=only_procedural,
+        thin_fraction=1.0,
+    )
+    plain = GeneratorConfig(
+        width=160, height=120, min_objects=3, max_objects=6, hd_fraction=0.0, source_weights=only_procedural
+    )
+    for cfg, families in ((thin, procedural.THIN_FAMILIES), (plain, procedural.FAMILIES)):
+        frame = generate_frame(1, 5, "train", cfg)
+        for o in frame.objects:
+            family = ms.split_ref(o.mesh_ref)[1].rsplit("_", 1)[0]
+            assert family in families, o.mesh_ref
+            assert split_of(ms.object_id(o.mesh_ref)) == "train"
+    assert thin.to_json()["thin_fraction"] == 1.0
+    with pytest.raises(GeneratorError):
+        GeneratorConfig(thin_fraction=1.5)
 
 
 def test_mesh_refs() -> None:

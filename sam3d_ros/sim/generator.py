@@ -206,6 +206,10 @@ class GeneratorConfig:
             (when the drawn sensor offers that size).
         border_fraction: chance that the camera is turned so one object lies across the
             image border.
+        thin_fraction: chance that a procedural object is drawn from the thin families
+            (:data:`sam3d_ros.sim.procedural.THIN_FAMILIES`: plates, tool handles, flat
+            blades) instead of :data:`~sam3d_ros.sim.procedural.FAMILIES`; 0 draws nothing
+            more, so splits generated before the thin families existed are reproduced.
     """
 
     width: int = 640
@@ -224,6 +228,7 @@ class GeneratorConfig:
     sensors: tuple[str, ...] = sensors.SENSOR_PROFILES
     hd_fraction: float = 0.2
     border_fraction: float = 0.2
+    thin_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.width < 16 or self.height < 16:
@@ -245,7 +250,7 @@ class GeneratorConfig:
                 sensors.sensor_profile(name)
             except sensors.SensorError as err:
                 raise GeneratorError(f"bad sensors {self.sensors!r}: {err}") from err
-        for name in ("hd_fraction", "border_fraction"):
+        for name in ("hd_fraction", "border_fraction", "thin_fraction"):
             v = float(getattr(self, name))
             if not 0.0 <= v <= 1.0:
                 raise GeneratorError(f"{name} must be in [0, 1], got {v!r}")
@@ -267,6 +272,7 @@ class GeneratorConfig:
             "sensors": list(self.sensors),
             "hd_fraction": self.hd_fraction,
             "border_fraction": self.border_fraction,
+            "thin_fraction": self.thin_fraction,
         }
 
 
@@ -424,8 +430,11 @@ def _pick_object(rng: np.random.Generator, split: str, cfg: GeneratorConfig) -> 
             if _usable_mesh(ref):
                 return _Pick(ref, scale)
         raise GeneratorError(f"no usable pybullet_data mesh in {MAX_MESH_DRAWS} draws for split {split!r}")
+    families = procedural.FAMILIES
+    if cfg.thin_fraction > 0.0 and rng.random() < cfg.thin_fraction:
+        families = procedural.THIN_FAMILIES
     for _ in range(1000):
-        family = str(rng.choice(list(procedural.FAMILIES)))
+        family = str(rng.choice(list(families)))
         index = int(rng.integers(0, procedural.POOL_SIZE))
         ref = ms.procedural_ref(family, index)
         if split_of(ms.object_id(ref)) == split:

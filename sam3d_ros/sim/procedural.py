@@ -38,11 +38,19 @@ FAMILIES: tuple[str, ...] = (
     "vase",
     "extrusion",
 )
+#: Families of thin and flat shapes (plates and lids, tool handles with a thin shaft,
+#: flat spanner- or spatula-like blades), drawn by the generator only when asked
+#: (``GeneratorConfig.thin_fraction``), so the splits generated without them stay as they
+#: were. Their longest extent is at least :data:`THIN_MIN_SIZE_M`.
+THIN_FAMILIES: tuple[str, ...] = ("plate", "rod", "blade")
 #: Number of distinct objects per family (indices 0..POOL_SIZE-1).
 POOL_SIZE = 10_000
 #: Range of the longest extent of a procedural object (m).
 MIN_SIZE_M = 0.02
 MAX_SIZE_M = 0.30
+#: Smallest longest extent of a thin-family object (m): a 2 cm plate or screwdriver is no
+#: thin object at the cameras' resolution.
+THIN_MIN_SIZE_M = 0.08
 #: Angular resolution of round shapes (segments around the axis).
 _SECTIONS = 40
 
@@ -62,8 +70,8 @@ def object_name(family: str, index: int) -> str:
     return f"{family}_{int(index):05d}"
 
 
-def _size(rng: np.random.Generator) -> float:
-    return float(math.exp(rng.uniform(math.log(MIN_SIZE_M), math.log(MAX_SIZE_M))))
+def _size(rng: np.random.Generator, lo: float = MIN_SIZE_M) -> float:
+    return float(math.exp(rng.uniform(math.log(lo), math.log(MAX_SIZE_M))))
 
 
 def _fit(mesh: trimesh.Trimesh, size: float) -> trimesh.Trimesh:
@@ -173,14 +181,10 @@ def _vase(rng: np.random.Generator) -> trimesh.Trimesh:
     return _revolve(prof)
 
 
-def _extrusion(rng: np.random.Generator) -> trimesh.Trimesh:
-    """A prism over a random star-shaped polygon (fan-triangulated caps; watertight)."""
-    n = int(rng.integers(3, 10))
-    sector = 2.0 * math.pi / n
-    ang = np.arange(n) * sector + rng.uniform(-0.3, 0.3, n) * sector  # increasing
-    rad = rng.uniform(0.5, 1.0, n)
-    poly = np.stack([rad * np.cos(ang), rad * np.sin(ang)], axis=1)
-    h = float(rng.uniform(0.1, 1.0))
+def _prism(poly: NDArray[np.float64], h: float) -> trimesh.Trimesh:
+    """A prism of height ``h`` over a polygon (N, 2), counter-clockwise and star-shaped
+    about the origin (fan-triangulated caps; watertight)."""
+    n = len(poly)
     bottom = np.column_stack([poly, np.zeros(n)])
     top = np.column_stack([poly, np.full(n, h)])
     verts = np.vstack([bottom, top, [[0.0, 0.0, 0.0]], [[0.0, 0.0, h]]])
@@ -190,6 +194,68 @@ def _extrusion(rng: np.random.Generator) -> trimesh.Trimesh:
         j = (i + 1) % n
         faces += [[cb, j, i], [ct, n + i, n + j], [i, j, n + j], [i, n + j, n + i]]
     return trimesh.Trimesh(vertices=verts, faces=np.array(faces), process=True)
+
+
+def _extrusion(rng: np.random.Generator) -> trimesh.Trimesh:
+    """A prism over a random star-shaped polygon."""
+    n = int(rng.integers(3, 10))
+    sector = 2.0 * math.pi / n
+    ang = np.arange(n) * sector + rng.uniform(-0.3, 0.3, n) * sector  # increasing
+    rad = rng.uniform(0.5, 1.0, n)
+    poly = np.stack([rad * np.cos(ang), rad * np.sin(ang)], axis=1)
+    return _prism(poly, float(rng.uniform(0.1, 1.0)))
+
+
+def _plate(rng: np.random.Generator) -> trimesh.Trimesh:
+    """A plate, saucer or lid: a flat foot rising to a rim, thin walls; 3-15 % as high
+    as it is wide."""
+    r_top = 1.0
+    r_foot = float(rng.uniform(0.35, 0.75))
+    h = float(rng.uniform(0.06, 0.3))
+    t = float(rng.uniform(0.025, 0.05))
+    n = 6
+    s = np.linspace(0.0, 1.0, n)
+    outer = np.stack([r_foot + (r_top - r_foot) * s, h * s ** float(rng.uniform(1.0, 2.5))], axis=1)
+    inner = np.stack([np.maximum(outer[::-1, 0] - t, 0.0), np.maximum(outer[::-1, 1], t)], axis=1)
+    prof = np.vstack([[[0.0, 0.0]], outer, inner[:-1], [[0.0, t]]])
+    return _revolve(prof)
+
+
+def _rod(rng: np.random.Generator) -> trimesh.Trimesh:
+    """A screwdriver, marker or brush: a handle and a much thinner shaft on one axis."""
+    r_handle = float(rng.uniform(0.04, 0.1))
+    l_handle = float(rng.uniform(0.25, 0.6))
+    r_shaft = r_handle * float(rng.uniform(0.2, 0.6))
+    taper = float(rng.uniform(0.02, 0.08))
+    prof = [
+        [0.0, 0.0],
+        [r_handle * 0.8, 0.0],
+        [r_handle, 0.03],
+        [r_handle, l_handle],
+        [r_shaft, l_handle + taper],
+        [r_shaft, 1.0],
+        [0.0, 1.0],
+    ]
+    return _revolve(np.array(prof))
+
+
+def _blade(rng: np.random.Generator) -> trimesh.Trimesh:
+    """A spanner, spatula or knife: a flat bar (3-8 % as thick as it is long) whose ends
+    widen into heads; the outline is the farthest boundary of the bar and the two heads
+    along each ray from the centre (star-shaped)."""
+    half_w = float(rng.uniform(0.03, 0.08))
+    heads = [float(rng.uniform(half_w, 0.16)) for _ in range(2)]
+    ang = np.linspace(0.0, 2.0 * math.pi, 72, endpoint=False)
+    d = np.stack([np.cos(ang), np.sin(ang)], axis=1)
+    with np.errstate(divide="ignore"):
+        t_bar = np.minimum(0.5 / np.abs(d[:, 0]), half_w / np.abs(d[:, 1]))
+    r = t_bar
+    for cx, rh in zip((0.5 - heads[0], -0.5 + heads[1]), heads, strict=True):
+        b = d[:, 0] * cx  # ray-circle (centre (cx, 0), radius rh): farthest crossing
+        disc = b * b - cx * cx + rh * rh
+        far = np.where(disc >= 0.0, b + np.sqrt(np.maximum(disc, 0.0)), 0.0)
+        r = np.maximum(r, far)
+    return _prism(d * r[:, None], float(rng.uniform(0.03, 0.08)))
 
 
 _BUILDERS: dict[str, Callable[[np.random.Generator], trimesh.Trimesh]] = {
@@ -205,6 +271,9 @@ _BUILDERS: dict[str, Callable[[np.random.Generator], trimesh.Trimesh]] = {
     "mug": _mug,
     "vase": _vase,
     "extrusion": _extrusion,
+    "plate": _plate,
+    "rod": _rod,
+    "blade": _blade,
 }
 
 
@@ -212,19 +281,22 @@ def make_procedural(family: str, index: int) -> trimesh.Trimesh:
     """The procedural object ``(family, index)``: a watertight mesh in its object frame.
 
     Args:
-        family: one of :data:`FAMILIES`.
+        family: one of :data:`FAMILIES` or :data:`THIN_FAMILIES`.
         index: 0 <= index < :data:`POOL_SIZE`.
 
     Returns:
         A ``trimesh.Trimesh`` (metres, bounding-box centre at the origin) whose longest
-        extent lies in [MIN_SIZE_M, MAX_SIZE_M].
+        extent lies in [MIN_SIZE_M, MAX_SIZE_M] ([THIN_MIN_SIZE_M, MAX_SIZE_M] for the
+        thin families).
     """
     if family not in _BUILDERS:
-        raise ProceduralError(f"unknown procedural family {family!r}; expected one of {FAMILIES}")
+        raise ProceduralError(
+            f"unknown procedural family {family!r}; expected one of {FAMILIES + THIN_FAMILIES}"
+        )
     if not 0 <= int(index) < POOL_SIZE:
         raise ProceduralError(f"procedural index must be in 0..{POOL_SIZE - 1}, got {index!r}")
     rng = np.random.default_rng(object_seed(family, index))
-    size = _size(rng)
+    size = _size(rng, THIN_MIN_SIZE_M if family in THIN_FAMILIES else MIN_SIZE_M)
     mesh = _fit(_BUILDERS[family](rng), size)
     mesh.fix_normals()
     if not mesh.is_watertight:  # pragma: no cover - all builders are watertight by design

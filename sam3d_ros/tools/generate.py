@@ -38,6 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--border-fraction", type=float, default=None, help="share of frames with an object cut by the border"
     )
+    p.add_argument(
+        "--thin-fraction",
+        type=float,
+        default=None,
+        help="share of procedural objects drawn from the thin families (plates, tools; default 0)",
+    )
     p.add_argument("--bag", type=Path, default=None, help="also export the dataset to this rosbag2 directory")
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="storage of --bag")
     p.add_argument(
@@ -80,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
             options["hd_fraction"] = args.hd_fraction
         if args.border_fraction is not None:
             options["border_fraction"] = args.border_fraction
+        if args.thin_fraction is not None:
+            options["thin_fraction"] = args.thin_fraction
         cfg = GeneratorConfig(width=args.width, height=args.height, **options)
         summary = generate_dataset(
             args.out,
