@@ -3,10 +3,10 @@
 # docs/benchmarks.md): generate the cluttered world's train and val splits (piles, bins,
 # stacks, occluders, border cuts, five sensor profiles); fine-tune the scattered-world model
 # (models/v3) on them into models/v4 (one stage); train the two-stage model's stage 2 from
-# v4 on the cubes v4's layout places (stage 1 = v4's layout-only graph), export to models/,
-# fine-tune its stage 2 on a second train split with thin objects (plates, tool handles, flat
-# blades), and measure the bucketed quality gate on the val split against the extruded hull,
-# the geometric backend and v4.
+# v4 on the cubes v4's layout places (stage 1 = v4's layout-only graph), fine-tune that
+# stage 2 on a second train split with thin objects (plates, tool handles, flat blades),
+# export it to models/, and measure the bucketed quality gate on the val split against the
+# extruded hull, the geometric backend and v4.
 # Times on the 2-core development machine (shared with other work; docs/benchmarks.md):
 # val split 2.1 min, train split 16.5 min for its first 1600 frames (the next 1600: 10.5 min),
 # v4: encodings 6.0 min, training 40.2 min; two-stage on 3200 frames: stage-2 encodings
