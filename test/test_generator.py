@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -178,19 +179,8 @@ def test_thin_fraction_draws_thin_families_and_keeps_old_splits() -> None:
         "ycb:dice",
         "ycb:phillips_screwdriver",
     ]
-    only_procedural = {"procedural": 1.0}
-    thin = GeneratorConfig(
-        width=160,
-        height=120,
-        min_objects=3,
-        max_objects=6,
-        hd_fraction=0.0,
-        source_weights=only_procedural,
-        thin_fraction=1.0,
-    )
-    plain = GeneratorConfig(
-        width=160, height=120, min_objects=3, max_objects=6, hd_fraction=0.0, source_weights=only_procedural
-    )
+    plain = replace(SMALL, source_weights={"procedural": 1.0})
+    thin = replace(plain, thin_fraction=1.0)
     for cfg, families in ((thin, procedural.THIN_FAMILIES), (plain, procedural.FAMILIES)):
         frame = generate_frame(1, 5, "train", cfg)
         for o in frame.objects:

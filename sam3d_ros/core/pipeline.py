@@ -44,13 +44,7 @@ from sam3d_ros.core.decomposition import (
     decompose,
 )
 from sam3d_ros.core.frames import Pose, invert_transform, matrix_from_quaternion, transform_points
-from sam3d_ros.core.fusion import (
-    FusionError,
-    FusionGrowthError,
-    StaticCameraCheck,
-    TrackVolume,
-    shape_points,
-)
+from sam3d_ros.core.fusion import FusionError, FusionGrowthError, StaticCameraCheck, TrackVolume, shape_points
 from sam3d_ros.core.images import touches_border
 from sam3d_ros.core.layout import (
     LayoutError,
@@ -363,7 +357,9 @@ class FramePipeline:
         try:
             if vol is not None:
                 # a suspect frame integrates as usual: if the motion is confirmed next frame,
-                # the restart drops what it added
+                # the restart drops what it added (so the confirming reading is taken against
+                # evidence that includes the suspect frame; holding it out instead was
+                # measured and not kept, docs/benchmarks.md)
                 moved, frac = vol.moved(transform_points(f_T_c, obs.points), f_T_c[:3, 3], noise)
                 if moved:
                     logger.debug(

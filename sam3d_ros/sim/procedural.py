@@ -147,6 +147,14 @@ def _bottle(rng: np.random.Generator) -> trimesh.Trimesh:
     return _revolve(np.array(prof))
 
 
+def _shell(outer: NDArray[np.float64], t: float) -> trimesh.Trimesh:
+    """Lathe a vessel with walls of thickness ``t``: the (N, 2) (radius, z) outer wall from
+    the foot (z = 0) out to the rim, and the inner wall ``t`` inside it back to the axis at
+    height ``t`` (a closed bottom; watertight)."""
+    inner = np.stack([np.maximum(outer[::-1, 0] - t, 0.0), np.maximum(outer[::-1, 1], t)], axis=1)
+    return _revolve(np.vstack([[[0.0, 0.0]], outer, inner[:-1], [[0.0, t]]]))
+
+
 def _bowl(rng: np.random.Generator) -> trimesh.Trimesh:
     """A thick-walled bowl: outer wall out to the rim, inner wall back to the axis."""
     r_top = 1.0
@@ -156,9 +164,7 @@ def _bowl(rng: np.random.Generator) -> trimesh.Trimesh:
     n = 8
     s = np.linspace(0.0, 1.0, n)
     outer = np.stack([r_foot + (r_top - r_foot) * np.sin(0.5 * math.pi * s), h * s**1.5], axis=1)
-    inner = np.stack([np.maximum(outer[::-1, 0] - t, 0.0), np.maximum(outer[::-1, 1], t)], axis=1)
-    prof = np.vstack([[[0.0, 0.0]], outer, inner[:-1], [[0.0, t]]])
-    return _revolve(prof)
+    return _shell(outer, t)
 
 
 def _mug(rng: np.random.Generator) -> trimesh.Trimesh:
@@ -216,9 +222,7 @@ def _plate(rng: np.random.Generator) -> trimesh.Trimesh:
     n = 6
     s = np.linspace(0.0, 1.0, n)
     outer = np.stack([r_foot + (r_top - r_foot) * s, h * s ** float(rng.uniform(1.0, 2.5))], axis=1)
-    inner = np.stack([np.maximum(outer[::-1, 0] - t, 0.0), np.maximum(outer[::-1, 1], t)], axis=1)
-    prof = np.vstack([[[0.0, 0.0]], outer, inner[:-1], [[0.0, t]]])
-    return _revolve(prof)
+    return _shell(outer, t)
 
 
 def _rod(rng: np.random.Generator) -> trimesh.Trimesh:
