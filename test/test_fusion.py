@@ -167,11 +167,13 @@ def test_motion_test_tells_depth_noise_from_a_push() -> None:
     assert restart and frac > 0.5 and not vol.motion_suspect
 
 
-def run_motion(fractions: list[float]) -> list[int]:
-    """Frame indices at which the volume restarts for a sequence of motion-test readings."""
+def run_motion(fractions: list[float], off_surface: list[float] | None = None) -> list[int]:
+    """Frame indices at which the volume restarts for a sequence of motion-test readings
+    (and off-surface fractions, 0 when None)."""
     suspect, out = False, []
-    for i, frac in enumerate(fractions):
-        moved, suspect = motion_decision(frac, suspect)
+    offs = off_surface if off_surface is not None else [0.0] * len(fractions)
+    for i, (frac, off) in enumerate(zip(fractions, offs, strict=True)):
+        moved, suspect = motion_decision(frac, suspect, off)
         if moved:
             out.append(i)
     return out
@@ -188,6 +190,39 @@ def test_a_motion_reading_must_persist_unless_most_of_the_surface_moved() -> Non
     assert run_motion([0.0, 0.3, 0.4, 0.0, 0.3, 0.0]) == [2]
     # after a restart the next reading is judged alone again
     assert run_motion([0.3, 0.3, 0.3, 0.3]) == [1, 3]
+
+
+def test_a_small_push_towards_the_camera_leaves_the_measured_surface() -> None:
+    # moved seed 54 of the fusion sequences: a 70-point object pushed 6 cm, partly towards
+    # the camera, read 0.397 then 0.213 in seen-free space (one suspect frame, no restart),
+    # while every one of its points lay off the surface measured before
+    assert run_motion([0.16, 0.24, 0.397, 0.213], off_surface=[0.0, 0.0, 1.0, 1.0]) == [2]
+    # depth noise and a misregistered edge band move only part of the points off the
+    # measured surface (the churn scenes' padlock: 0.636 after three frames, then 0)
+    noise = [0.0, 0.021, 0.295, 0.0, 0.311, 0.036, 0.327, 0.0, 0.343, 0.0, 0.407, 0.0]
+    off = [0.0, 0.0, 0.636, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.148, 0.0]
+    assert run_motion(noise, off_surface=off) == []
+    assert max(off) > 0.5  # "the majority" would have restarted it
+    # off the surface alone is not motion: a moving camera sees new surface all the time
+    assert run_motion([0.0, 0.1, 0.2], off_surface=[1.0, 1.0, 1.0]) == []
+
+
+def test_points_off_the_measured_surface_are_counted() -> None:
+    objects = [box(1, 0.0, 0.0)]
+    f0 = noisy(frame(objects, 0), 0.006, 1)
+    noise = estimate_support_plane(f0, default_config(), measure_noise=True).noise_z2  # type: ignore[union-attr]
+    shape = cube_shape(mask_points(f0).mean(axis=0))
+    eye = np.eye(4)
+    vol = TrackVolume.for_shape(shape, eye)
+    assert vol.off_surface_fraction(mask_points(f0)) == 0.0  # nothing measured yet
+    for i in range(3):
+        vol.integrate(shape, noisy(frame(objects, i), 0.006, 10 + i), 1, eye, noise)
+    same = mask_points(noisy(frame(objects, 5), 0.006, 99))
+    assert vol.off_surface_fraction(same) < 0.05
+    rng = np.linalg.norm(same, axis=1, keepdims=True)
+    nearer = same * (1.0 - 0.06 / rng)  # the same surface 6 cm nearer the camera
+    assert vol.off_surface_fraction(nearer) > 0.95
+    assert vol.off_surface_fraction(np.zeros((0, 3))) == 0.0
 
 
 def test_a_grid_grows_at_most_a_few_times_before_it_restarts() -> None:

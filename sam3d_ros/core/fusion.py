@@ -554,10 +554,21 @@ class TrackVolume:
     ) -> tuple[bool, float]:
         """Whether the object moved since the earlier frames (its evidence must restart),
         and this frame's :meth:`moved_fraction` (arguments as there): the reading decides
-        with the previous one (:func:`motion_decision`), kept in :attr:`motion_suspect`."""
+        with the previous one and, for a suspect frame, with :meth:`off_surface_fraction`
+        (:func:`motion_decision`); kept in :attr:`motion_suspect`."""
         frac = self.moved_fraction(points_fixed, camera_fixed, noise_z2)
-        moved, self.motion_suspect = motion_decision(frac, self.motion_suspect)
+        off = self.off_surface_fraction(points_fixed) if frac > C.FUSION_MOVED_FREE_FRACTION else 0.0
+        moved, self.motion_suspect = motion_decision(frac, self.motion_suspect, off)
         return moved, frac
+
+    def off_surface_fraction(self, points_fixed: NDArray[np.floating]) -> float:
+        """Fraction of (N, 3) observed surface points (in ``F``) with no surface observation
+        in their voxel or its 26 neighbours (:meth:`observed_points`): where the new surface
+        lies off the surface earlier frames measured. 0 for no points or an empty volume."""
+        p = np.asarray(points_fixed, dtype=np.float64).reshape(-1, 3)
+        if self.frames == 0 or len(p) == 0:
+            return 0.0
+        return 1.0 - float(self.observed_points(p).mean())
 
     def _seen_free(self, points_fixed: NDArray[np.float64]) -> NDArray[np.bool_]:
         """(N,) bool: the point's voxel was observed and its fused occupancy is below
@@ -588,17 +599,26 @@ class TrackVolume:
         return out
 
 
-def motion_decision(moved_fraction: float, suspect_before: bool) -> tuple[bool, bool]:
-    """Whether a track's object moved, from this frame's :meth:`TrackVolume.moved_fraction`
-    and whether the previous frame was suspect; returns ``(moved, suspect_now)``.
+def motion_decision(
+    moved_fraction: float, suspect_before: bool, off_surface: float = 0.0
+) -> tuple[bool, bool]:
+    """Whether a track's object moved, from this frame's :meth:`TrackVolume.moved_fraction`,
+    whether the previous frame was suspect and this frame's
+    :meth:`TrackVolume.off_surface_fraction`; returns ``(moved, suspect_now)``.
 
     Moved when the fraction exceeds ``FUSION_MOVED_SURE_FRACTION`` (most of the surface lies
-    in seen-free space), or exceeds ``FUSION_MOVED_FREE_FRACTION`` in this frame and the
-    previous one (a push keeps the surface where it went; depth noise on an object with few
-    points does not). A frame above ``FUSION_MOVED_FREE_FRACTION`` that does not restart is
-    suspect; the restart after a confirmed motion clears it."""
+    in seen-free space), or exceeds ``FUSION_MOVED_FREE_FRACTION`` in this frame and either
+    the previous frame was suspect too (a push keeps the surface where it went; depth noise
+    on an object with few points does not) or more than
+    ``FUSION_MOVED_OFF_SURFACE_FRACTION`` of the points lie off the measured surface (a
+    small object pushed towards the camera: little of its new surface is in seen-free
+    space, none of it where the old surface was). A frame above
+    ``FUSION_MOVED_FREE_FRACTION`` that does not restart is suspect; the restart after a
+    confirmed motion clears it."""
     suspect = moved_fraction > C.FUSION_MOVED_FREE_FRACTION
-    moved = moved_fraction > C.FUSION_MOVED_SURE_FRACTION or (suspect and suspect_before)
+    moved = moved_fraction > C.FUSION_MOVED_SURE_FRACTION or (
+        suspect and (suspect_before or off_surface > C.FUSION_MOVED_OFF_SURFACE_FRACTION)
+    )
     return moved, suspect and not moved
 
 
