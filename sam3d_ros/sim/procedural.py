@@ -147,24 +147,31 @@ def _bottle(rng: np.random.Generator) -> trimesh.Trimesh:
     return _revolve(np.array(prof))
 
 
-def _shell(outer: NDArray[np.float64], t: float) -> trimesh.Trimesh:
-    """Lathe a vessel with walls of thickness ``t``: the (N, 2) (radius, z) outer wall from
-    the foot (z = 0) out to the rim, and the inner wall ``t`` inside it back to the axis at
-    height ``t`` (a closed bottom; watertight)."""
+def _vessel(
+    r_foot: float,
+    h: float,
+    t: float,
+    n: int,
+    flare: Callable[[NDArray[np.float64]], NDArray[np.float64]],
+    power: float,
+) -> trimesh.Trimesh:
+    """Lathe a vessel with walls of thickness ``t``: the outer wall rises over ``n`` points
+    from the foot (radius ``r_foot``, z = 0) to the rim (radius 1, z = ``h``), its radius
+    ``r_foot + (1 - r_foot) * flare(s)`` and its height ``h * s**power`` for s in [0, 1];
+    the inner wall runs ``t`` inside it back to the axis at height ``t`` (a closed bottom;
+    watertight)."""
+    s = np.linspace(0.0, 1.0, n)
+    outer = np.stack([r_foot + (1.0 - r_foot) * flare(s), h * s**power], axis=1)
     inner = np.stack([np.maximum(outer[::-1, 0] - t, 0.0), np.maximum(outer[::-1, 1], t)], axis=1)
     return _revolve(np.vstack([[[0.0, 0.0]], outer, inner[:-1], [[0.0, t]]]))
 
 
 def _bowl(rng: np.random.Generator) -> trimesh.Trimesh:
     """A thick-walled bowl: outer wall out to the rim, inner wall back to the axis."""
-    r_top = 1.0
     r_foot = float(rng.uniform(0.3, 0.6))
     h = float(rng.uniform(0.3, 0.6))
     t = float(rng.uniform(0.04, 0.08))
-    n = 8
-    s = np.linspace(0.0, 1.0, n)
-    outer = np.stack([r_foot + (r_top - r_foot) * np.sin(0.5 * math.pi * s), h * s**1.5], axis=1)
-    return _shell(outer, t)
+    return _vessel(r_foot, h, t, 8, lambda s: np.sin(0.5 * math.pi * s), 1.5)
 
 
 def _mug(rng: np.random.Generator) -> trimesh.Trimesh:
@@ -215,14 +222,10 @@ def _extrusion(rng: np.random.Generator) -> trimesh.Trimesh:
 def _plate(rng: np.random.Generator) -> trimesh.Trimesh:
     """A plate, saucer or lid: a flat foot rising to a rim, thin walls; 3-15 % as high
     as it is wide."""
-    r_top = 1.0
     r_foot = float(rng.uniform(0.35, 0.75))
     h = float(rng.uniform(0.06, 0.3))
     t = float(rng.uniform(0.025, 0.05))
-    n = 6
-    s = np.linspace(0.0, 1.0, n)
-    outer = np.stack([r_foot + (r_top - r_foot) * s, h * s ** float(rng.uniform(1.0, 2.5))], axis=1)
-    return _shell(outer, t)
+    return _vessel(r_foot, h, t, 6, lambda s: s, float(rng.uniform(1.0, 2.5)))
 
 
 def _rod(rng: np.random.Generator) -> trimesh.Trimesh:
